@@ -1,0 +1,5 @@
+import sys
+
+from yoloprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""Command line: argparse subcommands that parse, call the library, and map known errors to one line + exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from yoloprune.errors import ConfigError, YoloPruneError
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratio must be a number in [0, 1), got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _check_out(model: str, out: str | None) -> None:
+    """Outputs never overwrite the input checkpoint."""
+    if out is None:
+        return
+    if Path(out).resolve() == Path(model).resolve():
+        raise ConfigError(f"--out {out} is the input model; choose another path (inputs are never overwritten)")
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file path")
+
+
+def _cmd_make_data(args: argparse.Namespace) -> int:
+    from yoloprune.teabud import TeaBudConfig, generate
+
+    cfg = TeaBudConfig(out=Path(args.out), seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                       n_test=args.n_test, imgsz=args.imgsz)
+    print(f"data yaml: {generate(cfg)}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from yoloprune.train import TrainConfig, train
+
+    _check_out(args.model, args.out)
+    cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, imgsz=args.imgsz,
+                      batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed)
+    print(f"saved {train(cfg)}")
+    return 0
+
+
+def _add_make_data(sub) -> None:
+    p = sub.add_parser("make-data", help="generate the tea-bud-style dataset")
+    p.add_argument("--out", required=True, help="dataset folder; the data yaml is written beside it as <out>.yaml")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-val", type=int, default=100)
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.set_defaults(func=_cmd_make_data)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a detector from a yaml with the Ultralytics trainer")
+    p.add_argument("--model", required=True, help="model yaml (e.g. yolov8n.yaml) or checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--lr0", type=float, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yoloprune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_make_data, _add_train):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except YoloPruneError as e:
+        print(f"yoloprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

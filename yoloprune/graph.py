@@ -1,0 +1,449 @@
+"""Channel-coupling graph from one real forward pass.
+
+Every channel of every 4-D (NCHW) or 2-D (NC) tensor carries an integer label. A conv or linear layer mints fresh
+labels for its output channels; BN, activations, pooling and upsampling pass labels through; an element-wise op
+(residual add, gating multiply) unites the labels of its operands position by position; ``cat`` on the channel
+dim concatenates label lists; ``chunk`` slices them and unites its equal pieces position by position (so the
+pieces stay equal after pruning). Any other op that touches labelled channels freezes them, and its outputs get
+fresh frozen labels. Union-find over labels gives the atomic pruning units: one *unit* is a set of channels
+that must be removed together, and it records every (module, dim, index) it touches.
+
+A trace uses ``TorchFunctionMode``, so it needs no hooks and sees functional calls inside any module. It
+restores the model's train/eval mode and leaves no state behind.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from yoloprune.errors import UnsupportedModelError
+
+# Ops that keep each channel where it is and act on it alone. The second flag says f(0) == 0 (zero-preserving),
+# which exact compaction needs: a channel that is zero before such an op is zero after it.
+_CHANNELWISE: dict[str, bool] = {
+    "silu": True, "relu": True, "relu_": True, "relu6": True, "leaky_relu": True, "hardswish": True,
+    "gelu": True, "mish": True, "tanh": True, "elu": True, "celu": True, "selu": True, "hardtanh": True,
+    "max_pool2d": True, "avg_pool2d": True, "adaptive_avg_pool2d": True, "adaptive_max_pool2d": True,
+    "interpolate": True, "upsample": True, "upsample_nearest2d": True, "upsample_bilinear2d": True,
+    "dropout": True, "dropout2d": True, "detach": True, "contiguous": True, "clone": True, "float": True,
+    "half": True, "to": True, "type": True, "type_as": True, "neg": True, "__neg__": True, "abs": True,
+    "sigmoid": False, "hardsigmoid": False, "softplus": False, "exp": False, "cos": False,
+}
+_ELEMENTWISE = {
+    "add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_",
+    "mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__", "__rtruediv__", "__itruediv__",
+    "div_", "maximum", "minimum",
+}
+# Ops that return no tensor or do not read channel values in a layout-dependent way.
+_IGNORED = {"size", "dim", "numel", "__get__", "__len__", "__format__", "__repr__", "requires_grad_", "is_floating_point",
+            "__bool__", "__iter__", "item", "tolist", "data_ptr", "__hash__", "__eq__", "__ne__", "get_device", "__setstate__",
+            "__reduce_ex__", "element_size", "stride", "storage_offset", "is_contiguous"}
+
+
+@dataclass
+class Member:
+    """One channel of one module touched by a unit: dim 0 = output channels, dim 1 = input channels."""
+
+    module: str
+    dim: int
+    index: int
+
+
+@dataclass
+class Unit:
+    """Channels that must be removed together. ``frozen`` says why they never are (empty: prunable)."""
+
+    id: int
+    members: list[Member] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    zero_preserving: bool = True
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.dim == 0]
+
+    def key(self) -> tuple:
+        """Units with equal keys touch the same modules the same way: they form one layer-level group."""
+        return tuple(sorted({(m.module, m.dim) for m in self.members}))
+
+
+@dataclass
+class Graph:
+    """The traced coupling structure of one model."""
+
+    units: list[Unit]
+    module_types: dict[str, type]
+    bn_source: dict[str, str]  # BatchNorm name -> conv name whose output it normalises directly
+    frozen_ops: dict[str, int]  # op description -> number of channels frozen by it
+
+    def groups(self) -> dict[tuple, list[Unit]]:
+        """Prunable units grouped by the set of modules they touch (a residual chain, a conv's filters, ...)."""
+        out: dict[tuple, list[Unit]] = defaultdict(list)
+        for u in self.units:
+            if not u.frozen:
+                out[u.key()].append(u)
+        return dict(out)
+
+    def frozen_units(self) -> list[Unit]:
+        return [u for u in self.units if u.frozen]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.frozen: dict[int, list[str]] = {}
+        self.nonzero_preserving: set[int] = set()
+
+    def new(self, n: int, frozen: str | None = None) -> list[int]:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        if frozen:
+            for i in range(start, start + n):
+                self.frozen[i] = [frozen]
+        return list(range(start, start + n))
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def freeze(self, labels: list[int], why: str) -> None:
+        for i in labels:
+            self.frozen.setdefault(i, []).append(why)
+
+
+def _fname(func) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    return name
+
+
+class _Tracer(TorchFunctionMode):
+    """Records channel labels of every tensor that flows through the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.uf = _UnionFind()
+        self.labels: dict[int, list[int]] = {}
+        self.keep: list[torch.Tensor] = []  # keep traced tensors alive so ids are never reused
+        self.param_owner = {id(p): name for name, m in model.named_modules() for p in m.parameters(recurse=False)}
+        self.members: list[tuple[int, Member]] = []
+        self.visited: set[str] = set()
+        self.producer: dict[int, str] = {}  # id(tensor) -> conv that produced it
+        self.bn_source: dict[str, str] = {}
+        self.frozen_ops: dict[str, int] = defaultdict(int)
+
+    # -- label bookkeeping -------------------------------------------------------------------------------------
+    def _get(self, t) -> list[int] | None:
+        return self.labels.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def _set(self, t: torch.Tensor, labels: list[int]) -> None:
+        self.labels[id(t)] = labels
+        self.keep.append(t)
+
+    def _fresh(self, t, why: str | None = None) -> None:
+        if isinstance(t, torch.Tensor) and t.dim() in (2, 4):
+            self._set(t, self.uf.new(t.shape[1], frozen=why))
+
+    def _freeze_all(self, tensors: list, outputs: list, why: str) -> None:
+        for t in tensors:
+            lab = self._get(t)
+            if lab:
+                self.uf.freeze(lab, why)
+                self.frozen_ops[why] += len(lab)
+        for o in outputs:
+            self._fresh(o, why)
+
+    # -- dispatch ---------------------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = _fname(func)
+        if name in _IGNORED or not _has_tensor(out):
+            return out
+        handler = _HANDLERS.get(name)
+        ins = _flat_tensors(args, kwargs)
+        if handler is not None and handler(self, args, kwargs, out) is not False:
+            return out
+        if name in _CHANNELWISE and self._passthrough(args[0] if args else None, out, name):
+            return out
+        if name in _ELEMENTWISE and self._elementwise(args, out):
+            return out
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        if any(self._get(t) for t in ins):
+            self._freeze_all(ins, outs, f"op '{name}'")
+        else:
+            for o in outs:
+                self._fresh(o)  # constants (anchors, grids): no labels to couple
+        return out
+
+    def _passthrough(self, x, out, name: str) -> bool:
+        lab = self._get(x)
+        if lab is None or not isinstance(out, torch.Tensor) or out.dim() != x.dim() or out.shape[1] != len(lab):
+            return False
+        if not _CHANNELWISE[name]:
+            self.uf.nonzero_preserving.update(lab)
+        self._set(out, lab)
+        return True
+
+    def _elementwise(self, args, out) -> bool:
+        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
+            return False
+        c = out.shape[1]
+        result: list[int] | None = None
+        for a in args[:2]:
+            lab = self._get(a)
+            if lab is not None and len(lab) == c:
+                if result is None:
+                    result = lab
+                else:
+                    for i, j in zip(result, lab):
+                        self.uf.union(i, j)
+            elif isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[-3 if a.dim() >= 3 else -1] not in (1,):
+                if a.dim() == out.dim() and a.shape[1] == c:
+                    return False  # a channel-sized operand we cannot couple (a parameter, a constant): freeze
+        if result is None:
+            return False
+        self._set(out, result)
+        return True
+
+
+def _has_tensor(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return True
+    return isinstance(out, (list, tuple)) and any(isinstance(o, torch.Tensor) for o in out)
+
+
+def _flat_tensors(args, kwargs) -> list[torch.Tensor]:
+    flat = []
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            flat.append(a)
+        elif isinstance(a, (list, tuple)):
+            flat.extend(x for x in a if isinstance(x, torch.Tensor))
+    return flat
+
+
+def _dim_arg(args, kwargs, pos: int, default: int = 0) -> int:
+    return kwargs.get("dim", args[pos] if len(args) > pos else default)
+
+
+def _is_channel_dim(t: torch.Tensor, dim: int) -> bool:
+    return t.dim() in (2, 4) and dim % t.dim() == 1
+
+
+# -- handlers: return False to fall back to the generic rules ---------------------------------------------------
+def _h_conv(tr: _Tracer, args, kwargs, out):
+    x, w = args[0], args[1]
+    owner = tr.param_owner.get(id(w))
+    groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+    lab = tr._get(x)
+    if owner is None or lab is None or x.dim() != 4:
+        return False
+    tr.visited.add(owner)
+    cout = out.shape[1]
+    if groups == 1:
+        for i, label in enumerate(lab):
+            tr.members.append((label, Member(owner, 1, i)))
+        new = tr.uf.new(cout)
+    elif groups == x.shape[1] == cout:  # depthwise: output channel i is input channel i
+        new = lab
+        for i, label in enumerate(lab):
+            tr.members.append((label, Member(owner, 1, i)))
+    else:
+        why = f"grouped conv {owner} (groups={groups})"
+        tr.uf.freeze(lab, why)
+        tr.frozen_ops[why] += len(lab)
+        new = tr.uf.new(cout, frozen=why)
+    for i, label in enumerate(new):
+        tr.members.append((label, Member(owner, 0, i)))
+    tr._set(out, new)
+    tr.producer[id(out)] = owner
+    return True
+
+
+def _h_conv_transpose(tr: _Tracer, args, kwargs, out):
+    x, w = args[0], args[1]
+    owner = tr.param_owner.get(id(w))
+    groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+    lab = tr._get(x)
+    if owner is None or lab is None or x.dim() != 4 or groups != 1:
+        return False
+    tr.visited.add(owner)
+    for i, label in enumerate(lab):  # ConvTranspose2d weight is (in, out, k, k): dim 0 is the input here
+        tr.members.append((label, Member(owner, 1, i)))
+    new = tr.uf.new(out.shape[1])
+    for i, label in enumerate(new):
+        tr.members.append((label, Member(owner, 0, i)))
+    tr._set(out, new)
+    return True
+
+
+def _h_linear(tr: _Tracer, args, kwargs, out):
+    x, w = args[0], args[1]
+    owner = tr.param_owner.get(id(w))
+    lab = tr._get(x)
+    if owner is None or lab is None or x.dim() != 2:
+        return False
+    tr.visited.add(owner)
+    for i, label in enumerate(lab):
+        tr.members.append((label, Member(owner, 1, i)))
+    new = tr.uf.new(out.shape[1])
+    for i, label in enumerate(new):
+        tr.members.append((label, Member(owner, 0, i)))
+    tr._set(out, new)
+    return True
+
+
+def _h_batch_norm(tr: _Tracer, args, kwargs, out):
+    x = args[0]
+    w = kwargs.get("weight", args[3] if len(args) > 3 else None)
+    rm = args[1] if len(args) > 1 else kwargs.get("running_mean")
+    owner = tr.param_owner.get(id(w)) if w is not None else None
+    lab = tr._get(x)
+    if owner is None or lab is None or rm is None:
+        return False
+    tr.visited.add(owner)
+    for i, label in enumerate(lab):
+        tr.members.append((label, Member(owner, 0, i)))
+    if id(x) in tr.producer:
+        tr.bn_source[owner] = tr.producer[id(x)]
+    tr._set(out, lab)
+    return True
+
+
+def _h_cat(tr: _Tracer, args, kwargs, out):
+    tensors = args[0] if args else kwargs["tensors"]
+    dim = _dim_arg(args, kwargs, 1)
+    if not _is_channel_dim(out, dim):
+        return False
+    labs = []
+    for t in tensors:
+        lab = tr._get(t)
+        labs.extend(lab if lab is not None else tr.uf.new(t.shape[1], frozen="concatenated constant"))
+    tr._set(out, labs)
+    return True
+
+
+def _h_chunk(tr: _Tracer, args, kwargs, out):
+    x = args[0]
+    dim = _dim_arg(args, kwargs, 2)
+    lab = tr._get(x)
+    if lab is None or not _is_channel_dim(x, dim):
+        return False
+    pieces, start = [], 0
+    for o in out:
+        pieces.append(lab[start:start + o.shape[1]])
+        start += o.shape[1]
+    if len({len(p) for p in pieces}) != 1:
+        return False  # uneven chunks change size under pruning
+    for p in pieces[1:]:
+        for i, j in zip(pieces[0], p):
+            tr.uf.union(i, j)
+    for o, p in zip(out, pieces):
+        tr._set(o, p)
+    return True
+
+
+def _h_type_as(tr: _Tracer, args, kwargs, out):
+    """``x.type_as(other)`` reads only other's dtype: x's labels pass through, other is untouched."""
+    lab = tr._get(args[0])
+    if lab is not None and out.shape[1:2] == args[0].shape[1:2]:
+        tr._set(out, lab)
+    else:
+        tr._fresh(out)
+    return True
+
+
+def _h_constant(tr: _Tracer, args, kwargs, out):
+    """``x.new_full(...)``, ``zeros_like(x)`` ...: a constant that borrows only shape, dtype or device."""
+    tr._fresh(out)
+    return True
+
+
+_HANDLERS = {
+    "conv2d": _h_conv, "conv_transpose2d": _h_conv_transpose, "linear": _h_linear, "batch_norm": _h_batch_norm,
+    "cat": _h_cat, "concat": _h_cat, "concatenate": _h_cat, "chunk": _h_chunk, "type_as": _h_type_as,
+    **{n: _h_constant for n in ("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor", "zeros_like",
+                                "ones_like", "empty_like", "full_like", "rand_like", "randn_like")},
+}
+
+_PARAM_LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)
+
+
+def trace(model: nn.Module, example: torch.Tensor | None = None, imgsz: int = 64,
+          outputs: Callable[[Any], list[torch.Tensor]] | None = None) -> Graph:
+    """Trace one forward pass and return the coupling graph. The model's mode and state are left as they were.
+
+    ``outputs`` picks from the model's return value the tensors whose channels are its contract (they are
+    frozen); by default every returned tensor.
+    """
+    was_training = model.training
+    if example is None:
+        p = next(model.parameters())
+        example = torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device)
+    tracer = _Tracer(model)
+    model.eval()
+    try:
+        with torch.no_grad(), tracer:
+            x = example.clone()
+            tracer._set(x, tracer.uf.new(x.shape[1], frozen="network input"))
+            out = model(x)
+        tracer._freeze_all((outputs or _flat_outputs)(out), [], "network output")
+    finally:
+        model.train(was_training)
+    return _build_graph(model, tracer)
+
+
+def _flat_outputs(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flat_outputs(v)]
+    return []
+
+
+def _build_graph(model: nn.Module, tr: _Tracer) -> Graph:
+    types = {name: type(m) for name, m in model.named_modules()}
+    missed = [n for n, m in model.named_modules() if isinstance(m, _PARAM_LEAVES) and n not in tr.visited]
+    if missed:
+        raise UnsupportedModelError(
+            f"{len(missed)} layer(s) were not reached by the traced forward pass (e.g. {missed[0]}); "
+            "their channel coupling is unknown, so pruning would not be safe")
+    by_root: dict[int, Unit] = {}
+    for label, member in tr.members:
+        root = tr.uf.find(label)
+        unit = by_root.setdefault(root, Unit(id=len(by_root)))
+        unit.members.append(member)
+    for label, reasons in tr.uf.frozen.items():
+        unit = by_root.get(tr.uf.find(label))
+        if unit is not None:
+            unit.frozen.extend(r for r in reasons if r not in unit.frozen)
+    for label in tr.uf.nonzero_preserving:
+        unit = by_root.get(tr.uf.find(label))
+        if unit is not None:
+            unit.zero_preserving = False
+    for unit in by_root.values():
+        if not unit.producers:  # input channels of nothing we can remove (e.g. image channels)
+            unit.frozen.append("no producing layer")
+    return Graph(list(by_root.values()), types, tr.bn_source, dict(tr.frozen_ops))
+
+
+__all__ = ["Graph", "Member", "Unit", "trace", "F"]

@@ -1,0 +1,151 @@
+"""The one adapter onto Ultralytics internals: loading and saving checkpoints, model checks, FLOPs, width fix-ups.
+
+Everything else in yoloprune sees a plain ``nn.Module``. ``YOLO_OFFLINE`` is set (unless the user set it) before
+Ultralytics is imported, so it never tries to reach its hub for fonts, AMP checks or assets.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import pickle
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from ultralytics import YOLO, __version__ as ULTRALYTICS_VERSION  # noqa: E402
+from ultralytics.nn.modules import C2f, Detect  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils.torch_utils import get_flops  # noqa: E402
+
+from yoloprune import __version__  # noqa: E402
+from yoloprune.atomic import atomic_write  # noqa: E402
+from yoloprune.errors import CheckpointError  # noqa: E402
+
+ModelLike = "YOLO | DetectionModel | nn.Module | str | Path"
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """torch.load a file, turning every way it can be broken into one CheckpointError naming it."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
+            AttributeError, ModuleNotFoundError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
+        raise CheckpointError(f"not an Ultralytics checkpoint (no 'model' module inside): {path}")
+    return ckpt
+
+
+def check_detection_model(model: nn.Module, where: str = "model") -> DetectionModel:
+    """Refuse anything that is not an Ultralytics detection model (classify, segment, pose, obb, ...)."""
+    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") not in (None, "detect"):
+        kind = getattr(model, "task", None) or type(model).__name__
+        raise CheckpointError(f"{where} is not a detection model (got {kind}); yoloprune prunes YOLO detectors")
+    if type(model) is not DetectionModel:  # SegmentationModel, PoseModel, ... subclass DetectionModel
+        raise CheckpointError(f"{where} is a {type(model).__name__}, not a plain detection model")
+    return model
+
+
+def load_model(src: Any) -> tuple[DetectionModel, dict]:
+    """Resolve a YOLO object, DetectionModel or checkpoint path to an FP32 DetectionModel and its checkpoint dict.
+
+    A path is read, never written. The returned checkpoint dict carries ``train_args`` and yoloprune metadata so
+    that saving keeps them.
+    """
+    if isinstance(src, YOLO):
+        return check_detection_model(src.model, "YOLO object"), dict(getattr(src, "ckpt", None) or {})
+    if isinstance(src, nn.Module):
+        return check_detection_model(src), {}
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                return DetectionModel(str(path), verbose=False), {}
+            except Exception as e:  # an unknown yaml is user input: report it in one line
+                raise CheckpointError(f"cannot build a model from {path}: {e}") from None
+        ckpt = _read_checkpoint(path)
+        model = (ckpt.get("ema") or ckpt["model"]).float()
+        model = check_detection_model(model, str(path))
+        model.args = {**getattr(model, "args", {}), **(ckpt.get("train_args") or {})}
+        return model, ckpt
+    raise CheckpointError(f"cannot load a model from {type(src).__name__}")
+
+
+def is_built_from_yaml(src: Any) -> bool:
+    return isinstance(src, (str, Path)) and Path(src).suffix in (".yaml", ".yml")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
+    """Write an Ultralytics-format checkpoint atomically: FP16 model, no EMA or optimizer, train_args kept.
+
+    The file loads with plain ``ultralytics.YOLO(path)``; it pickles only Ultralytics and torch classes.
+    """
+    ckpt = ckpt or {}
+    model = copy.deepcopy(model).cpu().half().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out = {
+        "date": datetime.now().isoformat(),
+        "version": ULTRALYTICS_VERSION,
+        "epoch": -1,
+        "best_fitness": None,
+        "model": model,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": dict(ckpt.get("train_args") or getattr(model, "args", {}) or {}),
+        "train_metrics": ckpt.get("train_metrics"),
+        "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__},
+    }
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def gflops(model: nn.Module, imgsz: int = 640) -> float:
+    """GFLOPs at ``imgsz`` through Ultralytics' own (thop) counter."""
+    return float(get_flops(model, imgsz))
+
+
+def detect_heads(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, Detect)]
+
+
+def fix_widths(model: nn.Module) -> None:
+    """Refresh width attributes that forward paths read after channels were removed.
+
+    The ONNX exporter swaps C2f (and C3k2) to ``forward_split``, which splits at ``self.c``; the graph keeps
+    C2f's two halves equal (``chunk`` couples them), so ``c`` is half of cv1's new width.
+    """
+    for m in model.modules():
+        if isinstance(m, C2f):
+            m.c = m.cv1.conv.out_channels // 2
+
+
+def contract_outputs(out: Any) -> list[torch.Tensor]:
+    """The outputs whose channels users rely on. An eval-mode detection model returns ``(y, raw)``: raw holds the
+    head's input feature maps beside its predictions, and only y's layout is the model's contract."""
+    if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        return [out[0]]
+    if isinstance(out, torch.Tensor):
+        return [out]
+    raise TypeError(f"unexpected model output {type(out).__name__}")
+
+
+def max_stride(model: nn.Module) -> int:
+    stride = getattr(model, "stride", None)
+    return int(stride.max()) if isinstance(stride, torch.Tensor) and stride.numel() else 32
