@@ -59,6 +59,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_out(model: str, tag: str) -> str:
+    path = Path(model)
+    return str(path.with_name(f"{path.stem}-{tag}.pt"))
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from yoloprune.prune import PruneConfig, prune
+    from yoloprune.ultra import save_checkpoint
+
+    out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
+    _check_out(args.model, out)
+    cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
+                      min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
+                      imgsz=args.imgsz)
+    report = prune(args.model, config=cfg)
+    print(report.table())
+    save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary()})
+    print(f"saved {out}")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from yoloprune.prune import compact
+    from yoloprune.ultra import save_checkpoint
+
+    _check_out(args.model, args.out)
+    report = compact(args.model)
+    print(report.table())
+    save_checkpoint(report.model, args.out, report.ckpt, {"compacted": report.summary()})
+    print(f"saved {args.out}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from yoloprune.info import describe
+
+    print(describe(args.model, imgsz=args.imgsz, verbose=args.verbose))
+    return 0
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
+    p.add_argument("--model", required=True, help="Ultralytics detection checkpoint (.pt) or model yaml")
+    p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
+    p.add_argument("--method", choices=("l1", "l2", "bn"), default="l1")
+    p.add_argument("--scope", choices=("global", "uniform"), default="global")
+    p.add_argument("--round-to", type=_positive_int, default=1, help="keep widths multiples of N")
+    p.add_argument("--min-channels", type=_positive_int, default=1)
+    p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
+    p.add_argument("--target-gflops", type=float, default=None,
+                   help="instead of --ratio: prune until GFLOPs fall to this fraction of the original")
+    p.add_argument("--imgsz", type=_positive_int, default=640, help="image size for GFLOPs")
+    p.add_argument("--out", default=None, help="output checkpoint (default: <model>-<method><ratio>.pt)")
+    p.set_defaults(func=_cmd_prune)
+
+
+def _add_compact(sub) -> None:
+    p = sub.add_parser("compact", help="physically remove channels that are already exactly zero")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_compact)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="params, GFLOPs, sparsity, widths, frozen channels and why")
+    p.add_argument("--model", required=True)
+    p.add_argument("--imgsz", type=_positive_int, default=640)
+    p.add_argument("--verbose", action="store_true", help="list every layer's width")
+    p.set_defaults(func=_cmd_info)
+
+
 def _add_make_data(sub) -> None:
     p = sub.add_parser("make-data", help="generate the tea-bud-style dataset")
     p.add_argument("--out", required=True, help="dataset folder; the data yaml is written beside it as <out>.yaml")
@@ -85,10 +156,17 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit code 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yoloprune", description=__doc__)
+    parser = _Parser(prog="yoloprune", description="Structured pruning for Ultralytics YOLO detectors.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_make_data, _add_train):
+    for add in (_add_info, _add_prune, _add_compact, _add_make_data, _add_train):
         add(sub)
     return parser
 
@@ -101,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except YoloPruneError as e:
         print(f"yoloprune: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny detectors built from Ultralytics' own yaml files (no downloads), with realistic BN state."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from yoloprune.ultra import DetectionModel  # noqa: E402
+
+FAMILIES = ["yolov5nu.yaml", "yolov8n.yaml", "yolo11n.yaml"]
+_CACHE: dict[str, DetectionModel] = {}
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BN non-trivial statistics and affine terms, so that every channel matters to the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model
+
+
+def build(yaml: str) -> DetectionModel:
+    """A fresh copy of a randomly initialised (seeded) detector; built once per session per yaml."""
+    if yaml not in _CACHE:
+        torch.manual_seed(0)
+        _CACHE[yaml] = randomize_bn(DetectionModel(yaml, verbose=False)).eval()
+    return copy.deepcopy(_CACHE[yaml])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param

@@ -1,0 +1,176 @@
+"""Structured pruning: exactness of masking vs removal vs compaction, shapes, params, trainability."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build, rel_err
+
+import yoloprune as yp
+from yoloprune.prune import _trace, apply, dead_units
+from yoloprune.surgery import channels
+
+
+def _out(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)[0]
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_masked_equals_removed_equals_compacted(family, ratio):
+    model = build(family)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    full = _out(model, x)
+    graph = _trace(model)
+    p = yp.plan(model, graph, yp.PruneConfig(ratio=ratio, method="l1"))
+    assert len(p.remove) > 0
+    yp.mask(model, p)
+    masked = _out(model, x)
+    assert rel_err(masked, full) > 1e-3, "masking must change the output, or the test proves nothing"
+
+    removed = build(family)
+    yp.mask(removed, p)
+    apply(removed, p)
+    assert rel_err(_out(removed, x), masked) < 1e-5
+
+    params_masked = sum(q.numel() for q in model.parameters())
+    report = yp.compact(model)
+    assert report.removed_units == len(p.remove)
+    assert rel_err(_out(model, x), masked) < 1e-5
+    assert sum(q.numel() for q in model.parameters()) < params_masked
+    assert sum(q.numel() for q in model.parameters()) == sum(q.numel() for q in removed.parameters())
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.4, 0.7])
+def test_prune_ratios_keep_model_working(family, ratio):
+    model = build(family)
+    x = torch.randn(2, 3, 160, 160)
+    shape = _out(model, x).shape
+    params = sum(q.numel() for q in model.parameters())
+    report = yp.prune(model, ratio=ratio, method="l1", imgsz=160)
+    assert report.after.params < report.before.params == params
+    assert report.after.gflops < report.before.gflops
+    assert _out(model, x).shape == shape
+    assert torch.isfinite(_out(model, x)).all()
+    model.train()
+    preds = model(x)
+    loss = sum(v.float().pow(2).mean() for v in _leaves(preds))
+    loss.backward()
+    grads = [q.grad for q in model.parameters() if q.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def _leaves(out):
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, dict):
+        for v in out.values():
+            yield from _leaves(v)
+    elif isinstance(out, (list, tuple)):
+        for v in out:
+            yield from _leaves(v)
+
+
+def test_higher_ratio_prunes_more():
+    sizes = []
+    for r in (0.0, 0.2, 0.4, 0.6):
+        model = build("yolov8n.yaml")
+        sizes.append(yp.prune(model, ratio=r, imgsz=128).after.params)
+    assert sizes[0] == sum(q.numel() for q in build("yolov8n.yaml").parameters())
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+
+
+@pytest.mark.parametrize("method", ["l1", "l2", "bn"])
+def test_methods_rank_differently_but_all_prune(method):
+    model = build("yolov8n.yaml")
+    report = yp.prune(model, ratio=0.3, method=method, imgsz=128)
+    assert 0 < report.removed_units < report.prunable_units
+    assert report.after.params < report.before.params
+
+
+def test_bn_method_removes_smallest_gammas_first():
+    model = build("yolov8n.yaml")
+    bn = model.model[0].bn
+    with torch.no_grad():
+        bn.weight[:4] = 1e-4  # four near-dead channels in the stem
+    yp.prune(model, ratio=0.25, method="bn", scope="uniform", imgsz=128)
+    assert bn.num_features == 12
+    assert bn.weight.abs().min() > 0.4  # exactly the four tiny gammas went
+
+
+def test_round_to_and_min_channels():
+    model = build("yolov8n.yaml")
+    before = {n: channels(m, 0) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    yp.prune(model, ratio=0.6, round_to=8, min_channels=8, imgsz=128)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and m.num_features != before[name]:
+            assert m.num_features % 8 == 0 and m.num_features >= 8, name
+
+
+def test_ignored_layers_are_left_alone():
+    model = build("yolov8n.yaml")
+    widths = {n: m.out_channels for n, m in model.named_modules() if n.startswith("model.9.") and hasattr(m, "out_channels")}
+    yp.prune(model, ratio=0.5, ignore=("model.9",), imgsz=128)
+    for n, w in widths.items():
+        assert dict(model.named_modules())[n].out_channels == w
+
+
+def test_uniform_scope_prunes_every_group_by_ratio():
+    model = build("yolov8n.yaml")
+    graph = _trace(model)
+    p = yp.plan(model, graph, yp.PruneConfig(ratio=0.5, scope="uniform"))
+    for units in graph.groups().values():
+        n_removed = sum(u.id in p.remove for u in units)
+        assert n_removed == min(int(0.5 * len(units)), len(units) - 1)
+
+
+def test_target_gflops_reaches_fraction():
+    model = build("yolov8n.yaml")
+    report = yp.prune(model, target_gflops=0.5, imgsz=128)
+    assert report.after.gflops <= 0.5 * report.before.gflops
+    assert report.after.gflops > 0.35 * report.before.gflops  # bisection lands near the target
+
+
+def test_compact_keeps_channels_whose_zero_filter_still_emits_bn_shift():
+    """A zeroed conv filter followed by BN outputs act(beta - mean*gamma/std) != 0: removing it would change outputs."""
+    model = build("yolov8n.yaml")
+    with torch.no_grad():
+        model.model[0].conv.weight[:3] = 0
+    assert dead_units(model, _trace(model)) == []
+
+
+def test_compact_removes_bn_zeroed_channels_exactly():
+    model = build("yolov5nu.yaml")
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        for bn in (model.model[0].bn, model.model[1].bn):
+            bn.weight[:5] = 0
+            bn.bias[:5] = 0
+    ref = _out(model, x)
+    report = yp.compact(model)
+    assert report.removed_units == 10
+    assert model.model[0].conv.out_channels == 11 and model.model[1].conv.in_channels == 11
+    assert rel_err(_out(model, x), ref) < 1e-5
+
+
+def test_c2f_split_width_matches_after_pruning():
+    """The ONNX exporter switches C2f to forward_split, which splits at `c`: it must follow the new width."""
+    from ultralytics.nn.modules import C2f
+
+    model = build("yolov8n.yaml")
+    yp.prune(model, ratio=0.4, imgsz=128)
+    x = torch.randn(1, 3, 128, 128)
+    ref = _out(model, x)
+    for m in model.modules():
+        if isinstance(m, C2f):
+            assert 2 * m.c == m.cv1.conv.out_channels
+            m.forward = m.forward_split
+    assert rel_err(_out(model, x), ref) < 1e-6
+
+
+def test_bad_config_is_refused():
+    model = build("yolov8n.yaml")
+    for kwargs in ({"ratio": 1.0}, {"ratio": -0.1}, {"ratio": float("nan")}, {"method": "l3"}, {"scope": "x"}):
+        with pytest.raises(yp.ConfigError):
+            yp.prune(model, **kwargs)

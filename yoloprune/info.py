@@ -1,0 +1,36 @@
+"""``yoloprune info``: what a model is made of and what the graph would let a pruner touch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from yoloprune import ultra
+from yoloprune.prune import _trace, dead_units
+from yoloprune.report import snapshot
+
+
+def describe(model, imgsz: int = 640, verbose: bool = False) -> str:
+    net, _ = ultra.load_model(model)
+    snap = snapshot(net, imgsz)
+    graph = _trace(net)
+    groups = graph.groups()
+    frozen = Counter(r for u in graph.frozen_units() for r in u.frozen)
+    frozen_layers = Counter()
+    for u in graph.frozen_units():
+        for m in u.producers:
+            frozen_layers[m.module] += 1
+    lines = [
+        f"model: {model if isinstance(model, str) else type(model).__name__}",
+        f"params: {snap.params:,}   GFLOPs@{imgsz}: {snap.gflops:.3f}   "
+        f"weight sparsity: {snap.zeros / max(snap.weights, 1):.2%} ({snap.zeros:,} exact zeros)",
+        f"channel units: {len(graph.units)} ({sum(len(v) for v in groups.values())} prunable in {len(groups)} "
+        f"coupled groups, {len(graph.frozen_units())} frozen)",
+        f"exactly-zero prunable units (removable by compact): {len(dead_units(net, graph))}",
+        "frozen channel units by reason:",
+        *(f"  {n:6d}  {why}" for why, n in frozen.most_common()),
+        "layers with frozen output channels:",
+        *(f"  {name} ({n})" for name, n in sorted(frozen_layers.items()) if not name.endswith(".bn")),
+    ]
+    if verbose:
+        lines += ["layer widths:", *(f"  {n:40} {w}" for n, w in snap.widths.items())]
+    return "\n".join(lines)

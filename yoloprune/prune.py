@@ -1,0 +1,198 @@
+"""Plan which units to remove, apply the plan with genuine channel removal, and compact fake-pruned models.
+
+model in -> trace -> coupled units -> importance -> plan -> surgery -> model out.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from yoloprune import ultra
+from yoloprune.errors import ConfigError
+from yoloprune.graph import Graph, Unit, trace
+from yoloprune.importance import METHODS, group_scores
+from yoloprune.report import Report, snapshot
+from yoloprune.surgery import channels, keep_channels
+
+
+@dataclass
+class PruneConfig:
+    """How to prune. ``ratio`` is the fraction of prunable units (coupled channels) removed."""
+
+    ratio: float = 0.0
+    method: str = "l1"
+    scope: str = "global"  # "global": one threshold across groups; "uniform": the same ratio in every group
+    round_to: int = 1  # keep each group's width a multiple of this
+    min_channels: int = 1  # never keep fewer units than this in a group
+    ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
+    target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
+    imgsz: int = 640  # image size for GFLOPs
+
+    def validate(self) -> None:
+        if not isinstance(self.ratio, (int, float)) or not math.isfinite(self.ratio) or not 0 <= self.ratio < 1:
+            raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.scope not in ("global", "uniform"):
+            raise ConfigError(f"unknown scope {self.scope!r}; choose global or uniform")
+        if self.round_to < 1 or self.min_channels < 1:
+            raise ConfigError("round_to and min_channels must be >= 1")
+        if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
+            raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
+
+
+@dataclass
+class Plan:
+    """Units to remove, by id, with the graph they index into."""
+
+    graph: Graph
+    remove: set[int] = field(default_factory=set)
+
+
+def _ignored(unit: Unit, prefixes: tuple[str, ...]) -> bool:
+    return any(m.module == p or m.module.startswith(p + ".") for m in unit.members for p in prefixes)
+
+
+def _n_keep(n: int, n_remove: int, cfg: PruneConfig) -> int:
+    keep = max(n - n_remove, min(cfg.min_channels, n), 1)
+    if cfg.round_to > 1:
+        keep = min(n, math.ceil(keep / cfg.round_to) * cfg.round_to)
+    return keep
+
+
+def plan(model: nn.Module, graph: Graph, cfg: PruneConfig) -> Plan:
+    """Choose the lowest-scoring units: under one global threshold, or the same fraction of every group."""
+    modules = dict(model.named_modules())
+    groups = [(k, us) for k, us in graph.groups().items() if not any(_ignored(u, cfg.ignore) for u in us)]
+    scored = [(us, group_scores(us, modules, cfg.method)) for _, us in groups]
+    if cfg.scope == "global":
+        every = torch.cat([s for _, s in scored]) if scored else torch.zeros(0)
+        k = int(cfg.ratio * every.numel())
+        threshold = every.sort().values[k - 1].item() if k > 0 else -math.inf
+    out = Plan(graph)
+    for units, scores in scored:
+        n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(cfg.ratio * len(units))
+        order = scores.argsort(stable=True)
+        drop = order[: len(units) - _n_keep(len(units), n_remove, cfg)]
+        out.remove.update(units[i].id for i in drop.tolist())
+    return out
+
+
+def apply(model: nn.Module, p: Plan) -> None:
+    """Physically remove the planned units from every layer they touch."""
+    removed: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for unit in p.graph.units:
+        if unit.id in p.remove:
+            for m in unit.members:
+                removed[(m.module, m.dim)].add(m.index)
+    modules = dict(model.named_modules())
+    for (name, dim), idx in sorted(removed.items()):
+        mod = modules[name]
+        keep_channels(mod, dim, [i for i in range(channels(mod, dim)) if i not in idx])
+    ultra.fix_widths(model)
+
+
+@torch.no_grad()
+def mask(model: nn.Module, p: Plan) -> None:
+    """Soft-prune: zero the planned units (filters, biases, BN gamma and beta) without removing them."""
+    modules = dict(model.named_modules())
+    for unit in p.graph.units:
+        if unit.id not in p.remove:
+            continue
+        for m in unit.producers:
+            mod = modules[m.module]
+            if isinstance(mod, nn.ConvTranspose2d):
+                mod.weight[:, m.index] = 0
+            else:
+                mod.weight[m.index] = 0
+            if mod.bias is not None:
+                mod.bias[m.index] = 0
+
+
+def _trace(model: nn.Module) -> Graph:
+    return trace(model, imgsz=2 * ultra.max_stride(model), outputs=ultra.contract_outputs)
+
+
+def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: float) -> Plan:
+    """Bisect the ratio until GFLOPs fall to ``cfg.target_gflops`` of the original."""
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        candidate = plan(model, graph, replace(cfg, ratio=mid))
+        trial = copy.deepcopy(model)
+        apply(trial, candidate)
+        if ultra.gflops(trial, cfg.imgsz) <= cfg.target_gflops * base:
+            best, hi = candidate, mid
+        else:
+            lo = mid
+    if best is None:
+        raise ConfigError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
+    return best
+
+
+def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | None = None, **options) -> Report:
+    """Prune ``model`` in place (YOLO, DetectionModel, or a checkpoint path, which is read and never written).
+
+    Returns a Report with params and GFLOPs before/after and per-layer widths; ``report.model`` is the model.
+    """
+    cfg = config or PruneConfig(ratio=ratio, method=method, **options)
+    cfg.validate()
+    net, ckpt = ultra.load_model(model)
+    before = snapshot(net, cfg.imgsz)
+    graph = _trace(net)
+    p = _plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops else plan(net, graph, cfg)
+    apply(net, p)
+    return Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
+                        action=f"prune {cfg.method} ratio={cfg.ratio}")
+
+
+def dead_units(model: nn.Module, graph: Graph) -> list[Unit]:
+    """Prunable units whose channels are exactly zero everywhere: every producing conv/BN chain outputs 0."""
+    modules = dict(model.named_modules())
+    return [u for u in graph.units if not u.frozen and u.zero_preserving and _unit_is_zero(u, modules, graph)]
+
+
+def _unit_is_zero(unit: Unit, modules: dict[str, nn.Module], graph: Graph) -> bool:
+    bns = {m.module: m.index for m in unit.producers if isinstance(modules[m.module], nn.BatchNorm2d)}
+    fed = {graph.bn_source.get(b) for b in bns}
+    for m in unit.producers:
+        mod = modules[m.module]
+        if isinstance(mod, nn.BatchNorm2d):
+            src = graph.bn_source.get(m.module)
+            if not (_bn_zero(mod, m.index) or (src is not None and _bn_zero_on_zero(mod, m.index)
+                                                and _layer_zero(modules[src], m.index))):
+                return False
+        elif m.module not in fed and not _layer_zero(mod, m.index):
+            return False
+    return True
+
+
+def _bn_zero(bn: nn.BatchNorm2d, i: int) -> bool:
+    return bn.weight is not None and bn.weight[i].item() == 0 and bn.bias[i].item() == 0
+
+
+def _bn_zero_on_zero(bn: nn.BatchNorm2d, i: int) -> bool:
+    shift = bn.bias[i] - bn.running_mean[i] * bn.weight[i] / torch.sqrt(bn.running_var[i] + bn.eps)
+    return shift.item() == 0
+
+
+def _layer_zero(mod: nn.Module, i: int) -> bool:
+    row = mod.weight.detach()[:, i] if isinstance(mod, nn.ConvTranspose2d) else mod.weight.detach()[i]
+    bias_zero = mod.bias is None or mod.bias.detach()[i].item() == 0
+    return bias_zero and not bool(row.any())
+
+
+def compact(model) -> Report:
+    """Remove channels that are already exactly zero across their whole coupled group; outputs do not change."""
+    net, ckpt = ultra.load_model(model)
+    before = snapshot(net, 640)
+    graph = _trace(net)
+    dead = dead_units(net, graph)
+    apply(net, Plan(graph, {u.id for u in dead}))
+    return Report.build(net, before, graph, removed=len(dead), imgsz=640, ckpt=ckpt, action="compact")

@@ -1,0 +1,85 @@
+"""What a pruning step did: params and GFLOPs before/after, per-layer widths, frozen channels and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from yoloprune import ultra
+from yoloprune.graph import Graph
+
+_WIDTH_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+@dataclass
+class Snapshot:
+    params: int
+    gflops: float
+    widths: dict[str, int]  # layer name -> output channels
+    zeros: int  # exactly-zero weights in conv/linear layers
+    weights: int
+
+
+def snapshot(model: nn.Module, imgsz: int) -> Snapshot:
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, _WIDTH_LAYERS)}
+    widths = {n: m.weight.shape[1] if isinstance(m, nn.ConvTranspose2d) else m.weight.shape[0]
+              for n, m in layers.items()}
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    weights = sum(m.weight.numel() for m in layers.values())
+    return Snapshot(sum(p.numel() for p in model.parameters()), ultra.gflops(model, imgsz), widths, zeros, weights)
+
+
+@dataclass
+class Report:
+    """Before/after figures of one action. ``model`` is the (modified in place) model."""
+
+    action: str
+    before: Snapshot
+    after: Snapshot
+    removed_units: int
+    prunable_units: int
+    frozen: dict[str, int] = field(default_factory=dict)  # reason -> channels frozen for it
+    imgsz: int = 640
+    model: nn.Module | None = field(default=None, repr=False)
+    ckpt: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, model, before: Snapshot, graph: Graph, removed: int, imgsz: int, ckpt: dict, action: str):
+        frozen = Counter()
+        for u in graph.frozen_units():
+            for reason in u.frozen:
+                frozen[reason] += 1
+        prunable = sum(1 for u in graph.units if not u.frozen)
+        return cls(action, before, snapshot(model, imgsz), removed, prunable, dict(frozen), imgsz, model, ckpt)
+
+    def changed_layers(self) -> list[tuple[str, int, int]]:
+        return [(n, w, self.after.widths.get(n, 0)) for n, w in self.before.widths.items()
+                if self.after.widths.get(n) != w]
+
+    def summary(self) -> dict:
+        b, a = self.before, self.after
+        return {"action": self.action, "params_before": b.params, "params_after": a.params,
+                "gflops_before": round(b.gflops, 4), "gflops_after": round(a.gflops, 4), "imgsz": self.imgsz,
+                "removed_units": self.removed_units, "prunable_units": self.prunable_units}
+
+    def table(self, max_rows: int = 60) -> str:
+        b, a = self.before, self.after
+        lines = [
+            f"{self.action}: removed {self.removed_units} of {self.prunable_units} prunable channel units",
+            f"{'':24}{'before':>14}{'after':>14}{'ratio':>9}",
+            f"{'params':24}{b.params:>14,}{a.params:>14,}{a.params / max(b.params, 1):>9.3f}",
+            f"{'GFLOPs @' + str(self.imgsz):24}{b.gflops:>14.3f}{a.gflops:>14.3f}{a.gflops / max(b.gflops, 1e-12):>9.3f}",
+            "", f"{'layer':40}{'width before':>14}{'after':>8}",
+        ]
+        changed = self.changed_layers()
+        lines += [f"{n:40}{w0:>14}{w1:>8}" for n, w0, w1 in changed[:max_rows]]
+        if len(changed) > max_rows:
+            lines.append(f"... and {len(changed) - max_rows} more layers changed")
+        if not changed:
+            lines.append("(no layer changed)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
