@@ -130,6 +130,31 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
+def _cmd_val(args: argparse.Namespace) -> int:
+    import json
+
+    from yoloprune.atomic import atomic_write_text
+    from yoloprune.evaluate import evaluate
+
+    result = evaluate(args.model, args.data, args.split, imgsz=args.imgsz, batch=args.batch)
+    print(result.table())
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_val(sub) -> None:
+    p = sub.add_parser("val", help="COCO mAP (pycocotools) and the Ultralytics validator's mAP")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="Ultralytics data yaml")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    p.set_defaults(func=_cmd_val)
+
+
 def _add_make_data(sub) -> None:
     p = sub.add_parser("make-data", help="generate the tea-bud-style dataset")
     p.add_argument("--out", required=True, help="dataset folder; the data yaml is written beside it as <out>.yaml")
@@ -166,7 +191,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yoloprune", description="Structured pruning for Ultralytics YOLO detectors.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_prune, _add_compact, _add_make_data, _add_train):
+    for add in (_add_info, _add_prune, _add_compact, _add_val, _add_make_data, _add_train):
         add(sub)
     return parser
 

@@ -80,13 +80,16 @@ def load_model(src: Any) -> tuple[DetectionModel, dict]:
         ckpt = _read_checkpoint(path)
         model = (ckpt.get("ema") or ckpt["model"]).float()
         model = check_detection_model(model, str(path))
-        model.args = {**getattr(model, "args", {}), **(ckpt.get("train_args") or {})}
+        model.args = {**_as_dict(getattr(model, "args", None)), **_as_dict(ckpt.get("train_args"))}
         return model, ckpt
     raise CheckpointError(f"cannot load a model from {type(src).__name__}")
 
 
-def is_built_from_yaml(src: Any) -> bool:
-    return isinstance(src, (str, Path)) and Path(src).suffix in (".yaml", ".yml")
+def _as_dict(args: Any) -> dict:
+    """Training args are stored as a dict or as Ultralytics' IterableSimpleNamespace."""
+    if args is None:
+        return {}
+    return dict(args) if isinstance(args, dict) else dict(vars(args))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
@@ -107,7 +110,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None
         "ema": None,
         "updates": None,
         "optimizer": None,
-        "train_args": dict(ckpt.get("train_args") or getattr(model, "args", {}) or {}),
+        "train_args": _as_dict(ckpt.get("train_args") or getattr(model, "args", None)),
         "train_metrics": ckpt.get("train_metrics"),
         "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__},
     }
@@ -144,6 +147,11 @@ def contract_outputs(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     raise TypeError(f"unexpected model output {type(out).__name__}")
+
+
+def num_classes(model: nn.Module) -> int:
+    heads = detect_heads(model)
+    return int(heads[-1].nc) if heads else len(getattr(model, "names", {}) or {})
 
 
 def max_stride(model: nn.Module) -> int:

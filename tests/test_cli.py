@@ -1,0 +1,120 @@
+"""CLI: bad input is one line on stderr and exit 2; outputs load with plain Ultralytics in a fresh process."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from yoloprune.cli import main
+from yoloprune.ultra import DetectionModel, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "v8n.pt"
+    save_checkpoint(DetectionModel("yolov8n.yaml", verbose=False), path)
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "yoloprune", *args], capture_output=True, text=True, timeout=300)
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _bad_files(tmp_path, ckpt):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    plain = tmp_path / "tensor.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    from ultralytics.nn.tasks import ClassificationModel
+
+    cls = tmp_path / "cls.pt"
+    torch.save({"model": ClassificationModel("yolov8n-cls.yaml", verbose=False)}, cls)
+    return {"missing": tmp_path / "nope.pt", "empty": empty, "text": text, "truncated": trunc,
+            "no-model": plain, "classifier": cls}
+
+
+def test_bad_checkpoints_exit_2_with_one_line(tmp_path, ckpt, capsys):
+    for kind, path in _bad_files(tmp_path, ckpt).items():
+        for cmd in (["prune", "--model", str(path), "--ratio", "0.2", "--out", str(tmp_path / "o.pt")],
+                    ["compact", "--model", str(path), "--out", str(tmp_path / "o.pt")],
+                    ["info", "--model", str(path)]):
+            assert main(cmd) == 2, (kind, cmd[0])
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and str(path.name) in err, (kind, err)
+    assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--ratio", "1.0"], ["--ratio", "-0.2"], ["--ratio", "abc"], ["--ratio", "nan"], ["--method", "l7"],
+])
+def test_bad_values_exit_2_in_a_subprocess(ckpt, tmp_path, args):
+    r = _run("prune", "--model", str(ckpt), "--out", str(tmp_path / "o.pt"), *args)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_out_equal_to_input_is_refused_and_input_untouched(ckpt, capsys):
+    before = _digest(ckpt)
+    assert main(["prune", "--model", str(ckpt), "--ratio", "0.3", "--out", str(ckpt)]) == 2
+    assert "input" in capsys.readouterr().err
+    assert _digest(ckpt) == before
+
+
+def test_pruned_checkpoint_loads_and_predicts_without_yoloprune(ckpt, tmp_path):
+    before = _digest(ckpt)
+    out = tmp_path / "pruned.pt"
+    r = _run("prune", "--model", str(ckpt), "--ratio", "0.4", "--imgsz", "320", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "params" in r.stdout and out.exists()
+    assert _digest(ckpt) == before, "the input checkpoint must never be modified"
+    assert not list(tmp_path.glob(".*.tmp")), "no temp files left behind"
+    probe = textwrap.dedent(f"""
+        import os, sys
+        os.environ["YOLO_OFFLINE"] = "1"
+        import numpy as np
+        from ultralytics import YOLO
+        m = YOLO({str(out)!r})
+        n = sum(p.numel() for p in m.model.parameters())
+        res = m.predict(np.zeros((320, 320, 3), np.uint8), imgsz=320, verbose=False)
+        assert res[0].boxes is not None
+        assert "yoloprune" not in sys.modules, "the checkpoint pulled yoloprune in"
+        print(n)
+    """)
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    full = sum(q.numel() for q in DetectionModel("yolov8n.yaml", verbose=False).parameters())
+    assert int(p.stdout.strip().splitlines()[-1]) < 0.7 * full
+
+
+def test_compact_cli_writes_smaller_checkpoint(ckpt, tmp_path):
+    model = torch.load(ckpt, weights_only=False)["model"].float()
+    with torch.no_grad():
+        model.model[0].bn.weight[:4] = 0
+        model.model[0].bn.bias[:4] = 0
+    zeroed = tmp_path / "zeroed.pt"
+    save_checkpoint(model, zeroed)
+    out = tmp_path / "compact.pt"
+    assert main(["compact", "--model", str(zeroed), "--out", str(out)]) == 0
+    slim = torch.load(out, weights_only=False)["model"]
+    assert slim.model[0].conv.out_channels == 12 and slim.model[1].conv.in_channels == 12
+
+
+def test_info_reports_frozen_head(ckpt, capsys):
+    assert main(["info", "--model", str(ckpt), "--imgsz", "320"]) == 0
+    out = capsys.readouterr().out
+    assert "params: 3,157,200" in out and "model.22.cv3.0.2" in out and "frozen" in out
