@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from yoloprune.coco import read_yolo_labels, yolo_split_to_coco
+from yoloprune.coco import read_yolo_labels
 from yoloprune.data import load_data
 from yoloprune.errors import DataError
 from yoloprune.evaluate import coco_map
@@ -54,7 +54,7 @@ def test_generate_writes_yolo_and_coco_that_round_trip(tmp_path):
         rows = read_yolo_labels(tmp_path / "tb/labels/val" / f"{im['file_name'][:-4]}.txt")
         anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
         assert len(rows) == len(anns)
-        for (c, cx, cy, w, h), a in zip(rows, anns):
+        for (c, cx, cy, w, h), a in zip(rows, anns, strict=True):
             x, y, bw, bh = a["bbox"]
             assert a["category_id"] == c
             assert np.allclose([(x + bw / 2) / 320, (y + bh / 2) / 320, bw / 320, bh / 320], [cx, cy, w, h], atol=1e-6)

@@ -16,8 +16,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from yoloprune import ultra
 from yoloprune.coco import yolo_split_to_coco
 from yoloprune.data import DataSpec, load_data
@@ -117,7 +115,7 @@ class Evaluator:
             map50_95=m, map50=m50,
             ultralytics_map50_95=float(stats["metrics/mAP50-95(B)"]),
             ultralytics_map50=float(stats["metrics/mAP50(B)"]),
-            per_class=dict(zip(self.spec.names, per)),
+            per_class=dict(zip(self.spec.names, per, strict=True)),
             images=len(self.gt["images"]), seconds=time.perf_counter() - t0,
         )
 
@@ -132,4 +130,4 @@ def evaluate(model, data: str | Path, split: str = "val", **options) -> EvalResu
     return Evaluator(data, split, **options)(model)
 
 
-__all__ = ["EvalResult", "Evaluator", "coco_map", "evaluate", "np"]
+__all__ = ["EvalResult", "Evaluator", "coco_map", "evaluate"]

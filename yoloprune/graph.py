@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -129,8 +128,7 @@ class _UnionFind:
 
 
 def _fname(func) -> str:
-    name = getattr(func, "__name__", None) or str(func)
-    return name
+    return getattr(func, "__name__", None) or str(func)
 
 
 class _Tracer(TorchFunctionMode):
@@ -212,15 +210,22 @@ class _Tracer(TorchFunctionMode):
                 if result is None:
                     result = lab
                 else:
-                    for i, j in zip(result, lab):
+                    for i, j in zip(result, lab, strict=True):
                         self.uf.union(i, j)
-            elif isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[-3 if a.dim() >= 3 else -1] not in (1,):
-                if a.dim() == out.dim() and a.shape[1] == c:
-                    return False  # a channel-sized operand we cannot couple (a parameter, a constant): freeze
+            elif _spans_channels(a, out):
+                return False  # a per-channel operand we cannot couple (a parameter, a constant): freeze
         if result is None:
             return False
         self._set(out, result)
         return True
+
+
+def _spans_channels(a, out: torch.Tensor) -> bool:
+    """Whether ``a``, broadcast against ``out``, varies along out's channel dim (dim 1)."""
+    if not isinstance(a, torch.Tensor):
+        return False
+    idx = a.dim() - (out.dim() - 1)  # a's dim aligned with out's dim 1, broadcasting from the right
+    return idx >= 0 and a.shape[idx] != 1
 
 
 def _has_tensor(out) -> bool:
@@ -353,9 +358,9 @@ def _h_chunk(tr: _Tracer, args, kwargs, out):
     if len({len(p) for p in pieces}) != 1:
         return False  # uneven chunks change size under pruning
     for p in pieces[1:]:
-        for i, j in zip(pieces[0], p):
+        for i, j in zip(pieces[0], p, strict=True):
             tr.uf.union(i, j)
-    for o, p in zip(out, pieces):
+    for o, p in zip(out, pieces, strict=True):
         tr._set(o, p)
     return True
 
@@ -446,4 +451,4 @@ def _build_graph(model: nn.Module, tr: _Tracer) -> Graph:
     return Graph(list(by_root.values()), types, tr.bn_source, dict(tr.frozen_ops))
 
 
-__all__ = ["Graph", "Member", "Unit", "trace", "F"]
+__all__ = ["Graph", "Member", "Unit", "trace"]

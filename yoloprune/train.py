@@ -12,10 +12,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ultralytics.models.yolo.detect import DetectionTrainer
+
 from yoloprune.atomic import atomic_write
 from yoloprune.ultra import YOLO, load_model
-
-from ultralytics.models.yolo.detect import DetectionTrainer
 
 
 @dataclass

@@ -20,7 +20,8 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from ultralytics import YOLO, __version__ as ULTRALYTICS_VERSION  # noqa: E402
+from ultralytics import YOLO  # noqa: E402
+from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.modules import C2f, Detect  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops  # noqa: E402
