@@ -3,7 +3,8 @@
 For each family (YOLOv5u, YOLOv8, YOLO11 at n and s scale) both tools prune a fresh copy of the same randomly
 initialised model, with the same input. A tool "handles" a family when pruning finishes and the pruned model
 still runs with unchanged output shape. Times are medians of --repeats runs. Ratios are relative to
-Torch-Pruning on yolov5nu, measured in the same run.
+Torch-Pruning on yolov5nu, measured in the same run. A tool
+that gives no result within --limit seconds on a model is reported as such.
 
     python benchmarks/prune_speed.py [--repeats 3] [--out benchmarks/prune_speed.md]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import statistics
 import time
 
@@ -46,15 +48,25 @@ def _torch_pruning(model: torch.nn.Module) -> None:
     pruner.step()
 
 
-def _time(tool, base: torch.nn.Module, x: torch.Tensor, shape, repeats: int) -> tuple[float | None, str]:
+def _alarm(signum, frame):
+    raise TimeoutError
+
+
+def _time(tool, base: torch.nn.Module, x: torch.Tensor, shape, repeats: int, limit: int) -> tuple[float | None, str]:
     times, note = [], ""
+    signal.signal(signal.SIGALRM, _alarm)
     for _ in range(repeats):
         model = copy.deepcopy(base).eval()
         t0 = time.perf_counter()
+        signal.alarm(limit)
         try:
             tool(model)
+        except TimeoutError:
+            return None, f"no result within {limit} s"
         except Exception as e:  # a tool failing on a family is a result, not a crash of the benchmark
             return None, f"fails: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        finally:
+            signal.alarm(0)
         times.append(time.perf_counter() - t0)
         try:
             with torch.no_grad():
@@ -72,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--limit", type=int, default=120, help="seconds one tool may take on one model")
     args = ap.parse_args()
     torch.manual_seed(0)
     x = torch.randn(1, 3, IMGSZ, IMGSZ)
@@ -80,8 +93,8 @@ def main() -> None:
         base = DetectionModel(f"{fam}.yaml", verbose=False).eval()
         with torch.no_grad():
             shape = base(x)[0].shape
-        tp_t, tp_note = _time(_torch_pruning, base, x, shape, args.repeats)
-        yp_t, yp_note = _time(_yoloprune, base, x, shape, args.repeats)
+        tp_t, tp_note = _time(_torch_pruning, base, x, shape, args.repeats, args.limit)
+        yp_t, yp_note = _time(_yoloprune, base, x, shape, args.repeats, args.limit)
         if fam == "yolov5nu":
             ref = tp_t
         rows.append((fam, yp_t, yp_note, tp_t, tp_note))

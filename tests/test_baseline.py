@@ -1,0 +1,41 @@
+"""End-to-end on the shipped data and weights (slow): evaluation reproduces the recorded figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from yoloprune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["teabud-yolov8n"])
+def test_val_on_shipped_baseline_matches_recorded_figure(name, tmp_path):
+    recorded = json.loads((WEIGHTS / f"{name}.val.json").read_text())
+    out = tmp_path / "val.json"
+    assert main(["val", "--model", str(WEIGHTS / f"{name}.pt"), "--data", str(ROOT / "data/teabud.yaml"),
+                 "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["images"] == 100
+    assert got["map50_95"] == pytest.approx(recorded["map50_95"], abs=0.01)
+    assert abs(got["map50_95"] - got["ultralytics_map50_95"]) < 0.03  # the two evaluations agree
+    assert set(got["per_class"]) == {"bud", "bud_leaf"}
+
+
+@pytest.mark.slow
+def test_pruning_the_baseline_costs_accuracy_monotonically(tmp_path):
+    """Pruning more of the trained detector (no fine-tune) never gains mAP by much and loses it at high ratios."""
+    import yoloprune as yp
+    from yoloprune.evaluate import Evaluator
+
+    ev = Evaluator(ROOT / "data/teabud.yaml", "val")
+    base = ev(WEIGHTS / "teabud-yolov8n.pt").map50_95
+    report = yp.prune(WEIGHTS / "teabud-yolov8n.pt", ratio=0.5, imgsz=320)
+    pruned = ev(report.model).map50_95
+    assert report.after.params < 0.5 * report.before.params
+    assert pruned < base
