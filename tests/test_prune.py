@@ -174,3 +174,15 @@ def test_bad_config_is_refused():
     for kwargs in ({"ratio": 1.0}, {"ratio": -0.1}, {"ratio": float("nan")}, {"method": "l3"}, {"scope": "x"}):
         with pytest.raises(yp.ConfigError):
             yp.prune(model, **kwargs)
+
+
+def test_model_broken_by_pruning_is_refused_and_left_untouched():
+    """YOLO26 reads a width from a pruned tensor's shape and views a frozen one with it: refuse, never break."""
+    from yoloprune.ultra import DetectionModel
+
+    model = DetectionModel("yolo26n.yaml", verbose=False).eval()
+    params = sum(q.numel() for q in model.parameters())
+    with pytest.raises(yp.UnsupportedModelError, match="no longer runs"):
+        yp.prune(model, ratio=0.5, imgsz=128)
+    assert sum(q.numel() for q in model.parameters()) == params
+    model(torch.zeros(1, 3, 128, 128))

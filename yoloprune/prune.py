@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from yoloprune import ultra
-from yoloprune.errors import ConfigError
+from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.graph import Graph, Unit, trace
 from yoloprune.importance import METHODS, group_scores
 from yoloprune.report import Report, snapshot
@@ -115,6 +115,31 @@ def mask(model: nn.Module, p: Plan) -> None:
                 mod.bias[m.index] = 0
 
 
+def _example(model: nn.Module) -> torch.Tensor:
+    p = next(model.parameters())
+    size = 2 * ultra.max_stride(model)
+    return torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device)
+
+
+def apply_checked(model: nn.Module, p: Plan) -> None:
+    """Apply ``p`` to a copy first and run it; refuse (model untouched) if the pruned copy no longer runs.
+
+    The graph freezes every op it does not understand, but a module can still read a width from one tensor's
+    shape and use it on another (e.g. ``C = x.shape[1]`` then ``y.view(B, C, ...)``); this catches that.
+    """
+    trial = copy.deepcopy(model)
+    apply(trial, p)
+    try:
+        with torch.no_grad():
+            trial.eval()(_example(trial))
+    except Exception as e:  # any failure means the plan is unsafe for this model
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: the pruned model no longer runs ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}); a layer reads a width the graph cannot see, so it was left unpruned"
+        ) from None
+    apply(model, p)
+
+
 def _trace(model: nn.Module) -> Graph:
     return trace(model, imgsz=2 * ultra.max_stride(model), outputs=ultra.contract_outputs)
 
@@ -147,7 +172,7 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
     before = snapshot(net, cfg.imgsz)
     graph = _trace(net)
     p = _plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops else plan(net, graph, cfg)
-    apply(net, p)
+    apply_checked(net, p)
     return Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
                         action=f"prune {cfg.method} ratio={cfg.ratio}")
 
@@ -194,5 +219,5 @@ def compact(model) -> Report:
     before = snapshot(net, 640)
     graph = _trace(net)
     dead = dead_units(net, graph)
-    apply(net, Plan(graph, {u.id for u in dead}))
+    apply_checked(net, Plan(graph, {u.id for u in dead}))
     return Report.build(net, before, graph, removed=len(dead), imgsz=640, ckpt=ckpt, action="compact")
