@@ -154,6 +154,10 @@ class _Tracer(TorchFunctionMode):
         self.labels[id(t)] = labels
         self.keep.append(t)
 
+    def _record(self, owner: str, dim: int, labels: list[int]) -> None:
+        """Channel i of ``owner`` along ``dim`` carries ``labels[i]``."""
+        self.members.extend((label, Member(owner, dim, i)) for i, label in enumerate(labels))
+
     def _fresh(self, t, why: str | None = None) -> None:
         if isinstance(t, torch.Tensor) and t.dim() in (2, 4):
             self._set(t, self.uf.new(t.shape[1], frozen=why))
@@ -263,20 +267,17 @@ def _h_conv(tr: _Tracer, args, kwargs, out):
     tr.visited.add(owner)
     cout = out.shape[1]
     if groups == 1:
-        for i, label in enumerate(lab):
-            tr.members.append((label, Member(owner, 1, i)))
+        tr._record(owner, 1, lab)
         new = tr.uf.new(cout)
     elif groups == x.shape[1] == cout:  # depthwise: output channel i is input channel i
         new = lab
-        for i, label in enumerate(lab):
-            tr.members.append((label, Member(owner, 1, i)))
+        tr._record(owner, 1, lab)
     else:
         why = f"grouped conv {owner} (groups={groups})"
         tr.uf.freeze(lab, why)
         tr.frozen_ops[why] += len(lab)
         new = tr.uf.new(cout, frozen=why)
-    for i, label in enumerate(new):
-        tr.members.append((label, Member(owner, 0, i)))
+    tr._record(owner, 0, new)
     tr._set(out, new)
     tr.producer[id(out)] = owner
     return True
@@ -290,11 +291,9 @@ def _h_conv_transpose(tr: _Tracer, args, kwargs, out):
     if owner is None or lab is None or x.dim() != 4 or groups != 1:
         return False
     tr.visited.add(owner)
-    for i, label in enumerate(lab):  # ConvTranspose2d weight is (in, out, k, k): dim 0 is the input here
-        tr.members.append((label, Member(owner, 1, i)))
+    tr._record(owner, 1, lab)  # ConvTranspose2d weight is (in, out, k, k); surgery maps dims to it
     new = tr.uf.new(out.shape[1])
-    for i, label in enumerate(new):
-        tr.members.append((label, Member(owner, 0, i)))
+    tr._record(owner, 0, new)
     tr._set(out, new)
     return True
 
@@ -306,11 +305,9 @@ def _h_linear(tr: _Tracer, args, kwargs, out):
     if owner is None or lab is None or x.dim() != 2:
         return False
     tr.visited.add(owner)
-    for i, label in enumerate(lab):
-        tr.members.append((label, Member(owner, 1, i)))
+    tr._record(owner, 1, lab)
     new = tr.uf.new(out.shape[1])
-    for i, label in enumerate(new):
-        tr.members.append((label, Member(owner, 0, i)))
+    tr._record(owner, 0, new)
     tr._set(out, new)
     return True
 
@@ -324,8 +321,7 @@ def _h_batch_norm(tr: _Tracer, args, kwargs, out):
     if owner is None or lab is None or rm is None:
         return False
     tr.visited.add(owner)
-    for i, label in enumerate(lab):
-        tr.members.append((label, Member(owner, 0, i)))
+    tr._record(owner, 0, lab)
     if id(x) in tr.producer:
         tr.bn_source[owner] = tr.producer[id(x)]
     tr._set(out, lab)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ultralytics.models.yolo.detect import DetectionTrainer
@@ -79,7 +79,3 @@ def _run(yolo: YOLO, cfg: TrainConfig, trainer) -> Path:
     else:
         yolo.train(**overrides)
     return Path(yolo.trainer.save_dir)
-
-
-def recipe(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -30,8 +30,6 @@ from yoloprune import __version__  # noqa: E402
 from yoloprune.atomic import atomic_write  # noqa: E402
 from yoloprune.errors import CheckpointError  # noqa: E402
 
-ModelLike = "YOLO | DetectionModel | nn.Module | str | Path"
-
 
 def _read_checkpoint(path: Path) -> dict:
     """torch.load a file, turning every way it can be broken into one CheckpointError naming it."""
