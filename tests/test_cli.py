@@ -75,7 +75,7 @@ def test_out_equal_to_input_is_refused_and_input_untouched(ckpt, capsys):
     assert _digest(ckpt) == before
 
 
-def test_pruned_checkpoint_loads_and_predicts_without_yoloprune(ckpt, tmp_path):
+def test_pruned_checkpoint_predicts_and_exports_without_yoloprune(ckpt, tmp_path):
     before = _digest(ckpt)
     out = tmp_path / "pruned.pt"
     r = _run("prune", "--model", str(ckpt), "--ratio", "0.4", "--imgsz", "320", "--out", str(out))
@@ -92,6 +92,12 @@ def test_pruned_checkpoint_loads_and_predicts_without_yoloprune(ckpt, tmp_path):
         n = sum(p.numel() for p in m.model.parameters())
         res = m.predict(np.zeros((320, 320, 3), np.uint8), imgsz=320, verbose=False)
         assert res[0].boxes is not None
+        onnx_path = m.export(format="onnx", imgsz=320, simplify=False)
+        import onnxruntime as ort, torch
+        x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+        y_ort = ort.InferenceSession(onnx_path).run(None, {{"images": x}})[0]
+        y_pt = m.model.float().eval()(torch.from_numpy(x))[0].detach().numpy()
+        assert y_ort.shape == y_pt.shape and np.abs(y_ort - y_pt).max() < 1e-3 * np.abs(y_pt).max()
         assert "yoloprune" not in sys.modules, "the checkpoint pulled yoloprune in"
         print(n)
     """)

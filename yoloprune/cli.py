@@ -54,7 +54,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _check_out(args.model, args.out)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, imgsz=args.imgsz,
-                      batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed)
+                      batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed,
+                      time=args.time, project=args.project)
     print(f"saved {train(cfg)}")
     return 0
 
@@ -178,6 +179,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr0", type=float, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time", type=float, default=None,
+                   help="hours of training; Ultralytics fits the epochs and LR schedule to it (overrides --epochs)")
+    p.add_argument("--project", default=None, help="folder for the Ultralytics run (default: a temp folder)")
     p.set_defaults(func=_cmd_train)
 
 

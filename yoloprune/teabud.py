@@ -142,7 +142,7 @@ def _young_leaf(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
 def _bud(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
     """An unopened bud: a narrow spindle, paler and hairy (silvery) towards the tip."""
     cx, cy = _tip(bx, by, length / 2, ang)
-    poly = _leaf_polygon(cx, cy, length, length * rng.uniform(0.26, 0.36), ang, serr=0.0)
+    poly = _leaf_polygon(cx, cy, length, length * rng.uniform(0.3, 0.42), ang, serr=0.0)
     color = _hsv_to_bgr(hue, rng.uniform(100, 190), rng.uniform(170, 235))
     mask = _fill(canvas, poly, color, shade=0.15)
     hairs = int(length // 3)
@@ -158,7 +158,7 @@ def _bud(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
 def _shoot(canvas, rng, x, y, cls: int, scale: float) -> np.ndarray:
     """Draw a labelled shoot (bud or bud with 1-2 young leaves) with its stem; return its full mask."""
     ang = rng.uniform(-np.pi, np.pi)
-    bud_len = rng.uniform(8, 20) * scale if cls == 0 else rng.uniform(10, 22) * scale
+    bud_len = rng.uniform(12, 28) * scale if cls == 0 else rng.uniform(13, 26) * scale
     hue = rng.uniform(28, 45)  # light green to yellow-green
     stem_len = rng.uniform(0.2, 0.5) * bud_len
     sx, sy = _tip(x, y, -stem_len, ang)
@@ -235,15 +235,15 @@ def render_scene(rng: np.random.Generator, imgsz: int = 320) -> tuple[np.ndarray
         cx, cy = centers[rng.integers(len(centers))] + rng.normal(0, rng.uniform(15, 55) * scale, 2)
         cx, cy = float(np.clip(cx, 0, size - 1)), float(np.clip(cy, 0, size - 1))
         r = rng.random()
-        if r < 0.18:  # young leaf without a bud: a look-alike distractor
+        if r < 0.12:  # young leaf without a bud: a look-alike distractor
             hue = rng.uniform(28, 45)
             leaf = _young_leaf(canvas, rng, cx, cy, rng.uniform(10, 24) * scale, rng.uniform(-np.pi, np.pi), hue)
             objs.append(_Obj(-1, leaf))
         else:
-            cls = 0 if r < 0.55 else 1
+            cls = 0 if r < 0.52 else 1
             objs.append(_Obj(cls, _shoot(canvas, rng, cx, cy, cls, scale)))
     cover = np.zeros((size, size), bool)
-    for _ in range(int(rng.integers(0, 5))):  # front leaves partially occluding shoots
+    for _ in range(int(rng.integers(0, 4))):  # front leaves partially occluding shoots
         cx, cy = centers[rng.integers(len(centers))] + rng.normal(0, 60 * scale, 2)
         cover |= _mature_leaf(canvas, rng, float(cx), float(cy), 0.6 * scale)
     canvas = _lighting(canvas, rng)

@@ -33,6 +33,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     patience: int = 100
+    time: float | None = None  # hours; overrides epochs and anneals the LR schedule to fit (Ultralytics `time=`)
     project: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -45,6 +46,8 @@ class TrainConfig:
         }
         if self.lr0 is not None:
             o["lr0"] = self.lr0
+        if self.time is not None:
+            o["time"] = self.time
         return {**o, **self.extra}
 
 
