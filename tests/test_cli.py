@@ -124,3 +124,16 @@ def test_info_reports_frozen_head(ckpt, capsys):
     assert main(["info", "--model", str(ckpt), "--imgsz", "320"]) == 0
     out = capsys.readouterr().out
     assert "params: 3,157,200" in out and "model.22.cv3.0.2" in out and "frozen" in out
+
+
+def test_sparsify_cli_reports_and_refuses_bad_amount(ckpt, tmp_path, capsys):
+    out = tmp_path / "sparse.pt"
+    assert main(["sparsify", "--model", str(ckpt), "--amount", "0.4", "--imgsz", "64", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "zero weights: 0.0% -> 40.0%" in text and "latency" in text
+    model = torch.load(out, weights_only=False)["model"]
+    assert model.model[0].conv.weight.shape == (16, 3, 3, 3)
+    with pytest.raises(SystemExit) as e:
+        main(["sparsify", "--model", str(ckpt), "--amount", "1.5", "--out", str(tmp_path / "x.pt")])
+    assert e.value.code == 2 and "amount" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

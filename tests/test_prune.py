@@ -186,3 +186,17 @@ def test_model_broken_by_pruning_is_refused_and_left_untouched():
         yp.prune(model, ratio=0.5, imgsz=128)
     assert sum(q.numel() for q in model.parameters()) == params
     model(torch.zeros(1, 3, 128, 128))
+
+
+def test_bn_ratio_above_the_safe_maximum_is_refused():
+    from yoloprune.importance import group_scores
+    from yoloprune.slimming import safe_max_ratio
+
+    model = build("yolov8n.yaml")
+    graph = _trace(model)
+    modules = dict(model.named_modules())
+    safe = safe_max_ratio([group_scores(us, modules, "bn") for us in graph.groups().values()])
+    assert 0.3 < safe < 0.99
+    yp.prune(build("yolov8n.yaml"), ratio=safe - 0.01, method="bn", imgsz=128)
+    with pytest.raises(yp.ConfigError, match="safe maximum"):
+        yp.prune(model, ratio=min(safe + 0.02, 0.99), method="bn", imgsz=128)

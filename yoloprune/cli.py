@@ -55,8 +55,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_out(args.model, args.out)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, imgsz=args.imgsz,
                       batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed,
-                      time=args.time, project=args.project)
+                      time=args.time, project=args.project, finetune=args.command == "finetune",
+                      sr=getattr(args, "sr", 0.0), sr_decay=getattr(args, "sr_decay", False))
     print(f"saved {train(cfg)}")
+    return 0
+
+
+def _cmd_sparsify(args: argparse.Namespace) -> int:
+    from yoloprune.latency import torch_latency
+    from yoloprune.sparsity import SparsifyConfig, sparsify
+    from yoloprune.ultra import load_model, save_checkpoint
+
+    _check_out(args.model, args.out)
+    dense, _ = load_model(args.model)
+    report = sparsify(args.model, config=SparsifyConfig(args.amount, args.scope, args.include_head))
+    print(report.table())
+    t0, t1 = torch_latency(dense, args.imgsz), torch_latency(report.model, args.imgsz)
+    print(f"PyTorch CPU latency @{args.imgsz}, batch 1 (median): dense {t0 * 1e3:.1f} ms, sparse {t1 * 1e3:.1f} ms "
+          f"({t1 / t0:.2f}x): zeros in dense kernels are still multiplied")
+    save_checkpoint(report.model, args.out, report.ckpt, {"sparsified": report.summary()})
+    print(f"saved {args.out}")
     return 0
 
 
@@ -167,12 +185,10 @@ def _add_make_data(sub) -> None:
     p.set_defaults(func=_cmd_make_data)
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a detector from a yaml with the Ultralytics trainer")
-    p.add_argument("--model", required=True, help="model yaml (e.g. yolov8n.yaml) or checkpoint")
+def _train_options(p, epochs: int) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("--epochs", type=_positive_int, default=epochs)
     p.add_argument("--imgsz", type=_positive_int, default=320)
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--workers", type=int, default=2)
@@ -185,6 +201,31 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a detector from a yaml with the Ultralytics trainer")
+    p.add_argument("--model", required=True, help="model yaml (e.g. yolov8n.yaml) or checkpoint")
+    _train_options(p, epochs=50)
+    p = sub.add_parser("finetune", help="fine-tune a pruned checkpoint, keeping its architecture")
+    p.add_argument("--model", required=True, help="pruned checkpoint (.pt)")
+    _train_options(p, epochs=10)
+    p = sub.add_parser("train-sparse", help="sparsity training (L1 on prunable BN gammas) for network slimming")
+    p.add_argument("--model", required=True, help="checkpoint (.pt) to start from, or a model yaml")
+    p.add_argument("--sr", type=float, default=1e-4, help="L1 strength on BN gammas")
+    p.add_argument("--sr-decay", action="store_true", help="decay sr linearly to 10%% over the run")
+    _train_options(p, epochs=30)
+
+
+def _add_sparsify(sub) -> None:
+    p = sub.add_parser("sparsify", help="global or per-layer unstructured L1 sparsity (fake pruning)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--amount", type=_ratio, required=True, help="fraction of conv weights set to zero, in [0, 1)")
+    p.add_argument("--scope", choices=("global", "layer"), default="global")
+    p.add_argument("--include-head", action="store_true", help="also sparsify the Detect output convs")
+    p.add_argument("--imgsz", type=_positive_int, default=320, help="image size for the latency measurement")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_sparsify)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line on stderr and exit code 2, like every other user error."""
 
@@ -195,7 +236,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yoloprune", description="Structured pruning for Ultralytics YOLO detectors.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_prune, _add_compact, _add_val, _add_make_data, _add_train):
+    for add in (_add_info, _add_prune, _add_compact, _add_sparsify, _add_val, _add_make_data, _add_train):
         add(sub)
     return parser
 

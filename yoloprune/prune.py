@@ -17,7 +17,9 @@ from yoloprune import ultra
 from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.graph import Graph, Unit, trace
 from yoloprune.importance import METHODS, group_scores
+from yoloprune.layers import dead_blocks, remove_blocks
 from yoloprune.report import Report, snapshot
+from yoloprune.slimming import safe_max_ratio
 from yoloprune.surgery import channels, keep_channels
 
 
@@ -71,6 +73,11 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig) -> Plan:
     modules = dict(model.named_modules())
     groups = [(k, us) for k, us in graph.groups().items() if not any(_ignored(u, cfg.ignore) for u in us)]
     scored = [(us, group_scores(us, modules, cfg.method)) for _, us in groups]
+    if cfg.method == "bn" and cfg.scope == "global":
+        safe = safe_max_ratio([s for _, s in scored])
+        if cfg.ratio > safe:
+            raise ConfigError(f"ratio {cfg.ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
+                              "a global |gamma| threshold that high would empty a layer")
     if cfg.scope == "global":
         every = torch.cat([s for _, s in scored]) if scored else torch.zeros(0)
         k = int(cfg.ratio * every.numel())
@@ -149,7 +156,11 @@ def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: flo
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         mid = (lo + hi) / 2
-        candidate = plan(model, graph, replace(cfg, ratio=mid))
+        try:
+            candidate = plan(model, graph, replace(cfg, ratio=mid))
+        except ConfigError:  # above the bn method's safe maximum
+            hi = mid
+            continue
         trial = copy.deepcopy(model)
         apply(trial, candidate)
         if ultra.gflops(trial, cfg.imgsz) <= cfg.target_gflops * base:
@@ -214,10 +225,14 @@ def _layer_zero(mod: nn.Module, i: int) -> bool:
 
 
 def compact(model) -> Report:
-    """Remove channels that are already exactly zero across their whole coupled group; outputs do not change."""
+    """Remove what is already exactly zero, outputs unchanged: residual blocks whose branch is dead (depth), then
+    channels that are zero across their whole coupled group (width)."""
     net, ckpt = ultra.load_model(model)
     before = snapshot(net, 640)
+    blocks = dead_blocks(net)
+    remove_blocks(net, blocks)
     graph = _trace(net)
     dead = dead_units(net, graph)
     apply_checked(net, Plan(graph, {u.id for u in dead}))
-    return Report.build(net, before, graph, removed=len(dead), imgsz=640, ckpt=ckpt, action="compact")
+    return Report.build(net, before, graph, removed=len(dead), imgsz=640, ckpt=ckpt, action="compact",
+                        removed_blocks=blocks)

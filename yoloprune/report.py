@@ -42,17 +42,20 @@ class Report:
     prunable_units: int
     frozen: dict[str, int] = field(default_factory=dict)  # reason -> channels frozen for it
     imgsz: int = 640
+    removed_blocks: list[str] = field(default_factory=list)  # residual blocks removed whole (depth pruning)
     model: nn.Module | None = field(default=None, repr=False)
     ckpt: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, model, before: Snapshot, graph: Graph, removed: int, imgsz: int, ckpt: dict, action: str):
+    def build(cls, model, before: Snapshot, graph: Graph, removed: int, imgsz: int, ckpt: dict, action: str,
+              removed_blocks: list[str] | None = None):
         frozen = Counter()
         for u in graph.frozen_units():
             for reason in u.frozen:
                 frozen[reason] += 1
         prunable = sum(1 for u in graph.units if not u.frozen)
-        return cls(action, before, snapshot(model, imgsz), removed, prunable, dict(frozen), imgsz, model, ckpt)
+        return cls(action, before, snapshot(model, imgsz), removed, prunable, dict(frozen), imgsz,
+                   list(removed_blocks or []), model, ckpt)
 
     def changed_layers(self) -> list[tuple[str, int, int]]:
         return [(n, w, self.after.widths.get(n, 0)) for n, w in self.before.widths.items()
@@ -62,7 +65,8 @@ class Report:
         b, a = self.before, self.after
         return {"action": self.action, "params_before": b.params, "params_after": a.params,
                 "gflops_before": round(b.gflops, 4), "gflops_after": round(a.gflops, 4), "imgsz": self.imgsz,
-                "removed_units": self.removed_units, "prunable_units": self.prunable_units}
+                "removed_units": self.removed_units, "prunable_units": self.prunable_units,
+                "removed_blocks": self.removed_blocks}
 
     def table(self, max_rows: int = 60) -> str:
         b, a = self.before, self.after
@@ -71,8 +75,11 @@ class Report:
             f"{'':24}{'before':>14}{'after':>14}{'ratio':>9}",
             f"{'params':24}{b.params:>14,}{a.params:>14,}{a.params / max(b.params, 1):>9.3f}",
             f"{'GFLOPs @' + str(self.imgsz):24}{b.gflops:>14.3f}{a.gflops:>14.3f}{a.gflops / max(b.gflops, 1e-12):>9.3f}",
-            "", f"{'layer':40}{'width before':>14}{'after':>8}",
         ]
+        if self.removed_blocks:
+            lines.append(f"removed {len(self.removed_blocks)} residual block(s) whose branch was zero: "
+                         + ", ".join(self.removed_blocks))
+        lines += ["", f"{'layer':40}{'width before':>14}{'after':>8}"]
         changed = self.changed_layers()
         lines += [f"{n:40}{w0:>14}{w1:>8}" for n, w0, w1 in changed[:max_rows]]
         if len(changed) > max_rows:

@@ -1,8 +1,11 @@
-"""Training through the Ultralytics trainer: baselines from a yaml, and fine-tuning a pruned model in place.
+"""Training through the Ultralytics trainer: baselines from a yaml, fine-tuning a pruned model in place, and
+sparsity training for network slimming.
 
 Ultralytics' trainer rebuilds its model from the yaml and copies over only shape-matching weights, which would
 undo pruning. ``PrunedDetectionTrainer`` instead hands the trainer the pruned model from the checkpoint file
 itself, so every process (and each DDP worker) rebuilds the same pruned architecture from the path alone.
+``SparseDetectionTrainer`` adds the slimming penalty between backward and the optimizer step, by overriding the
+trainer's own ``optimizer_step`` hook; nothing in Ultralytics is patched.
 """
 
 from __future__ import annotations
@@ -14,13 +17,21 @@ from pathlib import Path
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 
+from yoloprune import slimming
 from yoloprune.atomic import atomic_write
+from yoloprune.data import load_data
+from yoloprune.errors import ConfigError
 from yoloprune.ultra import YOLO, load_model
+
+# Fine-tuning a trained (pruned) model: a tenth of the from-scratch SGD rate and no warm-up. Ultralytics' default
+# warm-up starts biases at lr 0.1, and its "auto" optimizer ignores lr0; both would first wreck what pruning kept.
+FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "momentum": 0.937, "warmup_epochs": 0.0,
+                     "close_mosaic": 0}
 
 
 @dataclass
 class TrainConfig:
-    """One training run. ``model`` is a yaml (from scratch) or a checkpoint (fine-tune, architecture kept)."""
+    """One training run. ``model`` is a yaml (from scratch) or a checkpoint (its architecture is kept)."""
 
     model: str
     data: str
@@ -35,19 +46,32 @@ class TrainConfig:
     patience: int = 100
     time: float | None = None  # hours; overrides epochs and anneals the LR schedule to fit (Ultralytics `time=`)
     project: str | None = None
+    finetune: bool = False  # use FINETUNE_DEFAULTS (explicit options still win)
+    sr: float = 0.0  # network slimming: L1 strength on prunable BN gammas (0: plain training)
+    sr_decay: bool = False  # decay sr linearly to 10% over the run
     extra: dict = field(default_factory=dict)
 
+    def validate(self) -> None:
+        if self.sr < 0:
+            raise ConfigError(f"sr must be >= 0, got {self.sr}")
+        if self.time is not None and self.time <= 0:
+            raise ConfigError(f"time must be > 0 hours, got {self.time}")
+
     def overrides(self) -> dict:
-        o = {
+        o = dict(FINETUNE_DEFAULTS) if self.finetune else {}
+        o.update({
             "data": str(Path(self.data).resolve()), "epochs": self.epochs, "imgsz": self.imgsz,
             "batch": self.batch, "workers": self.workers, "device": self.device, "seed": self.seed,
             "patience": self.patience, "plots": False, "exist_ok": True, "verbose": False,
-            "project": self.project or tempfile.mkdtemp(prefix="yoloprune-train-"), "name": "run",
-        }
+            "project": str(Path(self.project).resolve()) if self.project else tempfile.mkdtemp(prefix="yoloprune-"),
+            "name": "run",
+        })
         if self.lr0 is not None:
             o["lr0"] = self.lr0
         if self.time is not None:
             o["time"] = self.time
+        if self.sr:
+            o.update(sr=self.sr, sr_decay=self.sr_decay)
         return {**o, **self.extra}
 
 
@@ -55,30 +79,73 @@ class PrunedDetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose model is the checkpoint's own (pruned) module, not one rebuilt from its yaml."""
 
     def get_model(self, cfg=None, weights=None, verbose=True):
+        if Path(str(self.args.model)).suffix in (".yaml", ".yml"):
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         model, _ = load_model(self.args.model)
         for p in model.parameters():
             p.requires_grad_(True)
         return model
 
 
+class SparseDetectionTrainer(PrunedDetectionTrainer):
+    """Sparsity training for network slimming: ``grad(gamma) += sr * sign(gamma)`` on prunable BN channels.
+
+    ``sr`` and ``sr_decay`` come in the overrides beside Ultralytics' own arguments and are taken out before the
+    trainer validates them. |gamma| statistics go into results.csv each epoch, and a before/after histogram of
+    |gamma| is written to ``<run>/gamma_hist.png``.
+    """
+
+    def __init__(self, cfg=None, overrides=None, _callbacks=None):
+        overrides = dict(overrides or {})
+        self.sr = float(overrides.pop("sr", 1e-4))
+        self.sr_decay = bool(overrides.pop("sr_decay", False))
+        self.bn_masks: dict = {}
+        self.gammas_before = None
+        kwargs = {"cfg": cfg} if cfg is not None else {}
+        super().__init__(overrides=overrides, _callbacks=_callbacks, **kwargs)
+        self.add_callback("on_pretrain_routine_end", SparseDetectionTrainer._start)
+        self.add_callback("on_train_end", SparseDetectionTrainer._finish)
+
+    def _start(self) -> None:
+        net = self.model.module if hasattr(self.model, "module") else self.model
+        self.bn_masks = slimming.penalised_bns(net)
+        self.gammas_before = slimming.gammas(net, self.bn_masks)
+
+    def _finish(self) -> None:
+        net = self.ema.ema if self.ema else self.model
+        slimming.plot_gamma_histogram(self.gammas_before, slimming.gammas(net, self.bn_masks),
+                                      Path(self.save_dir) / "gamma_hist.png", self.sr)
+
+    def current_sr(self) -> float:
+        if not self.sr_decay:
+            return self.sr
+        return self.sr * (1.0 - 0.9 * self.epoch / max(self.epochs - 1, 1))
+
+    def optimizer_step(self):
+        net = self.model.module if hasattr(self.model, "module") else self.model
+        slimming.add_l1_subgradient(net, self.bn_masks, self.current_sr(), scale=float(self.scaler.get_scale()))
+        super().optimizer_step()
+
+    def save_metrics(self, metrics):
+        net = self.ema.ema if self.ema else self.model
+        stats = slimming.gamma_stats(net, self.bn_masks)
+        super().save_metrics({**metrics, **stats.as_metrics(), "slim/sr": self.current_sr()})
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train and copy the best checkpoint to ``cfg.out`` atomically. Returns the output path."""
-    is_yaml = Path(cfg.model).suffix in (".yaml", ".yml")
-    if is_yaml:
-        results_dir = _run(YOLO(cfg.model), cfg, trainer=None)
-    else:
-        load_model(cfg.model)  # refuse bad checkpoints before the trainer starts
-        results_dir = _run(YOLO(cfg.model), cfg, trainer=PrunedDetectionTrainer)
-    best = results_dir / "weights" / "best.pt"
+    cfg.validate()
+    for split in ("train", "val"):  # broken data files fail here in one line, not deep inside the trainer
+        spec = load_data(cfg.data, split)
+    if Path(cfg.model).suffix not in (".yaml", ".yml"):
+        model, _ = load_model(cfg.model)  # refuse bad checkpoints before the trainer starts
+        spec.check_model(model)
+    trainer = SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer
+    yolo = YOLO(cfg.model)
+    overrides = cfg.overrides()
+    overrides["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
+    yolo.train(trainer=trainer, **overrides)
+    best = Path(yolo.trainer.save_dir) / "weights" / "best.pt"
     atomic_write(cfg.out, lambda tmp: shutil.copyfile(best, tmp))
     return Path(cfg.out)
 
-
-def _run(yolo: YOLO, cfg: TrainConfig, trainer) -> Path:
-    overrides = cfg.overrides()
-    if trainer is not None:
-        overrides["model"] = str(Path(cfg.model).resolve())
-        yolo.train(trainer=trainer, **overrides)
-    else:
-        yolo.train(**overrides)
-    return Path(yolo.trainer.save_dir)

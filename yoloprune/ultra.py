@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics import __version__ as ULTRALYTICS_VERSION
-from ultralytics.nn.modules import C2f, Detect  # noqa: E402
+from ultralytics.nn.modules import Bottleneck, C2f, Detect  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
@@ -125,6 +125,24 @@ def gflops(model: nn.Module, imgsz: int = 640) -> float:
 
 def detect_heads(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Detect)]
+
+
+def head_output_convs(model: nn.Module) -> set[str]:
+    """Names of the detection heads' bare output convs (box, class, DFL): plain Conv2d not wrapped in a Conv+BN."""
+    names = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, Detect):
+            for sub, m in mod.named_modules():
+                parent = mod.get_submodule(sub.rpartition(".")[0]) if "." in sub else mod
+                if isinstance(m, nn.Conv2d) and not hasattr(parent, "bn"):
+                    names.add(f"{name}.{sub}")
+    return names
+
+
+def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Blocks computing ``x + cv2(cv1(x))`` (Ultralytics' Bottleneck with its shortcut on, as in C3/C2f/C3k2/C3k),
+    by name. ``cv2`` is a Conv (conv, bn, act); when its output is exactly zero the block is an identity."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, Bottleneck) and m.add}
 
 
 def fix_widths(model: nn.Module) -> None:

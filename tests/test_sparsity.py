@@ -1,0 +1,82 @@
+"""Unstructured sparsity hits its amount, leaves no prune machinery behind; dead residual blocks are removed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build, rel_err
+
+import yoloprune as yp
+from yoloprune.layers import dead_blocks
+from yoloprune.sparsity import sparsify, target_convs
+from yoloprune.ultra import head_output_convs, residual_blocks
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.6])
+def test_global_and_layer_scopes_hit_the_amount_and_differ_per_layer(amount):
+    g = sparsify(build("yolov8n.yaml"), amount, scope="global")
+    u = sparsify(build("yolov8n.yaml"), amount, scope="layer")
+    assert abs(g.sparsity - amount) < 0.01 and abs(u.sparsity - amount) < 0.01
+    per_layer = torch.tensor(list(u.layers.values()))
+    assert (per_layer - amount).abs().max() < 0.01, "per-layer scope gives every layer the same amount"
+    spread = torch.tensor(list(g.layers.values()))
+    assert spread.max() - spread.min() > 0.2, "a global threshold prunes layers unevenly"
+    assert g.compressed_after < 0.95 * g.compressed_before
+    assert g.params == sum(p.numel() for p in build("yolov8n.yaml").parameters()), "fake pruning keeps shapes"
+
+
+def test_no_prune_machinery_left_and_head_outputs_untouched():
+    model = build("yolo11n.yaml")
+    head = {n: model.get_submodule(n).weight.clone() for n in head_output_convs(model)}
+    sparsify(model, 0.5)
+    assert head and all(torch.equal(model.get_submodule(n).weight, w) for n, w in head.items())
+    for name, m in model.named_modules():
+        assert not hasattr(m, "weight_orig") and not hasattr(m, "weight_mask"), name
+        assert not m._forward_pre_hooks, name
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())
+    assert set(head).isdisjoint(target_convs(model)) and set(head) <= set(target_convs(model, include_head=True))
+
+
+def test_sparsity_zero_filters_are_reported():
+    model = build("yolov8n.yaml")
+    with torch.no_grad():
+        model.model[0].conv.weight[:3] *= 1e-6  # three filters far below every other weight
+    report = sparsify(model, 0.05)
+    assert report.zero_filters.get("model.0.conv", 0) >= 3
+
+
+def test_bad_amount_and_scope_refused():
+    for kwargs in ({"amount": 1.0}, {"amount": -0.1}, {"amount": float("nan")}, {"amount": 0.2, "scope": "x"}):
+        with pytest.raises(yp.ConfigError):
+            sparsify(build("yolov8n.yaml"), **kwargs)
+
+
+@pytest.mark.parametrize("yaml", ["yolov5nu.yaml", "yolov8n.yaml", "yolo11n.yaml"])
+def test_zeroed_bottleneck_is_removed_with_outputs_unchanged(yaml):
+    model = build(yaml)
+    blocks = residual_blocks(model)
+    victims = list(blocks)[:2]
+    with torch.no_grad():
+        for name in victims:
+            bn = blocks[name].cv2.bn
+            bn.weight.zero_()
+            bn.bias.zero_()
+    assert dead_blocks(model) == victims
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)[0]
+    params = sum(p.numel() for p in model.parameters())
+    report = yp.compact(model)
+    assert report.removed_blocks == victims
+    assert sum(p.numel() for p in model.parameters()) < params - 1000
+    assert not dead_blocks(model) and len(residual_blocks(model)) == len(blocks) - 2
+    with torch.no_grad():
+        assert rel_err(model(x)[0], ref) < 1e-5
+
+
+def test_live_branch_is_kept():
+    model = build("yolov8n.yaml")
+    name, block = next(iter(residual_blocks(model).items()))
+    with torch.no_grad():
+        block.cv2.bn.weight.zero_()  # gamma zero but beta not: the branch still adds act(beta)
+    assert name not in dead_blocks(model)

@@ -1,0 +1,53 @@
+"""CPU latency, batch 1: PyTorch eager and onnxruntime, as medians over repeated runs after a warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def median_seconds(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def torch_latency(model: nn.Module, imgsz: int, runs: int = 20) -> float:
+    """Median seconds per eager forward pass of a batch-1 image on CPU (model copied, not modified)."""
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device)
+    try:
+        return median_seconds(lambda: model(x), runs)
+    finally:
+        model.train(was_training)
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency(path: str | Path, imgsz: int, runs: int = 20, threads: int | None = None) -> float:
+    """Median seconds per onnxruntime CPU run of a batch-1 image."""
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    x = np.zeros((1, 3, imgsz, imgsz), np.float32)
+    return median_seconds(lambda: sess.run(None, {name: x}), runs)

@@ -1,0 +1,106 @@
+"""Network slimming (Liu et al., ICCV 2017): L1 on BN gammas during training, then prune by a global |gamma|.
+
+Only BatchNorms whose channels the coupling graph can prune are penalised: pushing a frozen channel's gamma to
+zero would cost accuracy and buy nothing. The penalty is the subgradient ``sr * sign(gamma)`` added to the
+gradient after backward, multiplied by the AMP grad scaler's current scale so that unscaling treats it like the
+loss's own gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from yoloprune import ultra
+from yoloprune.graph import trace
+
+
+def penalised_bns(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BN name -> bool mask over its channels that belong to prunable (unfrozen) units."""
+    graph = trace(model, imgsz=2 * ultra.max_stride(model), outputs=ultra.contract_outputs)
+    modules = dict(model.named_modules())
+    masks: dict[str, torch.Tensor] = {}
+    for unit in graph.units:
+        if unit.frozen:
+            continue
+        for m in unit.producers:
+            bn = modules[m.module]
+            if isinstance(bn, nn.BatchNorm2d) and bn.weight is not None:
+                masks.setdefault(m.module, torch.zeros(bn.num_features, dtype=torch.bool))[m.index] = True
+    return masks
+
+
+@torch.no_grad()
+def add_l1_subgradient(model: nn.Module, masks: dict[str, torch.Tensor], sr: float, scale: float = 1.0) -> None:
+    """grad(gamma) += sr * sign(gamma) * scale on the masked channels (``scale``: the AMP scaler's scale)."""
+    for name, mask in masks.items():
+        bn = model.get_submodule(name)
+        if bn.weight.grad is None:
+            continue
+        g = bn.weight
+        bn.weight.grad.add_(torch.sign(g) * mask.to(g.device, g.dtype), alpha=sr * scale)
+
+
+def gammas(model: nn.Module, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """|gamma| of the penalised channels, flattened (float32, CPU)."""
+    parts = [model.get_submodule(n).weight.detach().abs().float().cpu()[m] for n, m in masks.items()]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+@dataclass
+class GammaStats:
+    mean_abs: float
+    frac_below: float  # fraction of penalised gammas with |gamma| < threshold
+    threshold: float = 1e-2
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"slim/mean|gamma|": self.mean_abs, f"slim/frac|gamma|<{self.threshold:g}": self.frac_below}
+
+
+def gamma_stats(model: nn.Module, masks: dict[str, torch.Tensor], threshold: float = 1e-2) -> GammaStats:
+    g = gammas(model, masks)
+    if not g.numel():
+        return GammaStats(math.nan, math.nan, threshold)
+    return GammaStats(float(g.mean()), float((g < threshold).float().mean()), threshold)
+
+
+def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | Path, sr: float) -> Path:
+    """Histogram of |gamma| before and after sparsity training, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from yoloprune.atomic import atomic_write
+
+    hi = float(max(before.max() if before.numel() else 1.0, after.max() if after.numel() else 1.0))
+    bins = torch.linspace(0, hi, 81).tolist()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(before.numpy(), bins=bins, alpha=0.6, label=f"before ({len(before)} channels)")
+    ax.hist(after.numpy(), bins=bins, alpha=0.6, label="after sparsity training")
+    ax.set_xlabel("|BN gamma| of prunable channels")
+    ax.set_ylabel("channels")
+    ax.set_yscale("log")
+    ax.set_title(f"network slimming, sr={sr:g}")
+    ax.legend()
+    fig.tight_layout()
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return out
+
+
+def safe_max_ratio(scores_by_group: list[torch.Tensor]) -> float:
+    """Highest global ratio that keeps at least one unit in every group under one threshold on these scores.
+
+    A threshold wipes a group when it reaches the group's best score, so it must stay below the smallest of
+    the groups' best scores; the ratio is the fraction of scores under that.
+    """
+    every = torch.cat(scores_by_group) if scores_by_group else torch.zeros(0)
+    maxima = [float(s.max()) for s in scores_by_group if s.numel() and math.isfinite(float(s.max()))]
+    if not maxima:
+        return 0.0
+    return float((every < min(maxima)).sum()) / every.numel()
