@@ -174,6 +174,98 @@ def _add_val(sub) -> None:
     p.set_defaults(func=_cmd_val)
 
 
+def _ratios(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios like 0,0.1,0.2, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or not 0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every ratio must be in [0, 1), got {text}")
+    return values
+
+
+def _methods(text: str) -> list[str]:
+    from yoloprune.sweep import SWEEP_METHODS
+
+    values = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [v for v in values if v not in SWEEP_METHODS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"methods must be from {','.join(SWEEP_METHODS)}, got {text!r}")
+    return values
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from yoloprune.sweep import SweepConfig, markdown, merge, sweep
+
+    if args.merge:
+        df = merge(args.merge, args.out)
+    else:
+        if not args.model or not args.data:
+            raise ConfigError("sweep needs --model and --data (or --merge DIR...)")
+        cfg = SweepConfig(model=args.model, data=args.data, out=args.out, ratios=args.ratios, methods=args.method,
+                          finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
+                          batch=args.batch, workers=args.workers)
+        df = sweep(cfg)
+    print(markdown(df))
+    print(f"wrote {Path(args.out) / 'results.csv'}, results.md, map_vs_ratio.png, map_vs_latency.png")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="prune at several ratios, evaluate, measure; table and plots")
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--ratios", type=_ratios, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    p.add_argument("--method", type=_methods, default=["l1"], help="one or more of l1,l2,bn,unstructured")
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="join the results of these sweep folders")
+    p.add_argument("--out", required=True, help="output folder (rows already there are kept, not recomputed)")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from yoloprune.export import ExportConfig, export
+
+    _check_out(args.model, args.out)
+    cfg = ExportConfig(model=args.model, out=args.out, imgsz=args.imgsz, dynamic=args.dynamic,
+                       simplify=args.simplify, data=args.data, baseline=args.baseline)
+    print(export(cfg).table())
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="ONNX export, checked with onnxruntime against PyTorch")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--dynamic", action="store_true")
+    p.add_argument("--simplify", action="store_true", help="simplify with onnxslim (must be installed)")
+    p.add_argument("--data", default=None, help="data yaml whose val images feed the check (default: random)")
+    p.add_argument("--baseline", default=None, help="unpruned checkpoint whose export's latency is measured beside")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from yoloprune.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, ratios=args.ratios, methods=args.method, model=args.model, data=args.data))
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on the shipped data and weights: sweep, table, plots, export")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--ratios", type=_ratios, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    p.add_argument("--method", type=_methods, default=["l1", "bn"])
+    p.add_argument("--model", default=None, help="default: the shipped weights/teabud-yolov8n.pt")
+    p.add_argument("--data", default=None, help="default: the shipped data/teabud.yaml")
+    p.set_defaults(func=_cmd_demo)
+
+
 def _add_make_data(sub) -> None:
     p = sub.add_parser("make-data", help="generate the tea-bud-style dataset")
     p.add_argument("--out", required=True, help="dataset folder; the data yaml is written beside it as <out>.yaml")
@@ -236,7 +328,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yoloprune", description="Structured pruning for Ultralytics YOLO detectors.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_prune, _add_compact, _add_sparsify, _add_val, _add_make_data, _add_train):
+    for add in (_add_demo, _add_info, _add_prune, _add_compact, _add_sparsify, _add_val, _add_sweep, _add_export,
+                _add_make_data, _add_train):
         add(sub)
     return parser
 

@@ -51,3 +51,18 @@ def onnx_latency(path: str | Path, imgsz: int, runs: int = 20, threads: int | No
     name = sess.get_inputs()[0].name
     x = np.zeros((1, 3, imgsz, imgsz), np.float32)
     return median_seconds(lambda: sess.run(None, {name: x}), runs)
+
+
+def paired_onnx_latency(paths: list[str | Path], imgsz: int, runs: int = 20, threads: int | None = None) -> list[float]:
+    """Median seconds per run of several ONNX models measured in alternation, so that a busy or throttled
+    machine slows them alike and their ratios stay meaningful."""
+    sessions = [ort_session(p, threads) for p in paths]
+    feeds = [{s.get_inputs()[0].name: np.zeros((1, 3, imgsz, imgsz), np.float32)} for s in sessions]
+    times: list[list[float]] = [[] for _ in sessions]
+    for i in range(runs + 3):
+        for k, (s, feed) in enumerate(zip(sessions, feeds, strict=True)):
+            t = time.perf_counter()
+            s.run(None, feed)
+            if i >= 3:  # warm-up rounds are not timed
+                times[k].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]

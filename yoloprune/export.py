@@ -1,0 +1,131 @@
+"""ONNX export of a (pruned) detector through the Ultralytics exporter, checked with onnxruntime.
+
+The exporter runs on a private copy of the checkpoint in a temp folder, so nothing is written beside the user's
+files, and the ONNX file is moved into place atomically. The check feeds real letterboxed images from the data
+to PyTorch and to onnxruntime and compares the raw head outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yoloprune import ultra
+from yoloprune.errors import ConfigError, YoloPruneError
+from yoloprune.latency import onnx_latency, ort_session
+
+
+class ParityError(YoloPruneError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+@dataclass
+class ExportConfig:
+    model: str
+    out: str
+    imgsz: int = 320
+    dynamic: bool = False
+    simplify: bool = False
+    data: str | None = None  # images for the parity check (default: random images)
+    split: str = "val"
+    images: int = 8
+    tolerance: float = 1e-3  # max relative error allowed between PyTorch and onnxruntime
+    baseline: str | None = None  # unpruned model whose export's latency is measured beside this one
+    latency_runs: int = 30
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_rel_err: float
+    images: int
+    latency_s: float
+    baseline_latency_s: float | None = None
+    size_bytes: int = 0
+
+    def table(self) -> str:
+        rows = [f"exported {self.path} ({self.size_bytes / 1e6:.2f} MB)",
+                f"onnxruntime vs PyTorch on {self.images} images: max relative error {self.max_rel_err:.2e}",
+                f"onnxruntime CPU latency, batch 1 (median): {self.latency_s * 1e3:.2f} ms"]
+        if self.baseline_latency_s:
+            rows.append(f"unpruned baseline: {self.baseline_latency_s * 1e3:.2f} ms "
+                        f"(speedup {self.baseline_latency_s / self.latency_s:.2f}x)")
+        return "\n".join(rows)
+
+
+def export_onnx(model, out: str | Path, imgsz: int = 320, dynamic: bool = False, simplify: bool = False) -> Path:
+    """Export ``model`` (checkpoint path, YOLO or DetectionModel) to ONNX at ``out`` via Ultralytics' exporter."""
+    if simplify and importlib.util.find_spec("onnxslim") is None:
+        raise ConfigError("--simplify needs the onnxslim package (pip install onnxslim); nothing is installed at run time")
+    from yoloprune.atomic import atomic_write
+
+    net, ckpt = ultra.load_model(model)
+    with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
+        src = ultra.save_checkpoint(net, Path(tmp) / "model.pt", ckpt)
+        produced = ultra.YOLO(str(src)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=simplify,
+                                               device="cpu", verbose=False)
+        return atomic_write(out, lambda t: shutil.copyfile(produced, t))
+
+
+def _images(data: str | None, split: str, n: int, imgsz: int) -> list[np.ndarray]:
+    """Letterboxed, normalised NCHW float32 batches of one image from the data (or seeded random images)."""
+    if data is None:
+        rng = np.random.default_rng(0)
+        return [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(n)]
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
+    from yoloprune.coco import image_files
+    from yoloprune.data import load_data
+
+    files = image_files(load_data(data, split).images(split))[:n]
+    box = LetterBox((imgsz, imgsz), auto=False)
+    out = []
+    for f in files:
+        img = box(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1)
+        out.append(np.ascontiguousarray(img, dtype=np.float32)[None] / 255.0)
+    return out
+
+
+@torch.no_grad()
+def parity(onnx_path: str | Path, model, inputs: list[np.ndarray]) -> float:
+    """Worst relative error of the head's output over images and output channels: for each channel (box
+    coordinates, class scores) max |ORT - torch| / max |torch|, so that small class scores are not drowned by
+    box coordinates in pixels."""
+    net, _ = ultra.load_model(model)
+    net = net.float().eval()
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    worst = 0.0
+    for x in inputs:
+        ref = net(torch.from_numpy(x))
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
+        got = sess.run(None, {name: x})[0]
+        if got.shape != ref.shape:
+            raise ParityError(f"{onnx_path}: output shape {got.shape} differs from PyTorch's {ref.shape}")
+        axes = tuple(i for i in range(ref.ndim) if i != 1)  # channel dim 1: (batch, 4 + classes, anchors)
+        scale = np.maximum(np.abs(ref).max(axis=axes), 1e-6)
+        worst = max(worst, float((np.abs(got - ref).max(axis=axes) / scale).max()))
+    return worst
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    """Export, check against PyTorch on real images (ParityError above tolerance), and time it."""
+    path = export_onnx(cfg.model, cfg.out, cfg.imgsz, cfg.dynamic, cfg.simplify)
+    err = parity(path, cfg.model, _images(cfg.data, cfg.split, cfg.images, cfg.imgsz))
+    if not err <= cfg.tolerance:
+        raise ParityError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (relative), above {cfg.tolerance:g}")
+    base = None
+    if cfg.baseline:
+        with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
+            ref = export_onnx(cfg.baseline, Path(tmp) / "baseline.onnx", cfg.imgsz)
+            base = onnx_latency(ref, cfg.imgsz, cfg.latency_runs)
+    lat = onnx_latency(path, cfg.imgsz, cfg.latency_runs)
+    return ExportResult(path, err, cfg.images, lat, base, os.path.getsize(path))

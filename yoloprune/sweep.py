@@ -1,0 +1,246 @@
+"""Ratio-vs-mAP sweeps: prune one base model at several ratios (and methods), optionally fine-tune, evaluate,
+and measure what each point costs and buys. Rows are keyed by (method, ratio, finetune_epochs); a sweep started
+again computes only the missing rows, and shards run on several machines merge into one table.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from yoloprune import ultra
+from yoloprune.atomic import atomic_write_bytes, atomic_write_text
+from yoloprune.errors import ConfigError
+from yoloprune.evaluate import Evaluator
+from yoloprune.export import export_onnx
+from yoloprune.importance import METHODS
+from yoloprune.latency import paired_onnx_latency
+
+KEY = ["method", "ratio", "finetune_epochs"]
+SWEEP_METHODS = (*METHODS, "unstructured")
+COLUMNS = [*KEY, "status", "map50_95", "map50", "ultralytics_map50_95", "params", "params_ratio", "gflops",
+           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "seconds"]
+
+
+@dataclass
+class SweepConfig:
+    model: str
+    data: str
+    out: str
+    ratios: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    methods: list[str] = field(default_factory=lambda: ["l1"])
+    finetune_epochs: int = 0
+    split: str = "val"
+    imgsz: int = 320
+    batch: int = 16
+    workers: int = 2
+    latency_runs: int = 30
+    keep_models: bool = True  # keep each row's checkpoint under out/models
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in SWEEP_METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"unknown method {bad[0] if bad else ''!r}; choose from {', '.join(SWEEP_METHODS)}")
+        if not self.ratios or any(not (isinstance(r, (int, float)) and math.isfinite(r) and 0 <= r < 1)
+                                  for r in self.ratios):
+            raise ConfigError(f"ratios must be numbers in [0, 1), got {self.ratios}")
+        if self.finetune_epochs < 0:
+            raise ConfigError("finetune_epochs must be >= 0")
+
+    def jobs(self) -> list[tuple[str, float, int]]:
+        return [(m, round(float(r), 4), self.finetune_epochs) for m in self.methods for r in self.ratios]
+
+
+def read_results(out: str | Path) -> pd.DataFrame:
+    path = Path(out) / "results.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a sweep results table ({type(e).__name__})") from None
+    if not set(KEY) <= set(df.columns):
+        raise ConfigError(f"{path}: not a sweep results table (needs columns {', '.join(KEY)})")
+    return df
+
+
+def _key(method: str, ratio: float, ft: int) -> tuple:
+    return (str(method), round(float(ratio), 4), int(ft))
+
+
+def done_keys(df: pd.DataFrame) -> set[tuple]:
+    return {_key(m, r, f) for m, r, f in zip(df["method"], df["ratio"], df["finetune_epochs"], strict=True)}
+
+
+def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Join result tables: one row per key (the last one seen wins), sorted by method then ratio."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    df["ratio"] = df["ratio"].astype(float).round(4)
+    df["finetune_epochs"] = df["finetune_epochs"].astype(int)
+    df = df.drop_duplicates(subset=KEY, keep="last").sort_values(KEY).reset_index(drop=True)
+    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
+
+
+def write_results(df: pd.DataFrame, out: str | Path) -> None:
+    """results.csv, results.md and the plots, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.csv", df.to_csv(index=False))
+    atomic_write_text(out / "results.md", markdown(df))
+    plot(df, out)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    cols = ["method", "ratio", "finetune_epochs", "map50_95", "map50", "params_ratio", "gflops_ratio", "ckpt_mb",
+            "onnx_mb", "latency_ms", "speedup"]
+    view = df[[c for c in cols if c in df.columns]].copy()
+    head = "| " + " | ".join(view.columns) + " |\n|" + "---|" * len(view.columns) + "\n"
+    rows = []
+    for _, r in view.iterrows():
+        cells = []
+        for c in view.columns:
+            v = r[c]
+            if isinstance(v, float):
+                cells.append("" if math.isnan(v) else (f"{v:.4f}" if c.startswith("map") else f"{v:.3g}"))
+            else:
+                cells.append(str(v))
+        rows.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def plot(df: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    written = []
+    for name, x, ys, xlabel in (("map_vs_ratio.png", "ratio", ("map50_95", "map50"), "prune ratio"),
+                                ("map_vs_latency.png", "latency_ms", ("map50_95",), "onnxruntime CPU latency (ms)")):
+        fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), squeeze=False)
+        for ax, y in zip(axes[0], ys, strict=True):
+            for (method, ft), g in ok.groupby(["method", "finetune_epochs"]):
+                g = g.sort_values(x)
+                label = method if not ft else f"{method} + {ft} ep fine-tune"
+                ax.plot(g[x], g[y], marker="o", label=label)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(y.replace("map", "mAP").replace("_", "-"))
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        written.append(atomic_write_bytes(out / name, buf.getvalue()))
+    return written
+
+
+class _Progress:
+    """One line per finished job on stderr: done/total, elapsed, estimated time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        bar = "#" * round(20 * self.done / max(self.total, 1))
+        print(f"[{bar:<20}] {self.done}/{self.total} {what}  elapsed {elapsed:.0f}s, ~{left:.0f}s left",
+              file=sys.stderr, flush=True)
+
+
+def _prune_copy(base, method: str, ratio: float, imgsz: int):
+    from yoloprune.prune import prune
+    from yoloprune.sparsity import sparsify
+
+    model = copy.deepcopy(base)
+    if method == "unstructured":
+        return sparsify(model, amount=ratio).model
+    return prune(model, ratio=ratio, method=method, imgsz=imgsz).model
+
+
+def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job: tuple, work: Path) -> dict:
+    """Prune, (fine-tune), evaluate and measure one (method, ratio, finetune_epochs) point."""
+    from yoloprune.train import TrainConfig, train
+
+    method, ratio, ft = job
+    t0 = time.perf_counter()
+    row = {"method": method, "ratio": ratio, "finetune_epochs": ft}
+    try:
+        model = _prune_copy(base, method, ratio, cfg.imgsz)
+    except ConfigError as e:  # e.g. above the bn method's safe maximum: a real answer, recorded, not retried
+        return {**row, "status": f"refused: {e}"}
+    tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
+    ckpt = work / f"{tag}.pt"
+    ultra.save_checkpoint(model, ckpt, meta={"sweep": {"method": method, "ratio": ratio}})
+    if ft:
+        tuned = work / f"{tag}.tuned.pt"
+        train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
+                          batch=cfg.batch, workers=cfg.workers, finetune=True))
+        tuned.replace(ckpt)
+        model, _ = ultra.load_model(ckpt)
+    res = evaluator(model)
+    onnx = export_onnx(ckpt, work / f"{tag}.onnx", cfg.imgsz)
+    base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs)
+    params = sum(p.numel() for p in model.parameters())
+    gfl = ultra.gflops(model, cfg.imgsz)
+    return {**row, "status": "ok", "map50_95": res.map50_95, "map50": res.map50,
+            "ultralytics_map50_95": res.ultralytics_map50_95, "params": params,
+            "params_ratio": params / base_stats["params"], "gflops": gfl, "gflops_ratio": gfl / base_stats["gflops"],
+            "ckpt_mb": ckpt.stat().st_size / 1e6, "onnx_mb": onnx.stat().st_size / 1e6, "latency_ms": lat * 1e3,
+            "speedup": base_lat / lat, "seconds": time.perf_counter() - t0}
+
+
+def sweep(cfg: SweepConfig) -> pd.DataFrame:
+    """Run the missing rows of the sweep and return the whole table (also written under ``cfg.out``)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    df = read_results(out)
+    todo = [j for j in cfg.jobs() if _key(*j) not in done_keys(df)]
+    if not todo:
+        write_results(combine([df]), out)
+        return combine([df])
+    base, _ = ultra.load_model(cfg.model)
+    evaluator = Evaluator(cfg.data, cfg.split, imgsz=cfg.imgsz, batch=cfg.batch)
+    evaluator.spec.check_model(base)
+    work = out / "models"
+    work.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(len(todo))
+    with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
+        base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": ultra.gflops(base, cfg.imgsz),
+                      "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
+        for job in todo:
+            row = run_job(cfg, base, base_stats, evaluator, job, work)
+            df = combine([df, pd.DataFrame([row])])
+            write_results(df, out)  # after every row: a killed sweep loses at most the row in flight
+            progress.step(f"{job[0]} ratio {job[1]:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
+                                                            if row["status"] == "ok" else row["status"]))
+    if not cfg.keep_models:
+        for f in work.glob("*"):
+            f.unlink()
+    return df
+
+
+def merge(dirs: list[str | Path], out: str | Path) -> pd.DataFrame:
+    """Join the results of sweeps run separately (e.g. ratio subsets on several machines) into ``out``."""
+    frames = []
+    for d in dirs:
+        if not (Path(d) / "results.csv").exists():
+            raise ConfigError(f"{d}: no results.csv to merge")
+        frames.append(read_results(d))
+    df = combine(frames)
+    write_results(df, out)
+    return df
