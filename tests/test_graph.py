@@ -90,3 +90,39 @@ def test_detect_outputs_frozen_and_neck_prunable():
     assert _unit_of(g, "model.22.cv3.0.2", 0, 0).frozen
     assert _unit_of(g, "model.22.dfl.conv", 1, 0).frozen
     assert not _unit_of(g, "model.15.cv2.conv", 0, 0).frozen  # P3 neck output feeding the head
+
+
+class ConstChannel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b, self.bn2 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), \
+            nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.b(torch.nn.functional.silu(self.bn(self.a(x)))))
+
+
+def test_mean_compensation_is_exact_for_a_constant_channel_and_helps_otherwise():
+    from yoloprune.compensate import input_means
+    from yoloprune.graph import trace
+    from yoloprune.prune import Plan
+
+    torch.manual_seed(0)
+    toy = ConstChannel().eval()
+    with torch.no_grad():
+        toy.a.weight[2] = 0
+        toy.a.bias[2] = 0
+        toy.bn.bias[2] = 0.7  # channel 2 is now silu(0.7) everywhere
+    x = torch.rand(4, 3, 16, 16)
+    ref = toy(x)
+    graph = trace(toy, x[:1])
+    unit = _unit_of(graph, "a", 0, 2)
+    plain, comp = (ConstChannel() for _ in range(2))
+    for m in (plain, comp):
+        m.load_state_dict(toy.state_dict())
+        m.eval()
+    apply(plain, Plan(graph, {unit.id}))
+    apply(comp, Plan(graph, {unit.id}, means=input_means(comp, x, {"b"})))
+    assert comp.b.in_channels == plain.b.in_channels == 7
+    assert (plain(x) - ref).abs().max() > 0.01
+    assert torch.allclose(comp(x), ref, atol=1e-5)

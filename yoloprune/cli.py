@@ -89,9 +89,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
+    calibration = None
+    if args.calib_data:
+        import torch
+
+        from yoloprune.data import letterboxed_images
+
+        calibration = torch.from_numpy(letterboxed_images(args.calib_data, "train", 32, args.calib_imgsz))
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
-                      imgsz=args.imgsz)
+                      imgsz=args.imgsz, calibration=calibration)
     report = prune(args.model, config=cfg)
     print(report.table())
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary()})
@@ -130,6 +137,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--target-gflops", type=float, default=None,
                    help="instead of --ratio: prune until GFLOPs fall to this fraction of the original")
     p.add_argument("--imgsz", type=_positive_int, default=640, help="image size for GFLOPs")
+    p.add_argument("--calib-data", default=None,
+                   help="data yaml: fold removed channels' mean contributions, measured on 32 train images, "
+                        "into the layers that consumed them (mean compensation)")
+    p.add_argument("--calib-imgsz", type=_positive_int, default=320)
     p.add_argument("--out", default=None, help="output checkpoint (default: <model>-<method><ratio>.pt)")
     p.set_defaults(func=_cmd_prune)
 

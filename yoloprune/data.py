@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 import yaml
 
 from yoloprune.coco import image_files
@@ -107,3 +108,13 @@ def _check_label_file(path: Path, nc: int) -> None:
             raise DataError(f"{path}:{n}: class id {c} out of range [0, {nc})")
         if not (0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1):
             raise DataError(f"{path}:{n}: box {x} {y} {w} {h} outside the normalised range")
+
+
+def letterboxed_images(data: str | Path, split: str, n: int, imgsz: int) -> np.ndarray:
+    """Up to ``n`` images of ``split``, letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
+    from ultralytics.data.augment import LetterBox
+
+    files = image_files(load_data(data, split).images(split))[:n]
+    box = LetterBox((imgsz, imgsz), auto=False)
+    out = [box(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1) for f in files]
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32) / 255.0

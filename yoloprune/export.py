@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from yoloprune import ultra
+from yoloprune.data import letterboxed_images
 from yoloprune.errors import ConfigError, YoloPruneError
 from yoloprune.latency import onnx_latency, ort_session
 
@@ -75,23 +76,11 @@ def export_onnx(model, out: str | Path, imgsz: int = 320, dynamic: bool = False,
 
 
 def _images(data: str | None, split: str, n: int, imgsz: int) -> list[np.ndarray]:
-    """Letterboxed, normalised NCHW float32 batches of one image from the data (or seeded random images)."""
+    """Batches of one letterboxed image from the data (or seeded random images)."""
     if data is None:
         rng = np.random.default_rng(0)
         return [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(n)]
-    import cv2
-    from ultralytics.data.augment import LetterBox
-
-    from yoloprune.coco import image_files
-    from yoloprune.data import load_data
-
-    files = image_files(load_data(data, split).images(split))[:n]
-    box = LetterBox((imgsz, imgsz), auto=False)
-    out = []
-    for f in files:
-        img = box(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1)
-        out.append(np.ascontiguousarray(img, dtype=np.float32)[None] / 255.0)
-    return out
+    return [x[None] for x in letterboxed_images(data, split, n, imgsz)]
 
 
 @torch.no_grad()

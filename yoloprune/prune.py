@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from yoloprune import ultra
+from yoloprune.compensate import fold, input_means
 from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.graph import Graph, Unit, trace
 from yoloprune.importance import METHODS, group_scores
@@ -35,6 +36,7 @@ class PruneConfig:
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
     target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
     imgsz: int = 640  # image size for GFLOPs
+    calibration: torch.Tensor | None = None  # images (N, 3, H, W): fold removed channels' means into consumers
 
     def validate(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not math.isfinite(self.ratio) or not 0 <= self.ratio < 1:
@@ -55,6 +57,7 @@ class Plan:
 
     graph: Graph
     remove: set[int] = field(default_factory=set)
+    means: dict[str, torch.Tensor] | None = None  # consumer input means for mean compensation (None: off)
 
 
 def _ignored(unit: Unit, prefixes: tuple[str, ...]) -> bool:
@@ -72,7 +75,8 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig) -> Plan:
     """Choose the lowest-scoring units: under one global threshold, or the same fraction of every group."""
     modules = dict(model.named_modules())
     groups = [(k, us) for k, us in graph.groups().items() if not any(_ignored(u, cfg.ignore) for u in us)]
-    scored = [(us, group_scores(us, modules, cfg.method)) for _, us in groups]
+    bn_after = {conv: bn for bn, conv in graph.bn_source.items()}
+    scored = [(us, group_scores(us, modules, cfg.method, bn_after)) for _, us in groups]
     if cfg.method == "bn" and cfg.scope == "global":
         safe = safe_max_ratio([s for _, s in scored])
         if cfg.ratio > safe:
@@ -98,6 +102,9 @@ def apply(model: nn.Module, p: Plan) -> None:
         if unit.id in p.remove:
             for m in unit.members:
                 removed[(m.module, m.dim)].add(m.index)
+    if p.means is not None:
+        bn_after = {conv: bn for bn, conv in p.graph.bn_source.items()}
+        fold(model, {name: idx for (name, dim), idx in removed.items() if dim == 1}, p.means, bn_after)
     modules = dict(model.named_modules())
     for (name, dim), idx in sorted(removed.items()):
         mod = modules[name]
@@ -183,6 +190,9 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
     before = snapshot(net, cfg.imgsz)
     graph = _trace(net)
     p = _plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops else plan(net, graph, cfg)
+    if cfg.calibration is not None:
+        consumers = {m.module for u in graph.units if u.id in p.remove for m in u.members if m.dim == 1}
+        p.means = input_means(net, cfg.calibration, consumers)
     apply_checked(net, p)
     return Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
                         action=f"prune {cfg.method} ratio={cfg.ratio}")

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from yoloprune import ultra
 from yoloprune.atomic import atomic_write_bytes, atomic_write_text
+from yoloprune.data import letterboxed_images
 from yoloprune.errors import ConfigError
 from yoloprune.evaluate import Evaluator
 from yoloprune.export import export_onnx
@@ -44,6 +46,8 @@ class SweepConfig:
     workers: int = 2
     latency_runs: int = 30
     keep_models: bool = True  # keep each row's checkpoint under out/models
+    compensate: bool = True  # fold removed channels' mean contributions (measured on train images) into consumers
+    calib_images: int = 32
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in SWEEP_METHODS]
@@ -162,14 +166,14 @@ class _Progress:
               file=sys.stderr, flush=True)
 
 
-def _prune_copy(base, method: str, ratio: float, imgsz: int):
-    from yoloprune.prune import prune
+def _prune_copy(base, method: str, ratio: float, imgsz: int, calibration):
+    from yoloprune.prune import PruneConfig, prune
     from yoloprune.sparsity import sparsify
 
     model = copy.deepcopy(base)
     if method == "unstructured":
         return sparsify(model, amount=ratio).model
-    return prune(model, ratio=ratio, method=method, imgsz=imgsz).model
+    return prune(model, config=PruneConfig(ratio=ratio, method=method, imgsz=imgsz, calibration=calibration)).model
 
 
 def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job: tuple, work: Path) -> dict:
@@ -180,7 +184,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     t0 = time.perf_counter()
     row = {"method": method, "ratio": ratio, "finetune_epochs": ft}
     try:
-        model = _prune_copy(base, method, ratio, cfg.imgsz)
+        model = _prune_copy(base, method, ratio, cfg.imgsz, base_stats.get("calibration"))
     except ConfigError as e:  # e.g. above the bn method's safe maximum: a real answer, recorded, not retried
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
@@ -222,6 +226,9 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
         base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": ultra.gflops(base, cfg.imgsz),
                       "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
+        if cfg.compensate:
+            base_stats["calibration"] = torch.from_numpy(
+                letterboxed_images(cfg.data, "train", cfg.calib_images, cfg.imgsz))
         for job in todo:
             row = run_job(cfg, base, base_stats, evaluator, job, work)
             df = combine([df, pd.DataFrame([row])])

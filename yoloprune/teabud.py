@@ -110,9 +110,9 @@ def _mature_leaf(canvas: np.ndarray, rng: np.random.Generator, cx: float, cy: fl
     # cast shadow: darken an offset copy underneath
     off = rng.uniform(3, 9) * scale
     _blurred_layer(canvas, [poly + np.int32([off, off])], 4 * scale, -0.45)
-    yellowish = rng.random() < 0.15  # old sunlit leaves overlap with the shoots' colour range
+    yellowish = rng.random() < 0.05  # old sunlit leaves overlap with the shoots' colour range
     hue = rng.uniform(33, 42) if yellowish else rng.uniform(40, 58)
-    val = rng.uniform(110, 170) if yellowish else rng.uniform(45, 115)
+    val = rng.uniform(100, 150) if yellowish else rng.uniform(40, 100)
     color = _hsv_to_bgr(hue, rng.uniform(120, 230), val)
     mask = _fill(canvas, poly, color, shade=rng.uniform(0.15, 0.4))
     # midrib, lateral veins and a glossy highlight
@@ -135,7 +135,7 @@ def _mature_leaf(canvas: np.ndarray, rng: np.random.Generator, cx: float, cy: fl
 
 def _young_leaf(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
     poly = _leaf_polygon(*_tip(bx, by, length / 2, ang), length, length * rng.uniform(0.38, 0.5), ang, serr=0.04)
-    color = _hsv_to_bgr(hue + rng.uniform(-3, 3), rng.uniform(110, 210), rng.uniform(150, 225))
+    color = _hsv_to_bgr(hue + rng.uniform(-3, 3), rng.uniform(120, 210), rng.uniform(175, 240))
     return _fill(canvas, poly, color, shade=0.2)
 
 
@@ -143,7 +143,7 @@ def _bud(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
     """An unopened bud: a narrow spindle, paler and hairy (silvery) towards the tip."""
     cx, cy = _tip(bx, by, length / 2, ang)
     poly = _leaf_polygon(cx, cy, length, length * rng.uniform(0.3, 0.42), ang, serr=0.0)
-    color = _hsv_to_bgr(hue, rng.uniform(100, 190), rng.uniform(170, 235))
+    color = _hsv_to_bgr(hue, rng.uniform(100, 190), rng.uniform(195, 250))
     mask = _fill(canvas, poly, color, shade=0.15)
     hairs = int(length // 3)
     for _ in range(hairs):
@@ -158,7 +158,7 @@ def _bud(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
 def _shoot(canvas, rng, x, y, cls: int, scale: float) -> np.ndarray:
     """Draw a labelled shoot (bud or bud with 1-2 young leaves) with its stem; return its full mask."""
     ang = rng.uniform(-np.pi, np.pi)
-    bud_len = rng.uniform(12, 28) * scale if cls == 0 else rng.uniform(13, 26) * scale
+    bud_len = rng.uniform(14, 30) * scale if cls == 0 else rng.uniform(14, 28) * scale
     hue = rng.uniform(28, 45)  # light green to yellow-green
     stem_len = rng.uniform(0.2, 0.5) * bud_len
     sx, sy = _tip(x, y, -stem_len, ang)
@@ -193,8 +193,8 @@ def _lighting(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Optics and sensor: defocus or motion blur, noise. JPEG artefacts come at encoding."""
-    if rng.random() < 0.35:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
+    if rng.random() < 0.25:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.0))
     elif rng.random() < 0.2:
         k = int(rng.integers(3, 6))
         kern = np.zeros((k, k), np.float32)
@@ -202,7 +202,7 @@ def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
         kern = cv2.warpAffine(kern, rot, (k, k))
         img = cv2.filter2D(img, -1, kern / max(kern.sum(), 1e-6))
-    img = img + rng.normal(0, rng.uniform(1.5, 7.0), img.shape).astype(np.float32)
+    img = img + rng.normal(0, rng.uniform(1.0, 5.0), img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,108 @@
+"""yoloprune vs Torch-Pruning on the shipped tea-bud YOLOv5nu, pruned to the same GFLOPs, side by side in one run.
+
+Both tools prune a copy of weights/teabud-yolov5nu.pt with L1 filter norms: yoloprune with ``target_gflops``,
+Torch-Pruning's MagnitudePruner with its pruning ratio bisected until GFLOPs match (Ultralytics' own counter for
+both). Each pruned model is evaluated (pycocotools mAP on val) as pruned and after the same short fine-tune
+(yoloprune's fine-tune trainer for both: a Torch-Pruning model is a plain Ultralytics model too). Both are exported
+to ONNX with the unpruned model and timed with onnxruntime in alternation (medians), so the realised speed-up can
+be compared with the GFLOPs ratio.
+
+    python benchmarks/vs_torch_pruning.py [--gflops 0.5] [--epochs 2] [--out benchmarks/vs_torch_pruning.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+
+import yoloprune as yp
+from yoloprune.export import export_onnx
+from yoloprune.latency import paired_onnx_latency
+from yoloprune.train import TrainConfig, train
+from yoloprune.ultra import detect_heads, gflops, load_model, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+IMGSZ = 320
+
+
+def torch_pruning_to(base: torch.nn.Module, target: float) -> torch.nn.Module:
+    """Torch-Pruning MagnitudePruner (L1), ratio bisected until GFLOPs <= target (absolute)."""
+    import torch_pruning as tp
+
+    def run(ratio: float) -> torch.nn.Module:
+        model = copy.deepcopy(base).eval()
+        for p in model.parameters():  # Torch-Pruning skips layers whose weights do not require grad
+            p.requires_grad_(True)
+        ignored = []
+        for head in detect_heads(model):
+            ignored += [seq[-1] for seq in (*head.cv2, *head.cv3)] + [head.dfl]
+        tp.pruner.MagnitudePruner(
+            model, torch.zeros(1, 3, IMGSZ, IMGSZ), importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio, ignored_layers=ignored,
+            output_transform=lambda out: out[0] if isinstance(out, tuple) else out,
+        ).step()
+        return model
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        model = run(mid)
+        if gflops(model, IMGSZ) <= target:
+            best, hi = model, mid
+        else:
+            lo = mid
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT / "weights" / "teabud-yolov5nu.pt"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "teabud.yaml"))
+    ap.add_argument("--gflops", type=float, default=0.5, help="target GFLOPs as a fraction of the original")
+    ap.add_argument("--epochs", type=int, default=2, help="fine-tune epochs, the same for both")
+    ap.add_argument("--runs", type=int, default=50, help="latency runs per model")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    base, _ = load_model(args.model)
+    g0 = gflops(base, IMGSZ)
+    ours = copy.deepcopy(base)
+    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ))
+    theirs = torch_pruning_to(base, gflops(ours, IMGSZ))
+    evaluator = yp.Evaluator(args.data, "val", imgsz=IMGSZ)
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
+        tmp = Path(tmp)
+        onnx = {"unpruned": export_onnx(base, tmp / "base.onnx", IMGSZ)}
+        for name, model in (("yoloprune", ours), ("Torch-Pruning", theirs)):
+            ckpt = save_checkpoint(model, tmp / f"{name}.pt")
+            tuned = train(TrainConfig(model=str(ckpt), data=args.data, out=str(tmp / f"{name}-ft.pt"),
+                                      epochs=args.epochs, imgsz=IMGSZ, finetune=True, project=str(tmp / name)))
+            rows[name] = {"gflops": gflops(model, IMGSZ), "params": sum(p.numel() for p in model.parameters()),
+                          "map": evaluator(model).map50_95, "map_ft": evaluator(str(tuned)).map50_95}
+            onnx[name] = export_onnx(model, tmp / f"{name}.onnx", IMGSZ)
+        lat = dict(zip(onnx, paired_onnx_latency(list(onnx.values()), IMGSZ, args.runs), strict=True))
+    base_map = evaluator(base).map50_95
+    lines = [f"Tea-bud YOLOv5nu ({args.model}), {IMGSZ}px, target {args.gflops:.0%} of {g0:.3f} GFLOPs, "
+             f"fine-tune {args.epochs} epochs (same recipe for both), onnxruntime CPU batch 1, median of {args.runs} "
+             f"alternated runs. Unpruned: mAP50-95 {base_map:.4f}, {lat['unpruned'] * 1e3:.2f} ms.", "",
+             "| tool | GFLOPs | params | mAP50-95 pruned | mAP50-95 fine-tuned | latency ms | speed-up | "
+             "GFLOPs ratio | realised / GFLOPs ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        speedup, fratio = lat["unpruned"] / lat[name], g0 / r["gflops"]
+        lines.append(f"| {name} | {r['gflops']:.3f} | {r['params']:,} | {r['map']:.4f} | {r['map_ft']:.4f} | "
+                     f"{lat[name] * 1e3:.2f} | {speedup:.2f}x | {fratio:.2f}x | {speedup / fratio:.0%} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        from yoloprune.atomic import atomic_write_text
+
+        atomic_write_text(args.out, table + "\n")
+
+
+if __name__ == "__main__":
+    main()
