@@ -3,7 +3,7 @@
 For each family (YOLOv5u, YOLOv8, YOLO11 at n and s scale) both tools prune a fresh copy of the same randomly
 initialised model, with the same input. A tool "handles" a family when pruning finishes and the pruned model
 still runs with unchanged output shape. Times are medians of --repeats runs. Ratios are relative to
-Torch-Pruning on yolov5nu, measured in the same run. A tool
+Torch-Pruning on yolov5nu, measured in the same run. Each tool gets one untimed warm-up run per model. A tool
 that gives no result within --limit seconds on a model is reported as such.
 
     python benchmarks/prune_speed.py [--repeats 3] [--out benchmarks/prune_speed.md]
@@ -55,7 +55,7 @@ def _alarm(signum, frame):
 def _time(tool, base: torch.nn.Module, x: torch.Tensor, shape, repeats: int, limit: int) -> tuple[float | None, str]:
     times, note = [], ""
     signal.signal(signal.SIGALRM, _alarm)
-    for _ in range(repeats):
+    for i in range(repeats + 1):  # the first run is an untimed warm-up (imports, allocator, caches)
         model = copy.deepcopy(base).eval()
         t0 = time.perf_counter()
         signal.alarm(limit)
@@ -67,7 +67,8 @@ def _time(tool, base: torch.nn.Module, x: torch.Tensor, shape, repeats: int, lim
             return None, f"fails: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
         finally:
             signal.alarm(0)
-        times.append(time.perf_counter() - t0)
+        if i:
+            times.append(time.perf_counter() - t0)
         try:
             with torch.no_grad():
                 out = model.eval()(x)[0]

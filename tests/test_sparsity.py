@@ -80,3 +80,20 @@ def test_live_branch_is_kept():
     with torch.no_grad():
         block.cv2.bn.weight.zero_()  # gamma zero but beta not: the branch still adds act(beta)
     assert name not in dead_blocks(model)
+
+
+def test_compact_removes_constant_channels_whose_consumers_absorb_them_exactly():
+    model = build("yolov8n.yaml")
+    sppf = model.model[9]
+    with torch.no_grad():
+        sppf.cv1.conv.weight[:5] = 0  # constant channels: BN still adds its shift; SPPF's 1x1 cv2 absorbs it
+        model.model[0].conv.weight[:2] = 0  # constant too, but read by a padded 3x3 conv: must stay
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)[0]
+    report = yp.compact(model)
+    assert sppf.cv1.conv.out_channels == 128 - 5 and sppf.cv2.conv.in_channels == 4 * (128 - 5)
+    assert model.model[0].conv.out_channels == 16
+    assert report.removed_units == 5
+    with torch.no_grad():
+        assert rel_err(model(x)[0], ref) < 1e-5

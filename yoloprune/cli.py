@@ -55,7 +55,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_out(args.model, args.out)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, imgsz=args.imgsz,
                       batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed,
-                      time=args.time, project=args.project, finetune=args.command == "finetune",
+                      time=args.time, project=args.project,
+                      finetune=args.command == "finetune" or (args.command == "train-sparse"
+                                                             and Path(args.model).suffix not in (".yaml", ".yml")),
                       sr=getattr(args, "sr", 0.0), sr_decay=getattr(args, "sr_decay", False))
     print(f"saved {train(cfg)}")
     return 0
@@ -311,7 +313,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a pruned checkpoint, keeping its architecture")
     p.add_argument("--model", required=True, help="pruned checkpoint (.pt)")
     _train_options(p, epochs=10)
-    p = sub.add_parser("train-sparse", help="sparsity training (L1 on prunable BN gammas) for network slimming")
+    p = sub.add_parser("train-sparse", help="sparsity training (L1 on prunable BN gammas) for network slimming; "
+                       "from a checkpoint it uses the fine-tuning defaults")
     p.add_argument("--model", required=True, help="checkpoint (.pt) to start from, or a model yaml")
     p.add_argument("--sr", type=float, default=1e-4, help="L1 strength on BN gammas")
     p.add_argument("--sr-decay", action="store_true", help="decay sr linearly to 10%% over the run")

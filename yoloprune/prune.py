@@ -234,15 +234,45 @@ def _layer_zero(mod: nn.Module, i: int) -> bool:
     return bias_zero and not bool(row.any())
 
 
+def constant_units(model: nn.Module, graph: Graph) -> list[Unit]:
+    """Prunable units that are the same value everywhere (every producing conv filter is zero, so each channel is
+    a bias, BN shift or function of them) and that every consumer reads through an unpadded conv or a linear layer
+    with a bias or BatchNorm to absorb the constant. Removing them with mean compensation is exact."""
+    modules = dict(model.named_modules())
+    bn_after = {conv: bn for bn, conv in graph.bn_source.items()}
+    return [u for u in graph.units if not u.frozen and u.producers
+            and all(_constant_ok(modules[m.module], m, bn_after) for m in u.members)]
+
+
+def _constant_ok(mod: nn.Module, m, bn_after: dict[str, str]) -> bool:
+    if m.dim == 0:
+        if isinstance(mod, nn.BatchNorm2d):
+            return True
+        return isinstance(mod, nn.Conv2d) and mod.groups == 1 and not bool(mod.weight.detach()[m.index].any())
+    if isinstance(mod, nn.Linear):
+        return mod.bias is not None
+    if not isinstance(mod, nn.Conv2d) or mod.groups != 1 or (mod.bias is None and m.module not in bn_after):
+        return False
+    pad = mod.padding
+    return pad == "valid" or (not isinstance(pad, str) and all(p == 0 for p in pad))
+
+
 def compact(model) -> Report:
-    """Remove what is already exactly zero, outputs unchanged: residual blocks whose branch is dead (depth), then
-    channels that are zero across their whole coupled group (width)."""
+    """Remove what is already fixed, outputs unchanged: residual blocks whose branch is dead (depth), channels
+    that are zero across their whole coupled group, and constant channels (zero filters behind a BN shift) whose
+    consumers can absorb the constant exactly (width)."""
     net, ckpt = ultra.load_model(model)
     before = snapshot(net, 640)
     blocks = dead_blocks(net)
     remove_blocks(net, blocks)
     graph = _trace(net)
     dead = dead_units(net, graph)
-    apply_checked(net, Plan(graph, {u.id for u in dead}))
-    return Report.build(net, before, graph, removed=len(dead), imgsz=640, ckpt=ckpt, action="compact",
+    ids = {u.id for u in dead}
+    const = [u for u in constant_units(net, graph) if u.id not in ids]
+    p = Plan(graph, ids | {u.id for u in const})
+    if const:  # every removed channel is constant, so one blank image measures the values exactly
+        consumers = {m.module for u in const for m in u.members if m.dim == 1}
+        p.means = input_means(net, _example(net), consumers)
+    apply_checked(net, p)
+    return Report.build(net, before, graph, removed=len(p.remove), imgsz=640, ckpt=ckpt, action="compact",
                         removed_blocks=blocks)

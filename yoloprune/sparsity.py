@@ -61,8 +61,8 @@ class SparsityReport:
             f"params {self.params:,} (unchanged: fake pruning keeps every tensor's shape)",
             f"zero weights: {self.sparsity_before:.1%} -> {self.sparsity:.1%}",
             f"compressed FP16 weights: {self.compressed_before / 1e6:.2f} MB -> {self.compressed_after / 1e6:.2f} MB",
-            f"filters now all zero: {sum(self.zero_filters.values())} (run `yoloprune compact` to remove the ones "
-            "whose whole channel is zero)", "", f"{'layer':40}{'zeros':>8}{'all-zero filters':>18}",
+            f"filters now all zero: {sum(self.zero_filters.values())} (`yoloprune compact` removes those it can "
+            "remove exactly)", "", f"{'layer':40}{'zeros':>8}{'all-zero filters':>18}",
         ]
         rows = list(self.layers.items())
         lines += [f"{n:40}{s:>8.1%}{self.zero_filters.get(n, 0):>18}" for n, s in rows[:max_rows]]
