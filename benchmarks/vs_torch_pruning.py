@@ -1,6 +1,7 @@
 """yoloprune vs Torch-Pruning on the shipped tea-bud YOLOv5nu, pruned to the same GFLOPs, side by side in one run.
 
-Both tools prune a copy of weights/teabud-yolov5nu.pt with L1 filter norms: yoloprune with ``target_gflops``,
+Both tools prune a copy of weights/teabud-yolov5nu.pt with L1 filter norms: yoloprune with ``target_gflops`` (its
+defaults plus mean compensation on 32 train images),
 Torch-Pruning's MagnitudePruner with its pruning ratio bisected until GFLOPs match (Ultralytics' own counter for
 both). Each pruned model is evaluated (pycocotools mAP on val) as pruned and after the same short fine-tune
 (yoloprune's fine-tune trainer for both: a Torch-Pruning model is a plain Ultralytics model too). Both are exported
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 import yoloprune as yp
+from yoloprune.data import letterboxed_images
 from yoloprune.export import export_onnx
 from yoloprune.latency import paired_onnx_latency
 from yoloprune.train import TrainConfig, train
@@ -71,7 +73,8 @@ def main() -> None:
     base, _ = load_model(args.model)
     g0 = gflops(base, IMGSZ)
     ours = copy.deepcopy(base)
-    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ))
+    calib = torch.from_numpy(letterboxed_images(args.data, "train", 32, IMGSZ))
+    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, calibration=calib))
     theirs = torch_pruning_to(base, gflops(ours, IMGSZ))
     evaluator = yp.Evaluator(args.data, "val", imgsz=IMGSZ)
     rows = {}

@@ -208,6 +208,18 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
             "speedup": base_lat / lat, "seconds": time.perf_counter() - t0}
 
 
+def _reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
+    """Ratio 0 without fine-tuning is the unpruned model whatever the method: reuse a finished such row."""
+    method, ratio, ft = job
+    if ratio != 0 or ft or "status" not in df.columns:
+        return None
+    done = df[(df["ratio"] == 0) & (df["finetune_epochs"] == 0) & (df["status"] == "ok")
+              & (df["method"] != "unstructured")]
+    if done.empty or method == "unstructured":
+        return None
+    return {**done.iloc[0].to_dict(), "method": method}
+
+
 def sweep(cfg: SweepConfig) -> pd.DataFrame:
     """Run the missing rows of the sweep and return the whole table (also written under ``cfg.out``)."""
     cfg.validate()
@@ -230,7 +242,7 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
             base_stats["calibration"] = torch.from_numpy(
                 letterboxed_images(cfg.data, "train", cfg.calib_images, cfg.imgsz))
         for job in todo:
-            row = run_job(cfg, base, base_stats, evaluator, job, work)
+            row = _reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
             df = combine([df, pd.DataFrame([row])])
             write_results(df, out)  # after every row: a killed sweep loses at most the row in flight
             progress.step(f"{job[0]} ratio {job[1]:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
