@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import build, rel_err
@@ -176,16 +178,47 @@ def test_bad_config_is_refused():
             yp.prune(model, **kwargs)
 
 
-def test_model_broken_by_pruning_is_refused_and_left_untouched():
-    """YOLO26 reads a width from a pruned tensor's shape and views a frozen one with it: refuse, never break."""
-    from yoloprune.ultra import DetectionModel
+class _StrictWidth(torch.nn.Module):
+    """Checks its width against a number stored at build time: invisible to the graph, broken by pruning."""
 
-    model = DetectionModel("yolo26n.yaml", verbose=False).eval()
-    params = sum(q.numel() for q in model.parameters())
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.width = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 4, 1), 8
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.shape[1] != self.width:
+            raise RuntimeError("width changed")
+        return self.b(y)
+
+
+def test_model_broken_by_pruning_is_refused_and_left_untouched():
+    from yoloprune.graph import trace
+    from yoloprune.prune import PruneConfig, apply_checked, plan
+
+    model = _StrictWidth().eval()
+    graph = trace(model, imgsz=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(yp.UnsupportedModelError, match="no longer runs"):
-        yp.prune(model, ratio=0.5, imgsz=128)
-    assert sum(q.numel() for q in model.parameters()) == params
-    model(torch.zeros(1, 3, 128, 128))
+        apply_checked(model, plan(model, graph, PruneConfig(ratio=0.5)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model(torch.zeros(1, 3, 8, 8))
+
+
+def test_yolo26_width_read_from_shape_is_frozen_and_it_prunes_exactly():
+    """YOLO26's attention reads C from x.shape and views another tensor with it: those channels must be frozen."""
+    base = build("yolo26n.yaml")
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    graph = _trace(base)
+    p = yp.plan(base, graph, yp.PruneConfig(ratio=0.4))
+    masked, removed = copy.deepcopy(base), copy.deepcopy(base)
+    yp.mask(masked, p)
+    apply(removed, p)
+    with torch.no_grad():
+        assert rel_err(removed(x)[0], masked(x)[0]) < 1e-5
+    assert sum(q.numel() for q in removed.parameters()) < 0.8 * sum(q.numel() for q in base.parameters())
+    assert any("width read from a shape" in u.frozen for u in graph.units)
+    copy.deepcopy(base)  # a shape the model cached during the trace (Detect.shape) still copies and pickles
 
 
 def test_bn_ratio_above_the_safe_maximum_is_refused():

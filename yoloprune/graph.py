@@ -127,6 +127,34 @@ class _UnionFind:
             self.frozen.setdefault(i, []).append(why)
 
 
+class _Width(int):
+    """A channel count read from a traced tensor's shape. It remembers the labels it counts, so that when the
+    number flows into an op (``y.view(B, C, H, W)``) those channels are frozen: after pruning the number would
+    change, and the tensor it shapes may not. Arithmetic on it keeps the labels."""
+
+    labels: list[int]
+
+    def __new__(cls, value: int, labels: list[int]):
+        obj = int.__new__(cls, value)
+        obj.labels = labels
+        return obj
+
+    def _keep(self, v):
+        return _Width(v, self.labels) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    def __reduce__(self):  # a model that cached a traced shape (Detect.shape) copies and pickles plain ints
+        return int, (int(self),)
+
+
+def _width_op(name: str):
+    op = getattr(int, name)
+    return lambda self, other: self._keep(op(self, other))
+
+
+for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__", "__rfloordiv__"):
+    setattr(_Width, _op, _width_op(_op))
+
+
 def _fname(func) -> str:
     return getattr(func, "__name__", None) or str(func)
 
@@ -176,6 +204,11 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = _fname(func)
+        for w in _widths(args, kwargs):
+            self.uf.freeze(w.labels, "width read from a shape")
+            self.frozen_ops["width read from a shape"] += len(w.labels)
+        if name in ("__get__", "size") and args:
+            return self._shape(args, out)
         if name in _IGNORED or not _has_tensor(out):
             return out
         handler = _HANDLERS.get(name)
@@ -192,6 +225,18 @@ class _Tracer(TorchFunctionMode):
         else:
             for o in outs:
                 self._fresh(o)  # constants (anchors, grids): no labels to couple
+        return out
+
+    def _shape(self, args, out):
+        """``x.shape`` / ``x.size()`` / ``x.size(1)`` of a labelled tensor: the channel count comes back as a _Width."""
+        lab = self._get(args[0])
+        if lab is None:
+            return out
+        if isinstance(out, torch.Size) and len(out) >= 2:
+            return torch.Size([out[0], _Width(out[1], lab), *out[2:]])
+        if isinstance(out, int) and len(args) > 1 and isinstance(args[1], int):
+            if args[1] % args[0].dim() == 1:
+                return _Width(out, lab)
         return out
 
     def _passthrough(self, x, out, name: str) -> bool:
@@ -236,6 +281,17 @@ def _has_tensor(out) -> bool:
     if isinstance(out, torch.Tensor):
         return True
     return isinstance(out, (list, tuple)) and any(isinstance(o, torch.Tensor) for o in out)
+
+
+def _widths(args, kwargs) -> list[_Width]:
+    found, stack = [], [*args, *kwargs.values()]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, _Width):
+            found.append(a)
+        elif isinstance(a, (list, tuple)):  # torch.Size included
+            stack.extend(a)
+    return found
 
 
 def _flat_tensors(args, kwargs) -> list[torch.Tensor]:
