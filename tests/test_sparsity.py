@@ -97,3 +97,22 @@ def test_compact_removes_constant_channels_whose_consumers_absorb_them_exactly()
     assert report.removed_units == 5
     with torch.no_grad():
         assert rel_err(model(x)[0], ref) < 1e-5
+
+
+def test_bn_pruning_with_blocks_removes_near_dead_branches():
+    model = build("yolov8n.yaml")
+    names = list(residual_blocks(model))[:2]
+    with torch.no_grad():
+        for n in names:
+            model.get_submodule(n).cv2.bn.weight.fill_(1e-4)  # slimmed away: far under every other |gamma|
+    kept = build("yolov8n.yaml")
+    with torch.no_grad():
+        for n in names:
+            kept.get_submodule(n).cv2.bn.weight.fill_(1e-4)
+    report = yp.prune(model, ratio=0.2, method="bn", imgsz=128, blocks=True)
+    assert report.removed_blocks == names and len(residual_blocks(model)) == len(residual_blocks(kept)) - 2
+    assert not yp.prune(kept, ratio=0.2, method="bn", imgsz=128).removed_blocks
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 128, 128))[0].shape == kept(torch.zeros(1, 3, 128, 128))[0].shape
+    with pytest.raises(yp.ConfigError, match="bn"):
+        yp.prune(build("yolov8n.yaml"), ratio=0.2, method="l1", blocks=True)

@@ -100,7 +100,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         calibration = torch.from_numpy(letterboxed_images(args.calib_data, "train", 32, args.calib_imgsz))
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
-                      imgsz=args.imgsz, calibration=calibration)
+                      imgsz=args.imgsz, calibration=calibration, blocks=args.layers)
     report = prune(args.model, config=cfg)
     print(report.table())
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary()})
@@ -139,6 +139,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--target-gflops", type=float, default=None,
                    help="instead of --ratio: prune until GFLOPs fall to this fraction of the original")
     p.add_argument("--imgsz", type=_positive_int, default=640, help="image size for GFLOPs")
+    p.add_argument("--layers", action="store_true",
+                   help="with --method bn: also remove residual blocks whose branch |gamma| all fall under the threshold")
     p.add_argument("--calib-data", default=None,
                    help="data yaml: fold removed channels' mean contributions, measured on 32 train images, "
                         "into the layers that consumed them (mean compensation)")

@@ -36,6 +36,7 @@ class PruneConfig:
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
     target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
     imgsz: int = 640  # image size for GFLOPs
+    blocks: bool = False  # bn method: also remove residual blocks whose branch's |gamma| all fall under the threshold
     calibration: torch.Tensor | None = None  # images (N, 3, H, W): fold removed channels' means into consumers
 
     def validate(self) -> None:
@@ -47,6 +48,8 @@ class PruneConfig:
             raise ConfigError(f"unknown scope {self.scope!r}; choose global or uniform")
         if self.round_to < 1 or self.min_channels < 1:
             raise ConfigError("round_to and min_channels must be >= 1")
+        if self.blocks and (self.method != "bn" or self.scope != "global" or self.target_gflops is not None):
+            raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio")
         if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
             raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
 
@@ -71,21 +74,31 @@ def _n_keep(n: int, n_remove: int, cfg: PruneConfig) -> int:
     return keep
 
 
-def plan(model: nn.Module, graph: Graph, cfg: PruneConfig) -> Plan:
-    """Choose the lowest-scoring units: under one global threshold, or the same fraction of every group."""
+def _scored(model: nn.Module, graph: Graph, cfg: PruneConfig) -> list[tuple[list[Unit], torch.Tensor]]:
     modules = dict(model.named_modules())
-    groups = [(k, us) for k, us in graph.groups().items() if not any(_ignored(u, cfg.ignore) for u in us)]
+    groups = [us for us in graph.groups().values() if not any(_ignored(u, cfg.ignore) for u in us)]
     bn_after = {conv: bn for bn, conv in graph.bn_source.items()}
-    scored = [(us, group_scores(us, modules, cfg.method, bn_after)) for _, us in groups]
+    return [(us, group_scores(us, modules, cfg.method, bn_after)) for us in groups]
+
+
+def global_threshold(scored: list[tuple[list[Unit], torch.Tensor]], ratio: float) -> float:
+    """The score at or under which the lowest ``ratio`` of all units fall."""
+    every = torch.cat([s for _, s in scored]) if scored else torch.zeros(0)
+    k = int(ratio * every.numel())
+    return every.sort().values[k - 1].item() if k > 0 else -math.inf
+
+
+def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | None = None) -> Plan:
+    """Choose the lowest-scoring units: under one global threshold (from ``cfg.ratio`` unless given), or the same
+    fraction of every group."""
+    scored = _scored(model, graph, cfg)
     if cfg.method == "bn" and cfg.scope == "global":
         safe = safe_max_ratio([s for _, s in scored])
         if cfg.ratio > safe:
             raise ConfigError(f"ratio {cfg.ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
                               "a global |gamma| threshold that high would empty a layer")
-    if cfg.scope == "global":
-        every = torch.cat([s for _, s in scored]) if scored else torch.zeros(0)
-        k = int(cfg.ratio * every.numel())
-        threshold = every.sort().values[k - 1].item() if k > 0 else -math.inf
+    if cfg.scope == "global" and threshold is None:
+        threshold = global_threshold(scored, cfg.ratio)
     out = Plan(graph)
     for units, scores in scored:
         n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(cfg.ratio * len(units))
@@ -93,6 +106,19 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig) -> Plan:
         drop = order[: len(units) - _n_keep(len(units), n_remove, cfg)]
         out.remove.update(units[i].id for i in drop.tolist())
     return out
+
+
+@torch.no_grad()
+def prune_blocks_under(model: nn.Module, threshold: float) -> list[str]:
+    """Depth pruning for slimming: residual blocks whose branch's last BN has every |gamma| <= ``threshold`` are
+    removed whole (their branch is zeroed first, so the block becomes the identity it nearly was)."""
+    names = [n for n, b in ultra.residual_blocks(model).items() if float(b.cv2.bn.weight.abs().max()) <= threshold]
+    for n in names:
+        bn = model.get_submodule(n).cv2.bn
+        bn.weight.zero_()
+        bn.bias.zero_()
+    remove_blocks(model, dead_blocks(model))
+    return names
 
 
 def apply(model: nn.Module, p: Plan) -> None:
@@ -189,13 +215,21 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
     net, ckpt = ultra.load_model(model)
     before = snapshot(net, cfg.imgsz)
     graph = _trace(net)
-    p = _plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops else plan(net, graph, cfg)
+    blocks: list[str] = []
+    threshold = None
+    if cfg.blocks:
+        threshold = global_threshold(_scored(net, graph, cfg), cfg.ratio)
+        plan(net, graph, cfg)  # refuse above the safe maximum before touching the model
+        blocks = prune_blocks_under(net, threshold)
+        graph = _trace(net)
+    p = (_plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops
+         else plan(net, graph, cfg, threshold=threshold))
     if cfg.calibration is not None:
         consumers = {m.module for u in graph.units if u.id in p.remove for m in u.members if m.dim == 1}
         p.means = input_means(net, cfg.calibration, consumers)
     apply_checked(net, p)
     return Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
-                        action=f"prune {cfg.method} ratio={cfg.ratio}")
+                        action=f"prune {cfg.method} ratio={cfg.ratio}", removed_blocks=blocks)
 
 
 def dead_units(model: nn.Module, graph: Graph) -> list[Unit]:
