@@ -1,7 +1,7 @@
 """yoloprune vs Torch-Pruning on the shipped tea-bud YOLOv5nu, pruned to the same GFLOPs, side by side in one run.
 
 Both tools prune a copy of weights/teabud-yolov5nu.pt with L1 filter norms: yoloprune with ``target_gflops`` (its
-defaults plus mean compensation on 32 train images),
+defaults plus mean compensation on 32 train images and widths in multiples of 8),
 Torch-Pruning's MagnitudePruner with its pruning ratio bisected until GFLOPs match (Ultralytics' own counter for
 both). Each pruned model is evaluated (pycocotools mAP on val) as pruned and after the same short fine-tune
 (yoloprune's fine-tune trainer for both: a Torch-Pruning model is a plain Ultralytics model too). Both are exported
@@ -74,7 +74,8 @@ def main() -> None:
     g0 = gflops(base, IMGSZ)
     ours = copy.deepcopy(base)
     calib = torch.from_numpy(letterboxed_images(args.data, "train", 32, IMGSZ))
-    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, calibration=calib))
+    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, calibration=calib,
+                                         round_to=8))
     theirs = torch_pruning_to(base, gflops(ours, IMGSZ))
     evaluator = yp.Evaluator(args.data, "val", imgsz=IMGSZ)
     rows = {}
@@ -88,10 +89,10 @@ def main() -> None:
             rows[name] = {"gflops": gflops(model, IMGSZ), "params": sum(p.numel() for p in model.parameters()),
                           "map": evaluator(model).map50_95, "map_ft": evaluator(str(tuned)).map50_95}
             onnx[name] = export_onnx(model, tmp / f"{name}.onnx", IMGSZ)
-        lat = dict(zip(onnx, paired_onnx_latency(list(onnx.values()), IMGSZ, args.runs), strict=True))
+        lat = dict(zip(onnx, paired_onnx_latency(list(onnx.values()), IMGSZ, args.runs, threads=1), strict=True))
     base_map = evaluator(base).map50_95
     lines = [f"Tea-bud YOLOv5nu ({args.model}), {IMGSZ}px, target {args.gflops:.0%} of {g0:.3f} GFLOPs, "
-             f"fine-tune {args.epochs} epochs (same recipe for both), onnxruntime CPU batch 1, median of {args.runs} "
+             f"fine-tune {args.epochs} epochs (same recipe for both), onnxruntime CPU batch 1, 1 thread, median of {args.runs} "
              f"alternated runs. Unpruned: mAP50-95 {base_map:.4f}, {lat['unpruned'] * 1e3:.2f} ms.", "",
              "| tool | GFLOPs | params | mAP50-95 pruned | mAP50-95 fine-tuned | latency ms | speed-up | "
              "GFLOPs ratio | realised / GFLOPs ratio |", "|---|---|---|---|---|---|---|---|---|"]

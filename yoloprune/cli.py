@@ -219,7 +219,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("sweep needs --model and --data (or --merge DIR...)")
         cfg = SweepConfig(model=args.model, data=args.data, out=args.out, ratios=args.ratios, methods=args.method,
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
-                          batch=args.batch, workers=args.workers)
+                          batch=args.batch, workers=args.workers, round_to=args.round_to)
         df = sweep(cfg)
     print(markdown(df))
     print(f"wrote {Path(args.out) / 'results.csv'}, results.md, map_vs_ratio.png, map_vs_latency.png")
@@ -233,6 +233,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--ratios", type=_ratios, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     p.add_argument("--method", type=_methods, default=["l1"], help="one or more of l1,l2,bn,unstructured")
     p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--round-to", type=_positive_int, default=1, help="keep pruned widths multiples of N")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--imgsz", type=_positive_int, default=320)
     p.add_argument("--batch", type=_positive_int, default=16)

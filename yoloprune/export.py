@@ -20,7 +20,7 @@ import torch
 from yoloprune import ultra
 from yoloprune.data import letterboxed_images
 from yoloprune.errors import ConfigError, YoloPruneError
-from yoloprune.latency import onnx_latency, ort_session
+from yoloprune.latency import ort_session, paired_onnx_latency
 
 
 class ParityError(YoloPruneError):
@@ -40,6 +40,7 @@ class ExportConfig:
     tolerance: float = 1e-3  # max relative error allowed between PyTorch and onnxruntime
     baseline: str | None = None  # unpruned model whose export's latency is measured beside this one
     latency_runs: int = 30
+    latency_threads: int = 1
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ExportResult:
     def table(self) -> str:
         rows = [f"exported {self.path} ({self.size_bytes / 1e6:.2f} MB)",
                 f"onnxruntime vs PyTorch on {self.images} images: max relative error {self.max_rel_err:.2e}",
-                f"onnxruntime CPU latency, batch 1 (median): {self.latency_s * 1e3:.2f} ms"]
+                f"onnxruntime CPU latency, batch 1, 1 thread (median): {self.latency_s * 1e3:.2f} ms"]
         if self.baseline_latency_s:
             rows.append(f"unpruned baseline: {self.baseline_latency_s * 1e3:.2f} ms "
                         f"(speedup {self.baseline_latency_s / self.latency_s:.2f}x)")
@@ -111,10 +112,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     err = parity(path, cfg.model, _images(cfg.data, cfg.split, cfg.images, cfg.imgsz))
     if not err <= cfg.tolerance:
         raise ParityError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (relative), above {cfg.tolerance:g}")
-    base = None
-    if cfg.baseline:
-        with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
-            ref = export_onnx(cfg.baseline, Path(tmp) / "baseline.onnx", cfg.imgsz)
-            base = onnx_latency(ref, cfg.imgsz, cfg.latency_runs)
-    lat = onnx_latency(path, cfg.imgsz, cfg.latency_runs)
+    with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
+        paths = [path] + ([export_onnx(cfg.baseline, Path(tmp) / "baseline.onnx", cfg.imgsz)] if cfg.baseline else [])
+        times = paired_onnx_latency(paths, cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
+    lat, base = times[0], (times[1] if cfg.baseline else None)
     return ExportResult(path, err, cfg.images, lat, base, os.path.getsize(path))

@@ -45,14 +45,6 @@ def ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_latency(path: str | Path, imgsz: int, runs: int = 20, threads: int | None = None) -> float:
-    """Median seconds per onnxruntime CPU run of a batch-1 image."""
-    sess = ort_session(path, threads)
-    name = sess.get_inputs()[0].name
-    x = np.zeros((1, 3, imgsz, imgsz), np.float32)
-    return median_seconds(lambda: sess.run(None, {name: x}), runs)
-
-
 def paired_onnx_latency(paths: list[str | Path], imgsz: int, runs: int = 20, threads: int | None = None) -> list[float]:
     """Median seconds per run of several ONNX models measured in alternation, so that a busy or throttled
     machine slows them alike and their ratios stay meaningful."""

@@ -45,6 +45,8 @@ class SweepConfig:
     batch: int = 16
     workers: int = 2
     latency_runs: int = 30
+    latency_threads: int = 1  # onnxruntime intra-op threads: 1 is the small-device case and steadiest when shared
+    round_to: int = 1  # keep pruned widths multiples of this (8 suits CPU kernels)
     keep_models: bool = True  # keep each row's checkpoint under out/models
     compensate: bool = True  # fold removed channels' mean contributions (measured on train images) into consumers
     calib_images: int = 32
@@ -166,14 +168,15 @@ class _Progress:
               file=sys.stderr, flush=True)
 
 
-def _prune_copy(base, method: str, ratio: float, imgsz: int, calibration):
+def _prune_copy(base, method: str, ratio: float, imgsz: int, calibration, round_to: int = 1):
     from yoloprune.prune import PruneConfig, prune
     from yoloprune.sparsity import sparsify
 
     model = copy.deepcopy(base)
     if method == "unstructured":
         return sparsify(model, amount=ratio).model
-    return prune(model, config=PruneConfig(ratio=ratio, method=method, imgsz=imgsz, calibration=calibration)).model
+    cfg = PruneConfig(ratio=ratio, method=method, imgsz=imgsz, calibration=calibration, round_to=round_to)
+    return prune(model, config=cfg).model
 
 
 def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job: tuple, work: Path) -> dict:
@@ -184,7 +187,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     t0 = time.perf_counter()
     row = {"method": method, "ratio": ratio, "finetune_epochs": ft}
     try:
-        model = _prune_copy(base, method, ratio, cfg.imgsz, base_stats.get("calibration"))
+        model = _prune_copy(base, method, ratio, cfg.imgsz, base_stats.get("calibration"), cfg.round_to)
     except ConfigError as e:  # e.g. above the bn method's safe maximum: a real answer, recorded, not retried
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
@@ -198,7 +201,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
         model, _ = ultra.load_model(ckpt)
     res = evaluator(model)
     onnx = export_onnx(ckpt, work / f"{tag}.onnx", cfg.imgsz)
-    base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs)
+    base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
     params = sum(p.numel() for p in model.parameters())
     gfl = ultra.gflops(model, cfg.imgsz)
     return {**row, "status": "ok", "map50_95": res.map50_95, "map50": res.map50,
