@@ -268,15 +268,17 @@ def _add_export(sub) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from yoloprune.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=args.out, ratios=args.ratios, methods=args.method, model=args.model, data=args.data))
+    given = {"ratios": args.ratios, "methods": args.method}
+    run_demo(DemoConfig(out=args.out, model=args.model, data=args.data,
+                        **{k: v for k, v in given.items() if v is not None}))
     return 0
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the shipped data and weights: sweep, table, plots, export")
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--ratios", type=_ratios, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    p.add_argument("--method", type=_methods, default=["l1", "bn"])
+    p.add_argument("--ratios", type=_ratios, default=None, help="default: 0,0.05,0.1,0.2,...,0.7")
+    p.add_argument("--method", type=_methods, default=None, help="default: l1,bn")
     p.add_argument("--model", default=None, help="default: the shipped weights/teabud-yolov8n.pt")
     p.add_argument("--data", default=None, help="default: the shipped data/teabud.yaml")
     p.set_defaults(func=_cmd_demo)

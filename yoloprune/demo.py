@@ -21,7 +21,7 @@ ROUND_TO = 8  # widths in multiples of 8: CPU kernels turn saved FLOPs into save
 @dataclass
 class DemoConfig:
     out: str = "outputs/demo"
-    ratios: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    ratios: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     methods: list[str] = field(default_factory=lambda: ["l1", "bn"])
     model: str | None = None
     data: str | None = None

@@ -111,6 +111,8 @@ def markdown(df: pd.DataFrame) -> str:
     cols = ["method", "ratio", "finetune_epochs", "map50_95", "map50", "params_ratio", "gflops_ratio", "ckpt_mb",
             "onnx_mb", "latency_ms", "speedup"]
     view = df[[c for c in cols if c in df.columns]].copy()
+    if "status" in df.columns and (df["status"] != "ok").any():
+        view["note"] = ["" if st == "ok" else str(st) for st in df["status"]]
     head = "| " + " | ".join(view.columns) + " |\n|" + "---|" * len(view.columns) + "\n"
     rows = []
     for _, r in view.iterrows():
