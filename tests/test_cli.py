@@ -137,3 +137,16 @@ def test_sparsify_cli_reports_and_refuses_bad_amount(ckpt, tmp_path, capsys):
         main(["sparsify", "--model", str(ckpt), "--amount", "1.5", "--out", str(tmp_path / "x.pt")])
     assert e.value.code == 2 and "amount" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    from yoloprune.atomic import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        out = atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -112,7 +112,7 @@ def markdown(df: pd.DataFrame) -> str:
             "onnx_mb", "latency_ms", "speedup"]
     view = df[[c for c in cols if c in df.columns]].copy()
     if "status" in df.columns and (df["status"] != "ok").any():
-        view["note"] = ["" if st == "ok" else str(st) for st in df["status"]]
+        view["note"] = ["" if st == "ok" else str(st).split(":")[0] + " (reason in results.csv)" for st in df["status"]]
     head = "| " + " | ".join(view.columns) + " |\n|" + "---|" * len(view.columns) + "\n"
     rows = []
     for _, r in view.iterrows():
