@@ -1,9 +1,8 @@
 """Network slimming (Liu et al., ICCV 2017): L1 on BN gammas during training, then prune by a global |gamma|.
 
 Only BatchNorms whose channels the coupling graph can prune are penalised: pushing a frozen channel's gamma to
-zero would cost accuracy and buy nothing. The penalty is the subgradient ``sr * sign(gamma)`` added to the
-gradient after backward, multiplied by the AMP grad scaler's current scale so that unscaling treats it like the
-loss's own gradient.
+zero would cost accuracy and buy nothing. The penalty is the subgradient ``sr * sign(gamma)``, added to the
+gradient after the AMP grad scaler has unscaled it and after gradient clipping, so neither rescales the penalty.
 """
 
 from __future__ import annotations

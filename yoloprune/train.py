@@ -4,8 +4,8 @@ sparsity training for network slimming.
 Ultralytics' trainer rebuilds its model from the yaml and copies over only shape-matching weights, which would
 undo pruning. ``PrunedDetectionTrainer`` instead hands the trainer the pruned model from the checkpoint file
 itself, so every process (and each DDP worker) rebuilds the same pruned architecture from the path alone.
-``SparseDetectionTrainer`` adds the slimming penalty between backward and the optimizer step, by overriding the
-trainer's own ``optimizer_step`` hook; nothing in Ultralytics is patched.
+``SparseDetectionTrainer`` adds the slimming penalty between gradient clipping and the optimizer step, by overriding
+the trainer's own ``optimizer_step`` hook; nothing in Ultralytics is patched.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yoloprune import slimming
@@ -122,9 +123,18 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         return self.sr * (1.0 - 0.9 * self.epoch / max(self.epochs - 1, 1))
 
     def optimizer_step(self):
+        """The trainer's own step (unscale, clip to norm 10, step, EMA) with the L1 subgradient added after
+        unscaling and clipping: Ultralytics' losses are summed over the batch, so clipping is usually active
+        and would otherwise scale the penalty down with the loss's large gradient."""
         net = self.model.module if hasattr(self.model, "module") else self.model
-        slimming.add_l1_subgradient(net, self.bn_masks, self.current_sr(), scale=float(self.scaler.get_scale()))
-        super().optimizer_step()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        slimming.add_l1_subgradient(net, self.bn_masks, self.current_sr())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model)
 
     def save_metrics(self, metrics):
         net = self.ema.ema if self.ema else self.model
