@@ -155,7 +155,10 @@ def train(cfg: TrainConfig) -> Path:
     overrides = cfg.overrides()
     overrides["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
     yolo.train(trainer=trainer, **overrides)
-    best = Path(yolo.trainer.save_dir) / "weights" / "best.pt"
-    atomic_write(cfg.out, lambda tmp: shutil.copyfile(best, tmp))
+    # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be
+    # its least sparse epoch, so the sparse model is the final one.
+    pick = "last.pt" if cfg.sr else "best.pt"
+    chosen = Path(yolo.trainer.save_dir) / "weights" / pick
+    atomic_write(cfg.out, lambda tmp: shutil.copyfile(chosen, tmp))
     return Path(cfg.out)
 
