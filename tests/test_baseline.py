@@ -14,7 +14,7 @@ WEIGHTS = ROOT / "weights"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["teabud-yolov8n"])
+@pytest.mark.parametrize("name", ["teabud-yolov8n", "teabud-yolov5nu"])
 def test_val_on_shipped_baseline_matches_recorded_figure(name, tmp_path):
     recorded = json.loads((WEIGHTS / f"{name}.val.json").read_text())
     out = tmp_path / "val.json"
