@@ -45,3 +45,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+def tiny_project(root, n_train: int, n_val: int, ratio: float = 0.0):
+    """A tiny tea-bud dataset under ``root`` and a seeded two-class yolov8n (pruned by ``ratio``) saved as
+    ``root/model.pt``. Returns (data yaml, checkpoint)."""
+    import yoloprune as yp
+    from yoloprune.teabud import TeaBudConfig, generate
+    from yoloprune.ultra import save_checkpoint
+
+    data = generate(TeaBudConfig(out=root / "d", n_train=n_train, n_val=n_val, n_test=0))
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    if ratio:
+        yp.prune(model, ratio=ratio, imgsz=128)
+    return data, save_checkpoint(model, root / "model.pt")

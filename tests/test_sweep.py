@@ -6,29 +6,26 @@ import onnx
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_project
 from onnx import numpy_helper
 
 import yoloprune as yp
 from yoloprune.cli import main
 from yoloprune.export import ExportConfig, ParityError, export, export_onnx, parity
 from yoloprune.sweep import SweepConfig, read_results, sweep
-from yoloprune.teabud import TeaBudConfig, generate
-from yoloprune.ultra import DetectionModel, save_checkpoint
+from yoloprune.ultra import save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    data = generate(TeaBudConfig(out=root / "d", n_train=2, n_val=3, n_test=0))
-    torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
-    save_checkpoint(model, root / "base.pt")
+    data, _ = tiny_project(root, n_train=2, n_val=3)
     return root, data
 
 
 def _cfg(setup, out, ratios, methods=("l1",)):
     root, data = setup
-    return SweepConfig(model=str(root / "base.pt"), data=str(data), out=str(out), ratios=list(ratios),
+    return SweepConfig(model=str(root / "model.pt"), data=str(data), out=str(out), ratios=list(ratios),
                        methods=list(methods), imgsz=64, batch=4, workers=0, latency_runs=3)
 
 
@@ -51,7 +48,7 @@ def test_sweep_writes_consistent_csv_markdown_and_plots(setup, tmp_path):
 def test_ratio_zero_reproduces_the_unpruned_map(setup, tmp_path):
     root, data = setup
     df = sweep(_cfg(setup, tmp_path, [0.0]))
-    direct = yp.evaluate(str(root / "base.pt"), str(data), imgsz=64, batch=4)
+    direct = yp.evaluate(str(root / "model.pt"), str(data), imgsz=64, batch=4)
     assert df.loc[0, "map50_95"] == direct.map50_95 and df.loc[0, "map50"] == direct.map50
 
 
@@ -74,7 +71,7 @@ def test_resumed_sweep_adds_only_missing_rows_and_merge_joins_shards(setup, tmp_
 def test_export_parity_passes_and_fails_loudly_on_a_tampered_graph(setup, tmp_path):
     root, data = setup
     pruned = tmp_path / "pruned.pt"
-    model, _ = yp.load_model(str(root / "base.pt"))
+    model, _ = yp.load_model(str(root / "model.pt"))
     yp.prune(model, ratio=0.4, imgsz=64)
     save_checkpoint(model, pruned)
     res = export(ExportConfig(model=str(pruned), out=str(tmp_path / "m.onnx"), imgsz=64, data=str(data),
@@ -96,7 +93,7 @@ def test_export_parity_passes_and_fails_loudly_on_a_tampered_graph(setup, tmp_pa
 def test_export_writes_nothing_beside_the_input(setup, tmp_path):
     root, _ = setup
     before = set(root.iterdir())
-    export_onnx(str(root / "base.pt"), tmp_path / "x.onnx", imgsz=64)
+    export_onnx(str(root / "model.pt"), tmp_path / "x.onnx", imgsz=64)
     assert set(root.iterdir()) == before and (tmp_path / "x.onnx").exists()
 
 

@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_project
 
 import yoloprune as yp
 from yoloprune.slimming import gammas, penalised_bns
-from yoloprune.teabud import TeaBudConfig, generate
 from yoloprune.train import TrainConfig, train
 from yoloprune.ultra import DetectionModel, save_checkpoint
 
@@ -19,11 +19,7 @@ from yoloprune.ultra import DetectionModel, save_checkpoint
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    data = generate(TeaBudConfig(out=root / "d", n_train=8, n_val=4, n_test=0))
-    torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
-    yp.prune(model, ratio=0.5, imgsz=128)
-    save_checkpoint(model, root / "pruned.pt")
+    data, _ = tiny_project(root, n_train=8, n_val=4, ratio=0.5)
     return root, data
 
 
@@ -34,12 +30,12 @@ def _widths(model) -> dict[str, tuple]:
 def test_finetune_in_a_subprocess_keeps_every_width_and_loads_in_plain_ultralytics(tiny, tmp_path):
     root, data = tiny
     out = tmp_path / "ft.pt"
-    r = subprocess.run([sys.executable, "-m", "yoloprune", "finetune", "--model", str(root / "pruned.pt"),
+    r = subprocess.run([sys.executable, "-m", "yoloprune", "finetune", "--model", str(root / "model.pt"),
                         "--data", str(data), "--epochs", "1", "--imgsz", "128", "--batch", "4", "--workers", "0",
                         "--project", str(tmp_path / "run"), "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    pruned = torch.load(root / "pruned.pt", weights_only=False)["model"]
+    pruned = torch.load(root / "model.pt", weights_only=False)["model"]
     probe = textwrap.dedent(f"""
         import os, sys
         os.environ["YOLO_OFFLINE"] = "1"
@@ -68,10 +64,10 @@ def test_sparsity_training_shrinks_prunable_gammas(tiny, tmp_path):
     step_every_batch = {"nbs": 4, "warmup_epochs": 0, "optimizer": "SGD", "lr0": 0.02}
     for sr in (0.0, 1.0):
         out = tmp_path / f"sr{sr}.pt"
-        train(TrainConfig(model=str(root / "pruned.pt"), data=str(data), out=str(out), epochs=2, imgsz=128,
+        train(TrainConfig(model=str(root / "model.pt"), data=str(data), out=str(out), epochs=2, imgsz=128,
                           batch=4, workers=0, sr=sr, project=str(tmp_path / f"run{sr}"), extra=step_every_batch))
         runs[sr] = out
-    base = torch.load(root / "pruned.pt", weights_only=False)["model"].float()
+    base = torch.load(root / "model.pt", weights_only=False)["model"].float()
     masks = penalised_bns(base)
     assert masks and _mean_gamma(runs[1.0], masks) < _mean_gamma(runs[0.0], masks) - 0.01
     run = tmp_path / "run1.0" / "run"

@@ -190,12 +190,9 @@ def _add_val(sub) -> None:
 
 
 def _ratios(text: str) -> list[float]:
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ratios like 0,0.1,0.2, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or not 0 <= v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"every ratio must be in [0, 1), got {text}")
+    values = [_ratio(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios like 0,0.1,0.2, got {text!r}")
     return values
 
 

@@ -83,6 +83,11 @@ class Graph:
     bn_source: dict[str, str]  # BatchNorm name -> conv name whose output it normalises directly
     frozen_ops: dict[str, int]  # op description -> number of channels frozen by it
 
+    @property
+    def bn_after(self) -> dict[str, str]:
+        """conv name -> the BatchNorm that directly normalises its output (``bn_source`` inverted)."""
+        return {conv: bn for bn, conv in self.bn_source.items()}
+
     def groups(self) -> dict[tuple, list[Unit]]:
         """Prunable units grouped by the set of modules they touch (a residual chain, a conv's filters, ...)."""
         out: dict[tuple, list[Unit]] = defaultdict(list)

@@ -14,13 +14,7 @@ import torch
 from torch import nn
 
 from yoloprune import ultra
-
-
-def _channel_dead(conv: nn.Conv2d, bn: nn.BatchNorm2d, i: int) -> bool:
-    if bn.weight[i].item() == 0 and bn.bias[i].item() == 0:
-        return True
-    shift = bn.bias[i] - bn.running_mean[i] * bn.weight[i] / torch.sqrt(bn.running_var[i] + bn.eps)
-    return shift.item() == 0 and not bool(conv.weight[i].any())
+from yoloprune.surgery import bn_channel_zero
 
 
 @torch.no_grad()
@@ -31,7 +25,7 @@ def branch_is_dead(block: nn.Module) -> bool:
         return False
     if act(torch.zeros(1, dtype=bn.weight.dtype)).item() != 0:
         return False
-    return all(_channel_dead(conv, bn, i) for i in range(bn.num_features))
+    return all(bn_channel_zero(bn, i, conv) for i in range(bn.num_features))
 
 
 def dead_blocks(model: nn.Module) -> list[str]:

@@ -16,12 +16,12 @@ from torch import nn
 from yoloprune import ultra
 from yoloprune.compensate import fold, input_means
 from yoloprune.errors import ConfigError, UnsupportedModelError
-from yoloprune.graph import Graph, Unit, trace
+from yoloprune.graph import Graph, Unit
 from yoloprune.importance import METHODS, group_scores
 from yoloprune.layers import dead_blocks, remove_blocks
 from yoloprune.report import Report, snapshot
 from yoloprune.slimming import safe_max_ratio
-from yoloprune.surgery import channels, keep_channels
+from yoloprune.surgery import bn_channel_zero, channels, keep_channels, layer_channel_zero
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Plan:
     graph: Graph
     remove: set[int] = field(default_factory=set)
     means: dict[str, torch.Tensor] | None = None  # consumer input means for mean compensation (None: off)
+    threshold: float | None = None  # the global score threshold it was cut at (global scope)
 
 
 def _ignored(unit: Unit, prefixes: tuple[str, ...]) -> bool:
@@ -77,8 +78,7 @@ def _n_keep(n: int, n_remove: int, cfg: PruneConfig) -> int:
 def _scored(model: nn.Module, graph: Graph, cfg: PruneConfig) -> list[tuple[list[Unit], torch.Tensor]]:
     modules = dict(model.named_modules())
     groups = [us for us in graph.groups().values() if not any(_ignored(u, cfg.ignore) for u in us)]
-    bn_after = {conv: bn for bn, conv in graph.bn_source.items()}
-    return [(us, group_scores(us, modules, cfg.method, bn_after)) for us in groups]
+    return [(us, group_scores(us, modules, cfg.method, graph.bn_after)) for us in groups]
 
 
 def global_threshold(scored: list[tuple[list[Unit], torch.Tensor]], ratio: float) -> float:
@@ -99,7 +99,7 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | No
                               "a global |gamma| threshold that high would empty a layer")
     if cfg.scope == "global" and threshold is None:
         threshold = global_threshold(scored, cfg.ratio)
-    out = Plan(graph)
+    out = Plan(graph, threshold=threshold)
     for units, scores in scored:
         n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(cfg.ratio * len(units))
         order = scores.argsort(stable=True)
@@ -129,8 +129,7 @@ def apply(model: nn.Module, p: Plan) -> None:
             for m in unit.members:
                 removed[(m.module, m.dim)].add(m.index)
     if p.means is not None:
-        bn_after = {conv: bn for bn, conv in p.graph.bn_source.items()}
-        fold(model, {name: idx for (name, dim), idx in removed.items() if dim == 1}, p.means, bn_after)
+        fold(model, {name: idx for (name, dim), idx in removed.items() if dim == 1}, p.means, p.graph.bn_after)
     modules = dict(model.named_modules())
     for (name, dim), idx in sorted(removed.items()):
         mod = modules[name]
@@ -180,8 +179,7 @@ def apply_checked(model: nn.Module, p: Plan) -> None:
     apply(model, p)
 
 
-def _trace(model: nn.Module) -> Graph:
-    return trace(model, imgsz=2 * ultra.max_stride(model), outputs=ultra.contract_outputs)
+_trace = ultra.trace_model
 
 
 def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: float) -> Plan:
@@ -217,9 +215,8 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
     graph = _trace(net)
     blocks: list[str] = []
     threshold = None
-    if cfg.blocks:
-        threshold = global_threshold(_scored(net, graph, cfg), cfg.ratio)
-        plan(net, graph, cfg)  # refuse above the safe maximum before touching the model
+    if cfg.blocks:  # plan first: it refuses above the safe maximum before the model is touched
+        threshold = plan(net, graph, cfg).threshold
         blocks = prune_blocks_under(net, threshold)
         graph = _trace(net)
     p = (_plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops
@@ -245,27 +242,11 @@ def _unit_is_zero(unit: Unit, modules: dict[str, nn.Module], graph: Graph) -> bo
         mod = modules[m.module]
         if isinstance(mod, nn.BatchNorm2d):
             src = graph.bn_source.get(m.module)
-            if not (_bn_zero(mod, m.index) or (src is not None and _bn_zero_on_zero(mod, m.index)
-                                                and _layer_zero(modules[src], m.index))):
+            if not bn_channel_zero(mod, m.index, modules[src] if src is not None else None):
                 return False
-        elif m.module not in fed and not _layer_zero(mod, m.index):
+        elif m.module not in fed and not layer_channel_zero(mod, m.index):
             return False
     return True
-
-
-def _bn_zero(bn: nn.BatchNorm2d, i: int) -> bool:
-    return bn.weight is not None and bn.weight[i].item() == 0 and bn.bias[i].item() == 0
-
-
-def _bn_zero_on_zero(bn: nn.BatchNorm2d, i: int) -> bool:
-    shift = bn.bias[i] - bn.running_mean[i] * bn.weight[i] / torch.sqrt(bn.running_var[i] + bn.eps)
-    return shift.item() == 0
-
-
-def _layer_zero(mod: nn.Module, i: int) -> bool:
-    row = mod.weight.detach()[:, i] if isinstance(mod, nn.ConvTranspose2d) else mod.weight.detach()[i]
-    bias_zero = mod.bias is None or mod.bias.detach()[i].item() == 0
-    return bias_zero and not bool(row.any())
 
 
 def constant_units(model: nn.Module, graph: Graph) -> list[Unit]:
@@ -273,9 +254,8 @@ def constant_units(model: nn.Module, graph: Graph) -> list[Unit]:
     a bias, BN shift or function of them) and that every consumer reads through an unpadded conv or a linear layer
     with a bias or BatchNorm to absorb the constant. Removing them with mean compensation is exact."""
     modules = dict(model.named_modules())
-    bn_after = {conv: bn for bn, conv in graph.bn_source.items()}
     return [u for u in graph.units if not u.frozen and u.producers
-            and all(_constant_ok(modules[m.module], m, bn_after) for m in u.members)]
+            and all(_constant_ok(modules[m.module], m, graph.bn_after) for m in u.members)]
 
 
 def _constant_ok(mod: nn.Module, m, bn_after: dict[str, str]) -> bool:

@@ -15,12 +15,11 @@ import torch
 from torch import nn
 
 from yoloprune import ultra
-from yoloprune.graph import trace
 
 
 def penalised_bns(model: nn.Module) -> dict[str, torch.Tensor]:
     """BN name -> bool mask over its channels that belong to prunable (unfrozen) units."""
-    graph = trace(model, imgsz=2 * ultra.max_stride(model), outputs=ultra.contract_outputs)
+    graph = ultra.trace_model(model)
     modules = dict(model.named_modules())
     masks: dict[str, torch.Tensor] = {}
     for unit in graph.units:
@@ -34,14 +33,14 @@ def penalised_bns(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def add_l1_subgradient(model: nn.Module, masks: dict[str, torch.Tensor], sr: float, scale: float = 1.0) -> None:
-    """grad(gamma) += sr * sign(gamma) * scale on the masked channels (``scale``: the AMP scaler's scale)."""
+def add_l1_subgradient(model: nn.Module, masks: dict[str, torch.Tensor], sr: float) -> None:
+    """grad(gamma) += sr * sign(gamma) on the masked channels (call it on unscaled gradients)."""
     for name, mask in masks.items():
         bn = model.get_submodule(name)
         if bn.weight.grad is None:
             continue
         g = bn.weight
-        bn.weight.grad.add_(torch.sign(g) * mask.to(g.device, g.dtype), alpha=sr * scale)
+        bn.weight.grad.add_(torch.sign(g) * mask.to(g.device, g.dtype), alpha=sr)
 
 
 def gammas(model: nn.Module, masks: dict[str, torch.Tensor]) -> torch.Tensor:

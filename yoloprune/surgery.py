@@ -109,3 +109,21 @@ def keep_channels(module: nn.Module, dim: int, keep: list[int]) -> None:
     """Keep only channels ``keep`` of ``module`` along ``dim``."""
     idx = torch.as_tensor(sorted(keep), dtype=torch.long, device=next(module.parameters(), torch.empty(0)).device)
     handler_for(module)(module, dim, idx)
+
+
+def layer_channel_zero(mod: nn.Module, i: int) -> bool:
+    """Output channel ``i`` of a conv/linear is exactly zero: zero filter (row) and zero (or no) bias."""
+    row = mod.weight.detach()[:, i] if isinstance(mod, nn.ConvTranspose2d) else mod.weight.detach()[i]
+    bias_zero = mod.bias is None or mod.bias.detach()[i].item() == 0
+    return bias_zero and not bool(row.any())
+
+
+def bn_channel_zero(bn: nn.BatchNorm2d, i: int, source: nn.Module | None = None) -> bool:
+    """BN channel ``i`` outputs exactly zero: gamma = beta = 0, or it adds no shift to a ``source`` layer's
+    channel that is itself exactly zero."""
+    if bn.weight is not None and bn.weight[i].item() == 0 and bn.bias[i].item() == 0:
+        return True
+    if source is None or bn.weight is None:
+        return False
+    shift = bn.bias[i] - bn.running_mean[i] * bn.weight[i] / torch.sqrt(bn.running_var[i] + bn.eps)
+    return shift.item() == 0 and layer_channel_zero(source, i)

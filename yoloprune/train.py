@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloprune import slimming
 from yoloprune.atomic import atomic_write
@@ -108,13 +109,16 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         self.add_callback("on_train_end", SparseDetectionTrainer._finish)
 
     def _start(self) -> None:
-        net = self.model.module if hasattr(self.model, "module") else self.model
+        net = unwrap_model(self.model)
         self.bn_masks = slimming.penalised_bns(net)
         self.gammas_before = slimming.gammas(net, self.bn_masks)
 
+    def _reported(self):
+        """The model whose gammas are reported and saved: the EMA when there is one."""
+        return self.ema.ema if self.ema else unwrap_model(self.model)
+
     def _finish(self) -> None:
-        net = self.ema.ema if self.ema else self.model
-        slimming.plot_gamma_histogram(self.gammas_before, slimming.gammas(net, self.bn_masks),
+        slimming.plot_gamma_histogram(self.gammas_before, slimming.gammas(self._reported(), self.bn_masks),
                                       Path(self.save_dir) / "gamma_hist.png", self.sr)
 
     def current_sr(self) -> float:
@@ -126,10 +130,9 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         """The trainer's own step (unscale, clip to norm 10, step, EMA) with the L1 subgradient added after
         unscaling and clipping: Ultralytics' losses are summed over the batch, so clipping is usually active
         and would otherwise scale the penalty down with the loss's large gradient."""
-        net = self.model.module if hasattr(self.model, "module") else self.model
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        slimming.add_l1_subgradient(net, self.bn_masks, self.current_sr())
+        slimming.add_l1_subgradient(unwrap_model(self.model), self.bn_masks, self.current_sr())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
@@ -137,8 +140,7 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
             self.ema.update(self.model)
 
     def save_metrics(self, metrics):
-        net = self.ema.ema if self.ema else self.model
-        stats = slimming.gamma_stats(net, self.bn_masks)
+        stats = slimming.gamma_stats(self._reported(), self.bn_masks)
         super().save_metrics({**metrics, **stats.as_metrics(), "slim/sr": self.current_sr()})
 
 

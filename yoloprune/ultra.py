@@ -29,6 +29,7 @@ from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 from yoloprune import __version__  # noqa: E402
 from yoloprune.atomic import atomic_write  # noqa: E402
 from yoloprune.errors import CheckpointError  # noqa: E402
+from yoloprune.graph import Graph, trace  # noqa: E402
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -169,6 +170,11 @@ def contract_outputs(out: Any) -> list[torch.Tensor]:
 def num_classes(model: nn.Module) -> int:
     heads = detect_heads(model)
     return int(heads[-1].nc) if heads else len(getattr(model, "names", {}) or {})
+
+
+def trace_model(model: nn.Module) -> Graph:
+    """The coupling graph of a detector: traced at twice its largest stride, with only its predictions frozen."""
+    return trace(model, imgsz=2 * max_stride(model), outputs=contract_outputs)
 
 
 def max_stride(model: nn.Module) -> int:
