@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import yoloprune as yp
-from yoloprune.data import letterboxed_images
+from yoloprune.compensate import calibration_images
 from yoloprune.export import export_onnx
 from yoloprune.latency import paired_onnx_latency
 from yoloprune.train import TrainConfig, train
@@ -73,7 +73,7 @@ def main() -> None:
     base, _ = load_model(args.model)
     g0 = gflops(base, IMGSZ)
     ours = copy.deepcopy(base)
-    calib = torch.from_numpy(letterboxed_images(args.data, "train", 32, IMGSZ))
+    calib = calibration_images(args.data, IMGSZ)
     yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, calibration=calib,
                                          round_to=8))
     theirs = torch_pruning_to(base, gflops(ours, IMGSZ))

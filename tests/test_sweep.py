@@ -108,3 +108,15 @@ def test_demo_arguments_validate(args, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err, err
     assert not (tmp_path / "d").exists()
+
+
+def test_prune_cli_calib_data_folds_measured_means_into_consumers(setup, tmp_path):
+    root, data = setup
+    plain, comp = tmp_path / "plain.pt", tmp_path / "comp.pt"
+    base = ["prune", "--model", str(root / "model.pt"), "--ratio", "0.3", "--imgsz", "64"]
+    assert main([*base, "--out", str(plain)]) == 0
+    assert main([*base, "--calib-data", str(data), "--calib-imgsz", "64", "--out", str(comp)]) == 0
+    a, b = (yp.ultra.load_model(p)[0].state_dict() for p in (plain, comp))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "same architecture either way"
+    changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert changed and all(k.endswith(("running_mean", "bias")) for k in changed), changed

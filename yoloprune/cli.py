@@ -93,11 +93,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _check_out(args.model, out)
     calibration = None
     if args.calib_data:
-        import torch
+        from yoloprune.compensate import calibration_images
 
-        from yoloprune.data import letterboxed_images
-
-        calibration = torch.from_numpy(letterboxed_images(args.calib_data, "train", 32, args.calib_imgsz))
+        calibration = calibration_images(args.calib_data, args.calib_imgsz)
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
                       imgsz=args.imgsz, calibration=calibration, blocks=args.layers)

@@ -16,6 +16,14 @@ import torch
 from torch import nn
 
 _CONSUMERS = (nn.Conv2d, nn.Linear)
+CALIB_IMAGES = 32  # train images on which the channel means folded into consumers are measured
+
+
+def calibration_images(data: str, imgsz: int = 320, n: int = CALIB_IMAGES) -> torch.Tensor:
+    """The first ``n`` train images of a data yaml, letterboxed as the validator does: (n, 3, imgsz, imgsz)."""
+    from yoloprune.data import letterboxed_images
+
+    return torch.from_numpy(letterboxed_images(data, "train", n, imgsz))
 
 
 @torch.no_grad()

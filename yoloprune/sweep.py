@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from yoloprune import ultra
 from yoloprune.atomic import atomic_write_bytes, atomic_write_text
-from yoloprune.data import letterboxed_images
+from yoloprune.compensate import CALIB_IMAGES, calibration_images
 from yoloprune.errors import ConfigError
 from yoloprune.evaluate import Evaluator
 from yoloprune.export import export_onnx
@@ -49,7 +48,7 @@ class SweepConfig:
     round_to: int = 1  # keep pruned widths multiples of this (8 suits CPU kernels)
     keep_models: bool = True  # keep each row's checkpoint under out/models
     compensate: bool = True  # fold removed channels' mean contributions (measured on train images) into consumers
-    calib_images: int = 32
+    calib_images: int = CALIB_IMAGES
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in SWEEP_METHODS]
@@ -244,8 +243,7 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
         base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": ultra.gflops(base, cfg.imgsz),
                       "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
         if cfg.compensate:
-            base_stats["calibration"] = torch.from_numpy(
-                letterboxed_images(cfg.data, "train", cfg.calib_images, cfg.imgsz))
+            base_stats["calibration"] = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
         for job in todo:
             row = _reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
             df = combine([df, pd.DataFrame([row])])
