@@ -120,3 +120,25 @@ def test_prune_cli_calib_data_folds_measured_means_into_consumers(setup, tmp_pat
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "same architecture either way"
     changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
     assert changed and all(k.endswith(("running_mean", "bias")) for k in changed), changed
+
+
+def test_demo_sweeps_baseline_and_slimmed_model_into_one_table(setup, tmp_path):
+    from yoloprune.demo import DemoConfig, run_demo
+
+    root, data = setup
+    model, _ = yp.ultra.load_model(root / "model.pt")
+    torch.manual_seed(1)
+    for m in model.modules():  # a "sparsity-trained" model: spread gammas, one residual branch driven to zero
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+    model.model[2].m[0].cv2.bn.weight.data.zero_()
+    slimmed = save_checkpoint(model, root / "slimmed.pt")
+    out = tmp_path / "demo"
+    run_demo(DemoConfig(out=str(out), ratios=[0.0, 0.3], methods=["l1"], model=str(root / "model.pt"),
+                        data=str(data), slimmed=str(slimmed)))
+    df = pd.read_csv(out / "results.csv")
+    assert df[["model", "method", "ratio"]].values.tolist() == [["baseline", "l1", 0.0], ["baseline", "l1", 0.3],
+                                                                 ["slimmed", "bn", 0.0], ["slimmed", "bn", 0.3]]
+    assert df["blocks_removed"].tolist() == [0, 0, 0, 1], "bn on the slimmed model removes the dead block"
+    assert (out / "results.md").read_text().startswith("| model | method | ratio")
+    assert (out / "best.onnx").exists() and (out / "slimmed" / "results.csv").exists()

@@ -214,7 +214,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("sweep needs --model and --data (or --merge DIR...)")
         cfg = SweepConfig(model=args.model, data=args.data, out=args.out, ratios=args.ratios, methods=args.method,
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
-                          batch=args.batch, workers=args.workers, round_to=args.round_to)
+                          batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers)
         df = sweep(cfg)
     print(markdown(df))
     print(f"wrote {Path(args.out) / 'results.csv'}, results.md, map_vs_ratio.png, map_vs_latency.png")
@@ -229,6 +229,8 @@ def _add_sweep(sub) -> None:
     p.add_argument("--method", type=_methods, default=["l1"], help="one or more of l1,l2,bn,unstructured")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--round-to", type=_positive_int, default=1, help="keep pruned widths multiples of N")
+    p.add_argument("--layers", action="store_true",
+                   help="bn rows also remove residual blocks whose branch falls under the gamma threshold")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--imgsz", type=_positive_int, default=320)
     p.add_argument("--batch", type=_positive_int, default=16)
@@ -264,7 +266,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from yoloprune.demo import DemoConfig, run_demo
 
     given = {"ratios": args.ratios, "methods": args.method}
-    run_demo(DemoConfig(out=args.out, model=args.model, data=args.data,
+    run_demo(DemoConfig(out=args.out, model=args.model, data=args.data, slimmed=args.slimmed,
                         **{k: v for k, v in given.items() if v is not None}))
     return 0
 
@@ -276,6 +278,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--method", type=_methods, default=None, help="default: l1,bn")
     p.add_argument("--model", default=None, help="default: the shipped weights/teabud-yolov8n.pt")
     p.add_argument("--data", default=None, help="default: the shipped data/teabud.yaml")
+    p.add_argument("--slimmed", default=None, help="sparsity-trained model to sweep with bn and block removal "
+                   "(default with the shipped baseline: weights/teabud-yolov8n-sparse.pt)")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -28,7 +28,7 @@ from yoloprune.latency import paired_onnx_latency
 KEY = ["method", "ratio", "finetune_epochs"]
 SWEEP_METHODS = (*METHODS, "unstructured")
 COLUMNS = [*KEY, "status", "map50_95", "map50", "ultralytics_map50_95", "params", "params_ratio", "gflops",
-           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "seconds"]
+           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "blocks_removed", "seconds"]
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SweepConfig:
     keep_models: bool = True  # keep each row's checkpoint under out/models
     compensate: bool = True  # fold removed channels' mean contributions (measured on train images) into consumers
     calib_images: int = CALIB_IMAGES
+    layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in SWEEP_METHODS]
@@ -59,6 +60,8 @@ class SweepConfig:
             raise ConfigError(f"ratios must be numbers in [0, 1), got {self.ratios}")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune_epochs must be >= 0")
+        if self.layers and "bn" not in self.methods:
+            raise ConfigError("layers (block removal) needs the bn method")
 
     def jobs(self) -> list[tuple[str, float, int]]:
         return [(m, round(float(r), 4), self.finetune_epochs) for m in self.methods for r in self.ratios]
@@ -107,8 +110,10 @@ def write_results(df: pd.DataFrame, out: str | Path) -> None:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    cols = ["method", "ratio", "finetune_epochs", "map50_95", "map50", "params_ratio", "gflops_ratio", "ckpt_mb",
-            "onnx_mb", "latency_ms", "speedup"]
+    cols = ["model", "method", "ratio", "finetune_epochs", "map50_95", "map50", "params_ratio", "gflops_ratio",
+            "ckpt_mb", "onnx_mb", "latency_ms", "speedup"]
+    if "blocks_removed" in df.columns and (df["blocks_removed"].fillna(0) > 0).any():
+        cols.append("blocks_removed")
     view = df[[c for c in cols if c in df.columns]].copy()
     if "status" in df.columns and (df["status"] != "ok").any():
         view["note"] = ["" if st == "ok" else str(st).split(":")[0] + " (reason in results.csv)" for st in df["status"]]
@@ -138,9 +143,12 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
                                 ("map_vs_latency.png", "latency_ms", ("map50_95",), "onnxruntime CPU latency (ms)")):
         fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), squeeze=False)
         for ax, y in zip(axes[0], ys, strict=True):
-            for (method, ft), g in ok.groupby(["method", "finetune_epochs"]):
+            by = [c for c in ("model", "method", "finetune_epochs") if c in ok.columns]
+            for keys, g in ok.groupby(by):
+                parts = dict(zip(by, keys, strict=True))
                 g = g.sort_values(x)
-                label = method if not ft else f"{method} + {ft} ep fine-tune"
+                label = " ".join(str(parts[c]) for c in ("model", "method") if c in parts)
+                label += f" + {parts['finetune_epochs']} ep fine-tune" if parts.get("finetune_epochs") else ""
                 ax.plot(g[x], g[y], marker="o", label=label)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(y.replace("map", "mAP").replace("_", "-"))
@@ -169,15 +177,18 @@ class _Progress:
               file=sys.stderr, flush=True)
 
 
-def _prune_copy(base, method: str, ratio: float, imgsz: int, calibration, round_to: int = 1):
+def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration) -> tuple[object, int]:
+    """A pruned copy of ``base`` and the number of residual blocks removed with it."""
     from yoloprune.prune import PruneConfig, prune
     from yoloprune.sparsity import sparsify
 
     model = copy.deepcopy(base)
     if method == "unstructured":
-        return sparsify(model, amount=ratio).model
-    cfg = PruneConfig(ratio=ratio, method=method, imgsz=imgsz, calibration=calibration, round_to=round_to)
-    return prune(model, config=cfg).model
+        return sparsify(model, amount=ratio).model, 0
+    pc = PruneConfig(ratio=ratio, method=method, imgsz=cfg.imgsz, calibration=calibration, round_to=cfg.round_to,
+                     blocks=cfg.layers and method == "bn" and ratio > 0)
+    report = prune(model, config=pc)
+    return report.model, len(report.removed_blocks)
 
 
 def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job: tuple, work: Path) -> dict:
@@ -188,7 +199,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     t0 = time.perf_counter()
     row = {"method": method, "ratio": ratio, "finetune_epochs": ft}
     try:
-        model = _prune_copy(base, method, ratio, cfg.imgsz, base_stats.get("calibration"), cfg.round_to)
+        model, n_blocks = _prune_copy(base, method, ratio, cfg, base_stats.get("calibration"))
     except ConfigError as e:  # e.g. above the bn method's safe maximum: a real answer, recorded, not retried
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
@@ -209,7 +220,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
             "ultralytics_map50_95": res.ultralytics_map50_95, "params": params,
             "params_ratio": params / base_stats["params"], "gflops": gfl, "gflops_ratio": gfl / base_stats["gflops"],
             "ckpt_mb": ckpt.stat().st_size / 1e6, "onnx_mb": onnx.stat().st_size / 1e6, "latency_ms": lat * 1e3,
-            "speedup": base_lat / lat, "seconds": time.perf_counter() - t0}
+            "speedup": base_lat / lat, "blocks_removed": n_blocks, "seconds": time.perf_counter() - t0}
 
 
 def _reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
