@@ -230,6 +230,9 @@ def test_bn_ratio_above_the_safe_maximum_is_refused():
     modules = dict(model.named_modules())
     safe = safe_max_ratio([group_scores(us, modules, "bn") for us in graph.groups().values()])
     assert 0.3 < safe < 0.99
+    from yoloprune.info import describe
+
+    assert f"bn pruning safe maximum ratio {safe:.3f}" in describe(model, imgsz=128), "info reports the same limit"
     yp.prune(build("yolov8n.yaml"), ratio=safe - 0.01, method="bn", imgsz=128)
     with pytest.raises(yp.ConfigError, match="safe maximum"):
         yp.prune(model, ratio=min(safe + 0.02, 0.99), method="bn", imgsz=128)

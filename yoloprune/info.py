@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from yoloprune import ultra
-from yoloprune.prune import _trace, dead_units
+from yoloprune.prune import _trace, bn_safe_max, dead_units
 from yoloprune.report import snapshot
+from yoloprune.slimming import gamma_stats, penalised_bns
 
 
 def describe(model, imgsz: int = 640, verbose: bool = False) -> str:
@@ -19,6 +20,7 @@ def describe(model, imgsz: int = 640, verbose: bool = False) -> str:
     for u in graph.frozen_units():
         for m in u.producers:
             frozen_layers[m.module] += 1
+    gam = gamma_stats(net, penalised_bns(net, graph))
     lines = [
         f"model: {model if isinstance(model, str) else type(model).__name__}",
         f"params: {snap.params:,}   GFLOPs@{imgsz}: {snap.gflops:.3f}   "
@@ -26,6 +28,8 @@ def describe(model, imgsz: int = 640, verbose: bool = False) -> str:
         f"channel units: {len(graph.units)} ({sum(len(v) for v in groups.values())} prunable in {len(groups)} "
         f"coupled groups, {len(graph.frozen_units())} frozen)",
         f"exactly-zero prunable units (removable by compact): {len(dead_units(net, graph))}",
+        f"BN |gamma| of prunable channels: mean {gam.mean_abs:.3f}, {gam.frac_below:.1%} below {gam.threshold:g}; "
+        f"bn pruning safe maximum ratio {bn_safe_max(net, graph):.3f}",
         "frozen channel units by reason:",
         *(f"  {n:6d}  {why}" for why, n in frozen.most_common()),
         "layers with frozen output channels:",

@@ -81,6 +81,12 @@ def _scored(model: nn.Module, graph: Graph, cfg: PruneConfig) -> list[tuple[list
     return [(us, group_scores(us, modules, cfg.method, graph.bn_after)) for us in groups]
 
 
+def bn_safe_max(model: nn.Module, graph: Graph, cfg: PruneConfig | None = None) -> float:
+    """The highest ratio that global bn pruning accepts for this model (see ``slimming.safe_max_ratio``)."""
+    cfg = cfg or PruneConfig(method="bn")
+    return safe_max_ratio([s for _, s in _scored(model, graph, replace(cfg, method="bn"))])
+
+
 def global_threshold(scored: list[tuple[list[Unit], torch.Tensor]], ratio: float) -> float:
     """The score at or under which the lowest ``ratio`` of all units fall."""
     every = torch.cat([s for _, s in scored]) if scored else torch.zeros(0)
@@ -93,7 +99,7 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | No
     fraction of every group."""
     scored = _scored(model, graph, cfg)
     if cfg.method == "bn" and cfg.scope == "global":
-        safe = safe_max_ratio([s for _, s in scored])
+        safe = bn_safe_max(model, graph, cfg)
         if cfg.ratio > safe:
             raise ConfigError(f"ratio {cfg.ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
                               "a global |gamma| threshold that high would empty a layer")

@@ -17,9 +17,9 @@ from torch import nn
 from yoloprune import ultra
 
 
-def penalised_bns(model: nn.Module) -> dict[str, torch.Tensor]:
+def penalised_bns(model: nn.Module, graph=None) -> dict[str, torch.Tensor]:
     """BN name -> bool mask over its channels that belong to prunable (unfrozen) units."""
-    graph = ultra.trace_model(model)
+    graph = graph or ultra.trace_model(model)
     modules = dict(model.named_modules())
     masks: dict[str, torch.Tensor] = {}
     for unit in graph.units:
