@@ -98,7 +98,7 @@ def test_export_writes_nothing_beside_the_input(setup, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--ratios", "0,1.2"], ["--ratios", "a,b"], ["--method", "l1,l9"],
-                                  ["--model", "missing.pt"]])
+                                  ["--model", "missing.pt"], ["--slimmed", "missing.pt"]])
 def test_demo_arguments_validate(args, tmp_path, capsys):
     try:
         code = main(["demo", "--out", str(tmp_path / "d"), *args])
