@@ -66,7 +66,7 @@ def gamma_stats(model: nn.Module, masks: dict[str, torch.Tensor], threshold: flo
     return GammaStats(float(g.mean()), float((g < threshold).float().mean()), threshold)
 
 
-def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | Path, sr: float) -> Path:
+def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | Path, sr: float | str) -> Path:
     """Histogram of |gamma| before and after sparsity training, written atomically as PNG."""
     import matplotlib
 
@@ -83,7 +83,7 @@ def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | 
     ax.set_xlabel("|BN gamma| of prunable channels")
     ax.set_ylabel("channels")
     ax.set_yscale("log")
-    ax.set_title(f"network slimming, sr={sr:g}")
+    ax.set_title(f"network slimming, sr={sr:g}" if isinstance(sr, (int, float)) else f"network slimming, sr {sr}")
     ax.legend()
     fig.tight_layout()
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
