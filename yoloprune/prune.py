@@ -81,10 +81,9 @@ def _scored(model: nn.Module, graph: Graph, cfg: PruneConfig) -> list[tuple[list
     return [(us, group_scores(us, modules, cfg.method, graph.bn_after)) for us in groups]
 
 
-def bn_safe_max(model: nn.Module, graph: Graph, cfg: PruneConfig | None = None) -> float:
-    """The highest ratio that global bn pruning accepts for this model (see ``slimming.safe_max_ratio``)."""
-    cfg = cfg or PruneConfig(method="bn")
-    return safe_max_ratio([s for _, s in _scored(model, graph, replace(cfg, method="bn"))])
+def bn_safe_max(model: nn.Module, graph: Graph) -> float:
+    """The highest ratio that global bn pruning (as ``plan`` does it) accepts for this model."""
+    return safe_max_ratio([s for _, s in _scored(model, graph, PruneConfig(method="bn"))])
 
 
 def global_threshold(scored: list[tuple[list[Unit], torch.Tensor]], ratio: float) -> float:
@@ -99,7 +98,7 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | No
     fraction of every group."""
     scored = _scored(model, graph, cfg)
     if cfg.method == "bn" and cfg.scope == "global":
-        safe = bn_safe_max(model, graph, cfg)
+        safe = safe_max_ratio([s for _, s in scored])  # already bn scores: the same as bn_safe_max
         if cfg.ratio > safe:
             raise ConfigError(f"ratio {cfg.ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
                               "a global |gamma| threshold that high would empty a layer")
