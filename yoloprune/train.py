@@ -4,8 +4,8 @@ sparsity training for network slimming.
 Ultralytics' trainer rebuilds its model from the yaml and copies over only shape-matching weights, which would
 undo pruning. ``PrunedDetectionTrainer`` instead hands the trainer the pruned model from the checkpoint file
 itself, so every process (and each DDP worker) rebuilds the same pruned architecture from the path alone.
-``SparseDetectionTrainer`` adds the slimming penalty between gradient clipping and the optimizer step, by overriding
-the trainer's own ``optimizer_step`` hook; nothing in Ultralytics is patched.
+``SparseDetectionTrainer`` adds the slimming penalty between gradient clipping and the optimizer step, through a
+step pre-hook on the trainer's own optimizer (a torch API); nothing in Ultralytics is patched or copied.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -112,6 +111,13 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         net = unwrap_model(self.model)
         self.bn_masks = slimming.penalised_bns(net)
         self.gammas_before = slimming.gammas(net, self.bn_masks)
+        self.optimizer.register_step_pre_hook(self._penalise)
+
+    def _penalise(self, _optimizer, _args, _kwargs) -> None:
+        """Before each optimizer step, i.e. inside the trainer's own ``optimizer_step`` after it has unscaled the
+        AMP gradients and clipped them to norm 10: Ultralytics' losses are summed over the batch, so clipping is
+        usually active and would scale down a penalty added before it."""
+        slimming.add_l1_subgradient(unwrap_model(self.model), self.bn_masks, self.current_sr())
 
     def _reported(self):
         """The model whose gammas are reported and saved: the EMA when there is one."""
@@ -125,19 +131,6 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         if not self.sr_decay:
             return self.sr
         return self.sr * (1.0 - 0.9 * self.epoch / max(self.epochs - 1, 1))
-
-    def optimizer_step(self):
-        """The trainer's own step (unscale, clip to norm 10, step, EMA) with the L1 subgradient added after
-        unscaling and clipping: Ultralytics' losses are summed over the batch, so clipping is usually active
-        and would otherwise scale the penalty down with the loss's large gradient."""
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        slimming.add_l1_subgradient(unwrap_model(self.model), self.bn_masks, self.current_sr())
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad()
-        if self.ema:
-            self.ema.update(self.model)
 
     def save_metrics(self, metrics):
         stats = slimming.gamma_stats(self._reported(), self.bn_masks)
