@@ -222,13 +222,13 @@ def test_yolo26_width_read_from_shape_is_frozen_and_it_prunes_exactly():
 
 
 def test_bn_ratio_above_the_safe_maximum_is_refused():
-    from yoloprune.importance import group_scores
+    from yoloprune.importance import ScoreContext, group_scores
     from yoloprune.slimming import safe_max_ratio
 
     model = build("yolov8n.yaml")
     graph = _trace(model)
-    modules = dict(model.named_modules())
-    safe = safe_max_ratio([group_scores(us, modules, "bn") for us in graph.groups().values()])
+    ctx = ScoreContext(dict(model.named_modules()), graph.bn_after)
+    safe = safe_max_ratio([group_scores(us, ctx, "bn") for us in graph.groups().values()])
     assert 0.3 < safe < 0.99
     from yoloprune.info import describe
 

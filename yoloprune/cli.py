@@ -50,15 +50,21 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from yoloprune.train import TrainConfig, train
+    from yoloprune.train import TrainConfig, default_teacher, train
 
     _check_out(args.model, args.out)
+    teacher = None
+    if args.command == "finetune" and not args.no_teacher:
+        teacher = args.teacher or default_teacher(args.model)
+        print(f"distilling from {teacher}" if teacher else "no teacher: plain fine-tuning (the model records no "
+              "source checkpoint that is still present; give --teacher W to distil)", flush=True)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, imgsz=args.imgsz,
                       batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed,
                       time=args.time, project=args.project,
                       finetune=args.command == "finetune" or (args.command == "train-sparse"
                                                              and Path(args.model).suffix not in (".yaml", ".yml")),
-                      sr=getattr(args, "sr", 0.0), sr_decay=getattr(args, "sr_decay", False))
+                      sr=getattr(args, "sr", 0.0), sr_decay=getattr(args, "sr_decay", False), teacher=teacher,
+                      dis=getattr(args, "dis", None))
     print(f"saved {train(cfg)}")
     return 0
 
@@ -87,7 +93,7 @@ def _default_out(model: str, tag: str) -> str:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from yoloprune.prune import PruneConfig, prune
-    from yoloprune.ultra import save_checkpoint
+    from yoloprune.ultra import save_checkpoint, source_meta
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
@@ -95,13 +101,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.calib_data:
         from yoloprune.compensate import calibration_images
 
-        calibration = calibration_images(args.calib_data, args.calib_imgsz)
+        calibration = calibration_images(args.calib_data, args.calib_imgsz, args.calib_images)
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
-                      imgsz=args.imgsz, calibration=calibration, blocks=args.layers)
+                      imgsz=args.imgsz, calibration=calibration, blocks=args.layers,
+                      reconstruct=not args.no_reconstruct, recalibrate_bn=args.recalibrate_bn)
     report = prune(args.model, config=cfg)
     print(report.table())
-    save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary()})
+    save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
     print(f"saved {out}")
     return 0
 
@@ -126,10 +133,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_prune(sub) -> None:
+    from yoloprune.compensate import CALIB_IMAGES
+
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
     p.add_argument("--model", required=True, help="Ultralytics detection checkpoint (.pt) or model yaml")
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
-    p.add_argument("--method", choices=("l1", "l2", "bn"), default="l1")
+    from yoloprune.importance import CRITERIA
+
+    p.add_argument("--method", choices=tuple(CRITERIA), default="l1",
+                   help="importance criterion: " + "; ".join(f"{k}: {e.help}" for k, e in CRITERIA.items())
+                   + " (default: %(default)s)")
     p.add_argument("--scope", choices=("global", "uniform"), default="global")
     p.add_argument("--round-to", type=_positive_int, default=1, help="keep widths multiples of N")
     p.add_argument("--min-channels", type=_positive_int, default=1)
@@ -140,11 +153,58 @@ def _add_prune(sub) -> None:
     p.add_argument("--layers", action="store_true",
                    help="with --method bn: also remove residual blocks whose branch |gamma| all fall under the threshold")
     p.add_argument("--calib-data", default=None,
-                   help="data yaml: fold removed channels' mean contributions, measured on 32 train images, "
-                        "into the layers that consumed them (mean compensation)")
-    p.add_argument("--calib-imgsz", type=_positive_int, default=320)
+                   help="data yaml (its train images) or a folder of images, no labels needed: fold removed "
+                        "channels' means into the layers that read them, refit those layers by least squares to "
+                        "reproduce the unpruned model, and feed data-aware criteria")
+    p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
+                   help="number of calibration images (default: %(default)s)")
+    p.add_argument("--calib-imgsz", type=_positive_int, default=320, help="calibration image size (default: %(default)s)")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="with --calib-data: mean compensation only, no least-squares refit")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="with --calib-data: re-estimate BatchNorm statistics on the calibration images afterwards")
     p.add_argument("--out", default=None, help="output checkpoint (default: <model>-<method><ratio>.pt)")
     p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_iterative(args: argparse.Namespace) -> int:
+    from yoloprune.iterative import IterativeConfig, iterative_prune
+
+    _check_out(args.model, args.out)
+    cfg = IterativeConfig(model=args.model, data=args.data, out=args.out, ratio=args.ratio,
+                          target_gflops=args.target_gflops, steps=args.steps, epochs=args.epochs, method=args.method,
+                          round_to=args.round_to, distill=not args.no_teacher, max_map_drop=args.max_map_drop,
+                          imgsz=args.imgsz, batch=args.batch, workers=args.workers, calib_images=args.calib_images)
+    df = iterative_prune(cfg)
+    print(df.to_string(index=False))
+    print(f"saved {args.out} (step table beside it: {Path(args.out).stem}.steps.csv/.md)")
+    return 0
+
+
+def _add_iterative(sub) -> None:
+    from yoloprune.compensate import CALIB_IMAGES
+    from yoloprune.importance import CRITERIA
+
+    p = sub.add_parser("iterative", help="prune to a ratio or GFLOPs target in steps, with a short distilled "
+                       "fine-tune after each")
+    p.add_argument("--model", required=True, help="checkpoint to prune (also the distillation teacher)")
+    p.add_argument("--data", required=True, help="data yaml: calibration (train), fine-tuning and val mAP")
+    p.add_argument("--ratio", type=_ratio, default=None, help="overall fraction of prunable channels to remove")
+    p.add_argument("--target-gflops", type=float, default=None, help="final GFLOPs as a fraction of the original")
+    p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step (default: %(default)s)")
+    p.add_argument("--method", choices=tuple(CRITERIA), default="l1", help="importance criterion (default: %(default)s)")
+    p.add_argument("--round-to", type=_positive_int, default=8, help="keep widths multiples of N (default: %(default)s)")
+    p.add_argument("--no-teacher", action="store_true", help="fine-tune without distillation")
+    p.add_argument("--max-map-drop", type=float, default=None,
+                   help="stop when val mAP50-95 falls more than this below the original's (e.g. 0.02)")
+    p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
+                   help="calibration images per step (default: %(default)s)")
+    p.add_argument("--imgsz", type=_positive_int, default=320, help="(default: %(default)s)")
+    p.add_argument("--batch", type=_positive_int, default=16, help="(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
+    p.add_argument("--out", required=True, help="output checkpoint; the step table goes beside it")
+    p.set_defaults(func=_cmd_iterative)
 
 
 def _add_compact(sub) -> None:
@@ -195,12 +255,12 @@ def _ratios(text: str) -> list[float]:
 
 
 def _methods(text: str) -> list[str]:
-    from yoloprune.sweep import SWEEP_METHODS
+    from yoloprune.sweep import sweep_methods
 
     values = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [v for v in values if v not in SWEEP_METHODS]
+    bad = [v for v in values if v not in sweep_methods()]
     if not values or bad:
-        raise argparse.ArgumentTypeError(f"methods must be from {','.join(SWEEP_METHODS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"methods must be from {','.join(sweep_methods())}, got {text!r}")
     return values
 
 
@@ -316,6 +376,11 @@ def _add_train(sub) -> None:
     _train_options(p, epochs=50)
     p = sub.add_parser("finetune", help="fine-tune a pruned checkpoint, keeping its architecture")
     p.add_argument("--model", required=True, help="pruned checkpoint (.pt)")
+    p.add_argument("--teacher", default=None,
+                   help="distil from this checkpoint through Ultralytics' distill_model (default: the checkpoint the "
+                        "model was pruned from, recorded in its metadata, when that file is still present)")
+    p.add_argument("--no-teacher", action="store_true", help="plain fine-tuning, no distillation")
+    p.add_argument("--dis", type=float, default=None, help="distillation loss weight (default: Ultralytics' 6.0)")
     _train_options(p, epochs=10)
     p = sub.add_parser("train-sparse", help="sparsity training (L1 on prunable BN gammas) for network slimming; "
                        "from a checkpoint it uses the fine-tuning defaults")
@@ -346,7 +411,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yoloprune", description="Structured pruning for Ultralytics YOLO detectors.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_info, _add_prune, _add_compact, _add_sparsify, _add_val, _add_sweep, _add_export,
+    for add in (_add_demo, _add_info, _add_prune, _add_iterative, _add_compact, _add_sparsify, _add_val, _add_sweep, _add_export,
                 _add_make_data, _add_train):
         add(sub)
     return parser

@@ -11,19 +11,26 @@ at each consumer's input on calibration images, so it holds through adds, concat
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
 
 _CONSUMERS = (nn.Conv2d, nn.Linear)
-CALIB_IMAGES = 32  # train images on which the channel means folded into consumers are measured
+CALIB_IMAGES = 64  # calibration images: means for compensation, data-aware scores, least-squares reconstruction
 
 
-def calibration_images(data: str, imgsz: int = 320, n: int = CALIB_IMAGES) -> torch.Tensor:
-    """The first ``n`` train images of a data yaml, letterboxed as the validator does: (n, 3, imgsz, imgsz)."""
-    from yoloprune.data import letterboxed_images
+def calibration_images(source: str | Path, imgsz: int = 320, n: int = CALIB_IMAGES) -> torch.Tensor:
+    """Up to ``n`` calibration images, letterboxed as the validator does: (n, 3, imgsz, imgsz). ``source`` is a
+    data yaml (its first train images) or a folder of images; no labels are read."""
+    from yoloprune.data import image_folder, letterboxed_files, letterboxed_images
+    from yoloprune.errors import ConfigError
 
-    return torch.from_numpy(letterboxed_images(data, "train", n, imgsz))
+    if n < 1:
+        raise ConfigError(f"the number of calibration images must be >= 1, got {n}")
+    if Path(source).is_dir():
+        return torch.from_numpy(letterboxed_files(image_folder(source, n), imgsz))
+    return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))
 
 
 @torch.no_grad()

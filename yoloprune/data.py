@@ -112,9 +112,29 @@ def _check_label_file(path: Path, nc: int) -> None:
 
 def letterboxed_images(data: str | Path, split: str, n: int, imgsz: int) -> np.ndarray:
     """Up to ``n`` images of ``split``, letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
+    return letterboxed_files(image_files(load_data(data, split).images(split))[:n], imgsz)
+
+
+def letterboxed_files(files: list[Path], imgsz: int) -> np.ndarray:
+    """Image files letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
     from ultralytics.data.augment import LetterBox
 
-    files = image_files(load_data(data, split).images(split))[:n]
     box = LetterBox((imgsz, imgsz), auto=False)
-    out = [box(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1) for f in files]
+    out = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"cannot decode image {f}")
+        out.append(box(image=img)[..., ::-1].transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(out), dtype=np.float32) / 255.0
+
+
+def image_folder(folder: str | Path, n: int) -> list[Path]:
+    """Up to ``n`` image files of a folder (or of its ``images/`` subfolder), sorted; no labels needed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    files = image_files(folder) or (image_files(folder / "images") if (folder / "images").is_dir() else [])
+    if not files:
+        raise DataError(f"{folder}: no images (.jpg, .jpeg, .png, .bmp) to calibrate on")
+    return files[:n]

@@ -17,8 +17,9 @@ from yoloprune import ultra
 from yoloprune.compensate import fold, input_means
 from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.graph import Graph, Unit
-from yoloprune.importance import METHODS, group_scores
+from yoloprune.importance import ScoreContext, entry, group_scores
 from yoloprune.layers import dead_blocks, remove_blocks
+from yoloprune.reconstruct import Reference, Refit, recalibrate_bn, reconstruct, record
 from yoloprune.report import Report, snapshot
 from yoloprune.slimming import safe_max_ratio
 from yoloprune.surgery import bn_channel_zero, channels, keep_channels, layer_channel_zero
@@ -37,13 +38,18 @@ class PruneConfig:
     target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
     imgsz: int = 640  # image size for GFLOPs
     blocks: bool = False  # bn method: also remove residual blocks whose branch's |gamma| all fall under the threshold
-    calibration: torch.Tensor | None = None  # images (N, 3, H, W): fold removed channels' means into consumers
+    # Calibration images (N, 3, H, W), no labels needed: removed channels' means are folded into their consumers
+    # (mean compensation), data-aware criteria read them, and the options below use them.
+    calibration: torch.Tensor | None = None
+    reconstruct: bool = True  # least-squares refit of every layer that lost inputs (needs calibration)
+    recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images afterwards
+    reference: Reference | None = None  # the unpruned model recorded on ``calibration`` (reused across a sweep)
 
     def validate(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not math.isfinite(self.ratio) or not 0 <= self.ratio < 1:
             raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if entry(self.method).needs_data and self.calibration is None and self.reference is None:
+            raise ConfigError(f"method {self.method!r} is data-aware: give calibration images (--calib-data)")
         if self.scope not in ("global", "uniform"):
             raise ConfigError(f"unknown scope {self.scope!r}; choose global or uniform")
         if self.round_to < 1 or self.min_channels < 1:
@@ -62,6 +68,7 @@ class Plan:
     remove: set[int] = field(default_factory=set)
     means: dict[str, torch.Tensor] | None = None  # consumer input means for mean compensation (None: off)
     threshold: float | None = None  # the global score threshold it was cut at (global scope)
+    refits: dict[str, Refit] = field(default_factory=dict)  # layers refit by reconstruction, with their errors
 
 
 def _ignored(unit: Unit, prefixes: tuple[str, ...]) -> bool:
@@ -76,9 +83,9 @@ def _n_keep(n: int, n_remove: int, cfg: PruneConfig) -> int:
 
 
 def _scored(model: nn.Module, graph: Graph, cfg: PruneConfig) -> list[tuple[list[Unit], torch.Tensor]]:
-    modules = dict(model.named_modules())
+    ctx = ScoreContext(dict(model.named_modules()), graph.bn_after, cfg.reference)
     groups = [us for us in graph.groups().values() if not any(_ignored(u, cfg.ignore) for u in us)]
-    return [(us, group_scores(us, modules, cfg.method, graph.bn_after)) for us in groups]
+    return [(us, group_scores(us, ctx, cfg.method)) for us in groups]
 
 
 def bn_safe_max(model: nn.Module, graph: Graph) -> float:
@@ -208,10 +215,43 @@ def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: flo
     return best
 
 
+def refit_jobs(model: nn.Module, p: Plan, fixed: set[str] = frozenset()) -> dict[str, Refit]:
+    """The conv/linear layers that reconstruction refits under ``p``: every one but ``fixed`` (e.g. the DFL's
+    constant conv), since a layer that lost no channel still sees inputs that pruning upstream has changed. Each
+    with the output channels it keeps (indices into its current outputs) and its BatchNorm. Call before ``apply``.
+    Layers whose inputs did not change fit exactly as they are and are left alone."""
+    modules = dict(model.named_modules())
+    dropped = defaultdict(set)
+    for unit in p.graph.units:
+        if unit.id in p.remove:
+            for m in unit.producers:
+                dropped[m.module].add(m.index)
+    jobs = {}
+    for name, mod in modules.items():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) and name not in fixed:
+            keep = torch.tensor([i for i in range(channels(mod, 0)) if i not in dropped[name]], dtype=torch.long)
+            bn = modules.get(p.graph.bn_after.get(name, ""))
+            jobs[name] = Refit(keep, bn if isinstance(bn, nn.modules.batchnorm._BatchNorm) else None)
+    return jobs
+
+
+def _calibrated(net: nn.Module, graph: Graph, cfg: PruneConfig, fresh: bool) -> PruneConfig:
+    """``cfg`` with the unpruned model's Reference recorded on the calibration images (unless one was given and
+    the model was not changed since, ``fresh`` False)."""
+    if cfg.reference is not None and not fresh:
+        return cfg
+    images = cfg.calibration if cfg.calibration is not None else getattr(cfg.reference, "images", None)
+    if images is None:
+        return cfg
+    return replace(cfg, reference=record(net, images, graph.bn_after))
+
+
 def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | None = None, **options) -> Report:
     """Prune ``model`` in place (YOLO, DetectionModel, or a checkpoint path, which is read and never written).
 
-    Returns a Report with params and GFLOPs before/after and per-layer widths; ``report.model`` is the model.
+    With calibration images: mean compensation, least-squares reconstruction (``cfg.reconstruct``) and BatchNorm
+    recalibration (``cfg.recalibrate_bn``). Returns a Report with params and GFLOPs before/after, per-layer widths
+    and the refit layers' errors; ``report.model`` is the model.
     """
     cfg = config or PruneConfig(ratio=ratio, method=method, **options)
     cfg.validate()
@@ -224,14 +264,21 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
         threshold = plan(net, graph, cfg).threshold
         blocks = prune_blocks_under(net, threshold)
         graph = _trace(net)
+    cfg = _calibrated(net, graph, cfg, fresh=bool(blocks))
     p = (_plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops
          else plan(net, graph, cfg, threshold=threshold))
-    if cfg.calibration is not None:
-        consumers = {m.module for u in graph.units if u.id in p.remove for m in u.members if m.dim == 1}
-        p.means = input_means(net, cfg.calibration, consumers)
+    jobs = refit_jobs(net, p, ultra.fixed_layers(net)) if cfg.reference is not None and cfg.reconstruct else {}
+    if cfg.reference is not None:
+        p.means = cfg.reference.mean
     apply_checked(net, p)
-    return Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
-                        action=f"prune {cfg.method} ratio={cfg.ratio}", removed_blocks=blocks)
+    if jobs:
+        p.refits = {n: j for n, j in reconstruct(net, cfg.reference, jobs).items() if j.before > 0}
+    if cfg.recalibrate_bn and cfg.reference is not None:
+        recalibrate_bn(net, cfg.reference.images)
+    report = Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
+                          action=f"prune {cfg.method} ratio={cfg.ratio}", removed_blocks=blocks)
+    report.refits = {n: (j.before, j.after) for n, j in p.refits.items()}
+    return report
 
 
 def dead_units(model: nn.Module, graph: Graph) -> list[Unit]:

@@ -45,6 +45,7 @@ class Report:
     removed_blocks: list[str] = field(default_factory=list)  # residual blocks removed whole (depth pruning)
     model: nn.Module | None = field(default=None, repr=False)
     ckpt: dict = field(default_factory=dict, repr=False)
+    refits: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> output error before/after refit
 
     @classmethod
     def build(cls, model, before: Snapshot, graph: Graph, removed: int, imgsz: int, ckpt: dict, action: str,
@@ -66,7 +67,7 @@ class Report:
         return {"action": self.action, "params_before": b.params, "params_after": a.params,
                 "gflops_before": round(b.gflops, 4), "gflops_after": round(a.gflops, 4), "imgsz": self.imgsz,
                 "removed_units": self.removed_units, "prunable_units": self.prunable_units,
-                "removed_blocks": self.removed_blocks}
+                "removed_blocks": self.removed_blocks, "refit_layers": len(self.refits)}
 
     def table(self, max_rows: int = 60) -> str:
         b, a = self.before, self.after
@@ -79,6 +80,12 @@ class Report:
         if self.removed_blocks:
             lines.append(f"removed {len(self.removed_blocks)} residual block(s) whose branch was zero: "
                          + ", ".join(self.removed_blocks))
+        if self.refits:
+            before = sorted(b for b, _ in self.refits.values())
+            after = sorted(a for _, a in self.refits.values())
+            mid = len(before) // 2
+            lines.append(f"reconstructed {len(self.refits)} layers that lost inputs: median relative output error "
+                         f"{before[mid]:.3f} -> {after[mid]:.3f} on the calibration images")
         lines += ["", f"{'layer':40}{'width before':>14}{'after':>8}"]
         changed = self.changed_layers()
         lines += [f"{n:40}{w0:>14}{w1:>8}" for n, w0, w1 in changed[:max_rows]]

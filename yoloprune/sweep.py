@@ -22,13 +22,18 @@ from yoloprune.compensate import CALIB_IMAGES, calibration_images
 from yoloprune.errors import ConfigError
 from yoloprune.evaluate import Evaluator
 from yoloprune.export import export_onnx
-from yoloprune.importance import METHODS
+from yoloprune.importance import names as criteria
 from yoloprune.latency import paired_onnx_latency
+from yoloprune.reconstruct import record
 
 KEY = ["method", "ratio", "finetune_epochs"]
-SWEEP_METHODS = (*METHODS, "unstructured")
+
 COLUMNS = [*KEY, "status", "map50_95", "map50", "ultralytics_map50_95", "params", "params_ratio", "gflops",
            "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "blocks_removed", "seconds"]
+
+
+def sweep_methods() -> tuple[str, ...]:
+    return (*criteria(), "unstructured")
 
 
 @dataclass
@@ -47,14 +52,16 @@ class SweepConfig:
     latency_threads: int = 1  # onnxruntime intra-op threads: 1 is the small-device case and steadiest when shared
     round_to: int = 1  # keep pruned widths multiples of this (8 suits CPU kernels)
     keep_models: bool = True  # keep each row's checkpoint under out/models
-    compensate: bool = True  # fold removed channels' mean contributions (measured on train images) into consumers
+    compensate: bool = True  # calibrate on train images: mean compensation (and data-aware criteria)
+    reconstruct: bool = True  # with compensate: least-squares refit of the layers that lost inputs
     calib_images: int = CALIB_IMAGES
+    distill: bool = True  # fine-tune points with the unpruned model as the teacher
     layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
 
     def validate(self) -> None:
-        bad = [m for m in self.methods if m not in SWEEP_METHODS]
+        bad = [m for m in self.methods if m not in sweep_methods()]
         if bad or not self.methods:
-            raise ConfigError(f"unknown method {bad[0] if bad else ''!r}; choose from {', '.join(SWEEP_METHODS)}")
+            raise ConfigError(f"unknown method {bad[0] if bad else ''!r}; choose from {', '.join(sweep_methods())}")
         if not self.ratios or any(not (isinstance(r, (int, float)) and math.isfinite(r) and 0 <= r < 1)
                                   for r in self.ratios):
             raise ConfigError(f"ratios must be numbers in [0, 1), got {self.ratios}")
@@ -177,7 +184,7 @@ class _Progress:
               file=sys.stderr, flush=True)
 
 
-def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration) -> tuple[object, int]:
+def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration, reference) -> tuple[object, int]:
     """A pruned copy of ``base`` and the number of residual blocks removed with it."""
     from yoloprune.prune import PruneConfig, prune
     from yoloprune.sparsity import sparsify
@@ -186,7 +193,8 @@ def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration) 
     if method == "unstructured":
         return sparsify(model, amount=ratio).model, 0
     pc = PruneConfig(ratio=ratio, method=method, imgsz=cfg.imgsz, calibration=calibration, round_to=cfg.round_to,
-                     blocks=cfg.layers and method == "bn" and ratio > 0)
+                     blocks=cfg.layers and method == "bn" and ratio > 0, reconstruct=cfg.reconstruct,
+                     reference=reference)
     report = prune(model, config=pc)
     return report.model, len(report.removed_blocks)
 
@@ -199,16 +207,19 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     t0 = time.perf_counter()
     row = {"method": method, "ratio": ratio, "finetune_epochs": ft}
     try:
-        model, n_blocks = _prune_copy(base, method, ratio, cfg, base_stats.get("calibration"))
+        model, n_blocks = _prune_copy(base, method, ratio, cfg, base_stats.get("calibration"),
+                                      base_stats.get("reference"))
     except ConfigError as e:  # e.g. above the bn method's safe maximum: a real answer, recorded, not retried
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
     ckpt = work / f"{tag}.pt"
-    ultra.save_checkpoint(model, ckpt, meta={"sweep": {"method": method, "ratio": ratio}})
+    ultra.save_checkpoint(model, ckpt, meta={"sweep": {"method": method, "ratio": ratio},
+                                             **ultra.source_meta(cfg.model)})
     if ft:
         tuned = work / f"{tag}.tuned.pt"
         train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
-                          batch=cfg.batch, workers=cfg.workers, finetune=True))
+                          batch=cfg.batch, workers=cfg.workers, finetune=True,
+                          teacher=cfg.model if cfg.distill else None))
         tuned.replace(ckpt)
         model, _ = ultra.load_model(ckpt)
     res = evaluator(model)
@@ -253,8 +264,9 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
         base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": ultra.gflops(base, cfg.imgsz),
                       "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
-        if cfg.compensate:
+        if cfg.compensate:  # the unpruned model is recorded once on the calibration images, for every row
             base_stats["calibration"] = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
+            base_stats["reference"] = record(base, base_stats["calibration"], ultra.trace_model(base).bn_after)
         for job in todo:
             row = _reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
             df = combine([df, pd.DataFrame([row])])

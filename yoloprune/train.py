@@ -22,7 +22,7 @@ from yoloprune import slimming
 from yoloprune.atomic import atomic_write
 from yoloprune.data import load_data
 from yoloprune.errors import ConfigError
-from yoloprune.ultra import YOLO, load_model
+from yoloprune.ultra import YOLO, load_model, recorded_source, save_checkpoint
 
 # Fine-tuning a trained (pruned) model: a tenth of the from-scratch SGD rate and no warm-up. Ultralytics' default
 # warm-up starts biases at lr 0.1, and its "auto" optimizer ignores lr0; both would first wreck what pruning kept.
@@ -50,6 +50,8 @@ class TrainConfig:
     finetune: bool = False  # use FINETUNE_DEFAULTS (explicit options still win)
     sr: float = 0.0  # network slimming: L1 strength on prunable BN gammas (0: plain training)
     sr_decay: bool = False  # decay sr linearly to 10% over the run
+    teacher: str | None = None  # knowledge distillation from this checkpoint (Ultralytics' distill_model)
+    dis: float | None = None  # distillation loss weight (Ultralytics' default when None)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -57,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"sr must be >= 0, got {self.sr}")
         if self.time is not None and self.time <= 0:
             raise ConfigError(f"time must be > 0 hours, got {self.time}")
+        if self.dis is not None and self.dis < 0:
+            raise ConfigError(f"dis must be >= 0, got {self.dis}")
 
     def overrides(self) -> dict:
         o = dict(FINETUNE_DEFAULTS) if self.finetune else {}
@@ -73,6 +77,10 @@ class TrainConfig:
             o["time"] = self.time
         if self.sr:
             o.update(sr=self.sr, sr_decay=self.sr_decay)
+        if self.teacher:
+            o["distill_model"] = str(Path(self.teacher).resolve())
+            if self.dis is not None:
+                o["dis"] = self.dis
         return {**o, **self.extra}
 
 
@@ -137,6 +145,20 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         super().save_metrics({**metrics, **stats.as_metrics(), "slim/sr": self.current_sr()})
 
 
+def _train_args(ckpt: dict) -> dict:
+    args = ckpt.get("train_args") or {}
+    return dict(args) if isinstance(args, dict) else dict(vars(args))
+
+
+def default_teacher(model: str) -> str | None:
+    """The checkpoint a pruned model was pruned from, when its metadata names it and the file is unchanged."""
+    if Path(model).suffix in (".yaml", ".yml"):
+        return None
+    _, ckpt = load_model(model)
+    src = recorded_source(ckpt)
+    return str(src) if src is not None else None
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train and copy the best checkpoint to ``cfg.out`` atomically. Returns the output path."""
     cfg.validate()
@@ -145,6 +167,9 @@ def train(cfg: TrainConfig) -> Path:
     if Path(cfg.model).suffix not in (".yaml", ".yml"):
         model, _ = load_model(cfg.model)  # refuse bad checkpoints before the trainer starts
         spec.check_model(model)
+    if cfg.teacher:
+        teacher, _ = load_model(cfg.teacher)
+        spec.check_model(teacher)
     trainer = SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer
     yolo = YOLO(cfg.model)
     overrides = cfg.overrides()
@@ -154,6 +179,13 @@ def train(cfg: TrainConfig) -> Path:
     # its least sparse epoch, so the sparse model is the final one.
     pick = "last.pt" if cfg.sr else "best.pt"
     chosen = Path(yolo.trainer.save_dir) / "weights" / pick
+    if cfg.teacher:  # keep the student alone: no teacher, no projector, a plain detection model
+        student, ckpt = load_model(chosen)
+        ckpt["train_args"] = {k: v for k, v in _train_args(ckpt).items() if k not in ("distill_model", "dis")}
+        student.args = ckpt["train_args"]
+        _, given = load_model(cfg.model)
+        meta = {**(given.get("yoloprune") or {}), "distilled_from": str(Path(cfg.teacher).resolve())}
+        return save_checkpoint(student, cfg.out, ckpt, meta)
     atomic_write(cfg.out, lambda tmp: shutil.copyfile(chosen, tmp))
     return Path(cfg.out)
 

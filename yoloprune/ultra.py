@@ -79,6 +79,7 @@ def load_model(src: Any) -> tuple[DetectionModel, dict]:
                 raise CheckpointError(f"cannot build a model from {path}: {e}") from None
         ckpt = _read_checkpoint(path)
         model = (ckpt.get("ema") or ckpt["model"]).float()
+        model = getattr(model, "student_model", model)  # a distillation run's checkpoint: the student alone
         model = check_detection_model(model, str(path))
         model.args = {**_as_dict(getattr(model, "args", None)), **_as_dict(ckpt.get("train_args"))}
         return model, ckpt
@@ -119,6 +120,33 @@ def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
+def sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_meta(src: Any) -> dict:
+    """Metadata naming the checkpoint a model was pruned from (path and sha256), so that fine-tuning can offer it
+    as the distillation teacher. Empty when the model did not come from a file. Plain data: loading never needs it."""
+    if not isinstance(src, (str, Path)) or not Path(src).is_file() or Path(src).suffix in (".yaml", ".yml"):
+        return {}
+    return {"source": {"path": str(Path(src).resolve()), "sha256": sha256(src)}}
+
+
+def recorded_source(ckpt: dict) -> Path | None:
+    """The checkpoint a pruned model records as its source, if that file is still there with the same sha256."""
+    src = ((ckpt or {}).get("yoloprune") or {}).get("source") or {}
+    path = Path(src.get("path", ""))
+    if not src.get("path") or not path.is_file() or sha256(path) != src.get("sha256"):
+        return None
+    return path
+
+
 def gflops(model: nn.Module, imgsz: int = 640) -> float:
     """GFLOPs at ``imgsz`` through Ultralytics' own (thop) counter."""
     return float(get_flops(model, imgsz))
@@ -138,6 +166,13 @@ def head_output_convs(model: nn.Module) -> set[str]:
                 if isinstance(m, nn.Conv2d) and not hasattr(parent, "bn"):
                     names.add(f"{name}.{sub}")
     return names
+
+
+def fixed_layers(model: nn.Module) -> set[str]:
+    """Layers whose weights are constants of the architecture, never to be refit: the DFL's integral conv."""
+    from ultralytics.nn.modules.block import DFL
+
+    return {f"{n}.conv" for n, m in model.named_modules() if isinstance(m, DFL)}
 
 
 def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
