@@ -110,16 +110,21 @@ def test_demo_arguments_validate(args, tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_prune_cli_calib_data_folds_measured_means_into_consumers(setup, tmp_path):
+def test_prune_cli_calib_data_folds_means_and_reconstructs(setup, tmp_path):
     root, data = setup
-    plain, comp = tmp_path / "plain.pt", tmp_path / "comp.pt"
+    plain, comp, recon = tmp_path / "plain.pt", tmp_path / "comp.pt", tmp_path / "recon.pt"
     base = ["prune", "--model", str(root / "model.pt"), "--ratio", "0.3", "--imgsz", "64"]
+    calib = ["--calib-data", str(data), "--calib-imgsz", "64"]
     assert main([*base, "--out", str(plain)]) == 0
-    assert main([*base, "--calib-data", str(data), "--calib-imgsz", "64", "--out", str(comp)]) == 0
-    a, b = (yp.ultra.load_model(p)[0].state_dict() for p in (plain, comp))
-    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "same architecture either way"
+    assert main([*base, *calib, "--no-reconstruct", "--out", str(comp)]) == 0
+    assert main([*base, *calib, "--out", str(recon)]) == 0
+    a, b, c = (yp.ultra.load_model(p)[0].state_dict() for p in (plain, comp, recon))
+    assert a.keys() == b.keys() == c.keys() and all(a[k].shape == b[k].shape == c[k].shape for k in a), \
+        "same architecture every way"
     changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
-    assert changed and all(k.endswith(("running_mean", "bias")) for k in changed), changed
+    assert changed and all(k.endswith(("running_mean", "bias")) for k in changed), "mean compensation: " + str(changed)
+    refit = [k for k in a if k.endswith("conv.weight") and not torch.equal(a[k], c[k])]
+    assert refit, "reconstruction refits conv weights"
 
 
 def test_demo_sweeps_baseline_and_slimmed_model_into_one_table(setup, tmp_path):

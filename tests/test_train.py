@@ -90,3 +90,58 @@ def test_finetune_refuses_model_with_other_class_count(tiny, tmp_path):
     save_checkpoint(DetectionModel("yolov8n.yaml", verbose=False), coco)
     with pytest.raises(yp.DataError, match="classes"):
         train(TrainConfig(model=str(coco), data=str(data), out=str(tmp_path / "o.pt"), epochs=1, finetune=True))
+
+
+@pytest.fixture(scope="module")
+def pruned_from(tmp_path_factory):
+    """An unpruned tiny detector and a copy pruned from it whose metadata records it as the source."""
+    from conftest import tiny_project
+
+    from yoloprune.ultra import source_meta
+
+    root = tmp_path_factory.mktemp("distil")
+    data, base = tiny_project(root, n_train=8, n_val=4)
+    report = yp.prune(str(base), ratio=0.4, imgsz=128)
+    pruned = save_checkpoint(report.model, root / "pruned.pt", report.ckpt, source_meta(str(base)))
+    return root, data, base, pruned
+
+
+def test_distilled_finetune_defaults_to_the_source_teacher_keeps_widths_and_drops_the_teacher(pruned_from, tmp_path):
+    root, data, base, pruned = pruned_from
+    out = tmp_path / "ft.pt"
+    r = subprocess.run([sys.executable, "-m", "yoloprune", "finetune", "--model", str(pruned), "--data", str(data),
+                        "--epochs", "1", "--imgsz", "128", "--batch", "4", "--workers", "0",
+                        "--project", str(tmp_path / "run"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"distilling from {base.resolve()}" in r.stdout
+    header = (tmp_path / "run" / "run" / "results.csv").read_text().splitlines()[0]
+    assert "train/dis_loss" in header, "the distillation loss was trained"
+    ckpt = torch.load(out, weights_only=False)
+    assert type(ckpt["model"]) is DetectionModel
+    assert not any("teacher" in n or "projector" in n for n in ckpt["model"].state_dict())
+    assert "distill_model" not in ckpt["train_args"]
+    before = torch.load(pruned, weights_only=False)["model"]
+    assert _widths(ckpt["model"]) == _widths(before)
+    probe = f"from ultralytics import YOLO; m = YOLO({str(out)!r}); print(sum(p.numel() for p in m.model.parameters()))"
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "YOLO_OFFLINE": "1"})
+    assert p.returncode == 0 and int(p.stdout.split()[-1]) == sum(q.numel() for q in before.parameters())
+
+
+def test_iterative_pruning_reaches_the_gflops_target_and_writes_its_step_table(pruned_from, tmp_path):
+    from yoloprune.iterative import IterativeConfig, iterative_prune
+    from yoloprune.ultra import gflops, load_model
+
+    root, data, base, _ = pruned_from
+    out = tmp_path / "it.pt"
+    df = iterative_prune(IterativeConfig(model=str(base), data=str(data), out=str(out), target_gflops=0.6, steps=2,
+                                         epochs=1, imgsz=128, batch=4, workers=0, calib_images=4))
+    assert list(df["step"]) == [0, 1, 2]
+    g0 = gflops(load_model(str(base))[0], 128)
+    got = gflops(load_model(str(out))[0], 128) / g0
+    assert 0.55 < got <= 0.6 + 1e-6, got
+    assert abs(df["gflops_ratio"].iloc[-1] - got) < 1e-6 and df["gflops_ratio"].iloc[1] > got
+    table = (tmp_path / "it.steps.md").read_text()
+    assert table.startswith("| step | gflops_ratio") and len(table.splitlines()) == 5
+    assert (tmp_path / "it.steps.csv").exists()
