@@ -209,3 +209,14 @@ def test_calibration_from_a_folder_of_unlabeled_images(tiny_ckpt, tmp_path, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "q.pt").exists()
+
+
+def test_pruning_in_steps_reaches_the_one_step_size_and_refits_towards_the_original():
+    calib = _images(16, 6)
+    one = yp.prune(build("yolov8n.yaml"), config=yp.PruneConfig(ratio=0.4, imgsz=64, calibration=calib))
+    three = yp.prune(build("yolov8n.yaml"), config=yp.PruneConfig(ratio=0.4, imgsz=64, calibration=calib, steps=3))
+    assert "in 3 steps" in three.action and three.refits
+    assert three.after.gflops <= one.after.gflops * (1 + 1e-6)
+    assert three.after.gflops > 0.9 * one.after.gflops, "the same ratio means the same size in any number of steps"
+    with pytest.raises(yp.ConfigError, match="steps"):
+        yp.PruneConfig(ratio=0.2, steps=0).validate()

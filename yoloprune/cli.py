@@ -105,7 +105,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
                       imgsz=args.imgsz, calibration=calibration, blocks=args.layers,
-                      reconstruct=not args.no_reconstruct, recalibrate_bn=args.recalibrate_bn)
+                      reconstruct=not args.no_reconstruct, recalibrate_bn=args.recalibrate_bn, steps=args.steps)
     report = prune(args.model, config=cfg)
     print(report.table())
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
@@ -144,7 +144,8 @@ def _add_prune(sub) -> None:
                    help="importance criterion: " + "; ".join(f"{k}: {e.help}" for k, e in CRITERIA.items())
                    + " (default: %(default)s)")
     p.add_argument("--scope", choices=("global", "uniform"), default="global")
-    p.add_argument("--round-to", type=_positive_int, default=1, help="keep widths multiples of N")
+    p.add_argument("--round-to", type=_positive_int, default=8,
+                   help="keep widths multiples of N (default: %(default)s, as sweeps and the demo)")
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
     p.add_argument("--target-gflops", type=float, default=None,
@@ -163,6 +164,10 @@ def _add_prune(sub) -> None:
                    help="with --calib-data: mean compensation only, no least-squares refit")
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="with --calib-data: re-estimate BatchNorm statistics on the calibration images afterwards")
+    p.add_argument("--steps", type=_positive_int, default=1,
+                   help="with --calib-data: reach the target in N prune-and-reconstruct steps, each reconstructing "
+                        "towards the original model (no training; slower, a little more accurate) "
+                        "(default: %(default)s)")
     p.add_argument("--out", default=None, help="output checkpoint (default: <model>-<method><ratio>.pt)")
     p.set_defaults(func=_cmd_prune)
 
@@ -274,7 +279,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("sweep needs --model and --data (or --merge DIR...)")
         cfg = SweepConfig(model=args.model, data=args.data, out=args.out, ratios=args.ratios, methods=args.method,
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
-                          batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers)
+                          batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers,
+                          reconstruct=not args.no_reconstruct, calib_images=args.calib_images,
+                          distill=not args.no_teacher, steps=args.steps)
         df = sweep(cfg)
     print(markdown(df))
     print(f"wrote {Path(args.out) / 'results.csv'}, results.md, map_vs_ratio.png, map_vs_latency.png")
@@ -282,13 +289,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub) -> None:
+    from yoloprune.compensate import CALIB_IMAGES
+
     p = sub.add_parser("sweep", help="prune at several ratios, evaluate, measure; table and plots")
     p.add_argument("--model")
     p.add_argument("--data")
     p.add_argument("--ratios", type=_ratios, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-    p.add_argument("--method", type=_methods, default=["l1"], help="one or more of l1,l2,bn,unstructured")
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--round-to", type=_positive_int, default=1, help="keep pruned widths multiples of N")
+    p.add_argument("--method", type=_methods, default=["l1"],
+                   help="one or more criteria (l1,l2,bn,act,...) or unstructured (default: l1)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="fine-tune every point for K epochs, distilled from the unpruned model (default: 0)")
+    p.add_argument("--no-teacher", action="store_true", help="fine-tune points without distillation")
+    p.add_argument("--round-to", type=_positive_int, default=8,
+                   help="keep pruned widths multiples of N (default: %(default)s, what CPU kernels turn into time)")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="mean compensation only: no least-squares refit from the calibration images")
+    p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
+                   help="train images for calibration (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=1,
+                   help="prune-and-reconstruct steps per point (default: %(default)s)")
     p.add_argument("--layers", action="store_true",
                    help="bn rows also remove residual blocks whose branch falls under the gamma threshold")
     p.add_argument("--split", choices=("val", "test"), default="val")
@@ -334,8 +353,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the shipped data and weights: sweep, table, plots, export")
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--ratios", type=_ratios, default=None, help="default: 0,0.05,0.1,0.2,...,0.7")
-    p.add_argument("--method", type=_methods, default=None, help="default: l1,bn")
+    p.add_argument("--ratios", type=_ratios, default=None, help="default: 0,0.1,0.2,...,0.6")
+    p.add_argument("--method", type=_methods, default=None, help="criteria for the baseline model (default: l1)")
     p.add_argument("--model", default=None, help="default: the shipped weights/teabud-yolov8n.pt")
     p.add_argument("--data", default=None, help="default: the shipped data/teabud.yaml")
     p.add_argument("--slimmed", default=None, help="sparsity-trained model to sweep with bn and block removal "

@@ -23,8 +23,8 @@ SHIPPED_SLIMMED = REPO / "weights" / "teabud-yolov8n-sparse.pt"
 @dataclass
 class DemoConfig:
     out: str = "outputs/demo"
-    ratios: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    methods: list[str] = field(default_factory=lambda: ["l1", "bn"])
+    ratios: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    methods: list[str] = field(default_factory=lambda: ["l1"])
     model: str | None = None
     data: str | None = None
     # A sparsity-trained (network slimming) model, swept with bn and block removal beside the baseline. Default:

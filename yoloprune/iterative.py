@@ -53,16 +53,14 @@ class IterativeConfig:
         if self.max_map_drop is not None and self.max_map_drop < 0:
             raise ConfigError(f"max_map_drop must be >= 0, got {self.max_map_drop}")
 
-    def step_config(self, i: int, gflops_now: float, gflops0: float):
-        """The PruneConfig of step ``i`` (1-based) for the current model: an equal share of the channels kept per
-        step (ratio), or the GFLOPs target ``T ** (i / steps)`` of the original (target_gflops)."""
+    def step_config(self, i: int, gflops_now: float, gflops0: float, target: float):
+        """The PruneConfig of step ``i`` (1-based) for the current model: the GFLOPs target ``T ** (i / steps)``
+        of the original, T being ``target_gflops`` or what one-step pruning at ``ratio`` reaches (``target``)."""
         from yoloprune.prune import PruneConfig
 
-        common = {"method": self.method, "round_to": self.round_to, "imgsz": self.imgsz}
-        if self.ratio is not None:
-            return PruneConfig(ratio=1 - (1 - self.ratio) ** (1 / self.steps), **common)
-        goal = gflops0 * self.target_gflops ** (i / self.steps)
-        return PruneConfig(target_gflops=min(goal / gflops_now, 1.0), **common)
+        goal = gflops0 * target ** (i / self.steps)
+        return PruneConfig(target_gflops=min(goal / gflops_now, 1.0), method=self.method, round_to=self.round_to,
+                           imgsz=self.imgsz)
 
 
 def _steps_table(rows: list[dict], out: Path) -> None:
@@ -86,7 +84,7 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     """Run the steps; write the chosen model to ``cfg.out`` and the step table beside it. Returns the table."""
     from yoloprune import ultra
     from yoloprune.evaluate import Evaluator
-    from yoloprune.prune import prune
+    from yoloprune.prune import PruneConfig, one_step_gflops, prune
     from yoloprune.train import TrainConfig, train
 
     cfg.validate()
@@ -96,6 +94,8 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     calib = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
     gflops0, params0 = ultra.gflops(original, cfg.imgsz), sum(p.numel() for p in original.parameters())
     map0 = evaluator(original).map50_95
+    target = cfg.target_gflops or one_step_gflops(original, PruneConfig(ratio=cfg.ratio, method=cfg.method,
+                                                                         round_to=cfg.round_to, imgsz=cfg.imgsz))
     rows: list[dict] = [{"step": 0, "gflops_ratio": 1.0, "params_ratio": 1.0, "map50_95_pruned": map0,
                          "map50_95": map0, "epochs": 0, "seconds": 0.0}]
     meta = ultra.source_meta(cfg.model)
@@ -104,7 +104,7 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
         for i in range(1, cfg.steps + 1):
             t0 = time.perf_counter()
             model, _ = ultra.load_model(current)
-            pc = cfg.step_config(i, ultra.gflops(model, cfg.imgsz), gflops0)
+            pc = cfg.step_config(i, ultra.gflops(model, cfg.imgsz), gflops0, target)
             pc.calibration = calib
             report = prune(model, config=pc)
             step = Path(tmp) / f"step{i}.pt"

@@ -44,6 +44,7 @@ class PruneConfig:
     reconstruct: bool = True  # least-squares refit of every layer that lost inputs (needs calibration)
     recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images afterwards
     reference: Reference | None = None  # the unpruned model recorded on ``calibration`` (reused across a sweep)
+    steps: int = 1  # reach the ratio or GFLOPs target in this many prune-and-reconstruct steps (no training)
 
     def validate(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not math.isfinite(self.ratio) or not 0 <= self.ratio < 1:
@@ -54,8 +55,11 @@ class PruneConfig:
             raise ConfigError(f"unknown scope {self.scope!r}; choose global or uniform")
         if self.round_to < 1 or self.min_channels < 1:
             raise ConfigError("round_to and min_channels must be >= 1")
-        if self.blocks and (self.method != "bn" or self.scope != "global" or self.target_gflops is not None):
-            raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {self.steps}")
+        if self.blocks and (self.method != "bn" or self.scope != "global" or self.target_gflops is not None
+                            or self.steps > 1):
+            raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
         if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
             raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
 
@@ -246,17 +250,29 @@ def _calibrated(net: nn.Module, graph: Graph, cfg: PruneConfig, fresh: bool) -> 
     return replace(cfg, reference=record(net, images, graph.bn_after))
 
 
-def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | None = None, **options) -> Report:
-    """Prune ``model`` in place (YOLO, DetectionModel, or a checkpoint path, which is read and never written).
+def _step_config(cfg: PruneConfig, i: int, gflops_ratio: float | None) -> PruneConfig:
+    """Step ``i`` (1-based) of ``cfg.steps``: the GFLOPs target ``T ** (i / steps)`` of the original, where T is
+    ``cfg.target_gflops`` or what one-step pruning at ``cfg.ratio`` would reach (``gflops_ratio``), so that the
+    same ratio gives the same model size in any number of steps. Later steps record the moments of the model they
+    start from afresh; reconstruction always aims at the original model's outputs."""
+    if cfg.steps == 1:
+        return cfg
+    target = cfg.target_gflops or gflops_ratio
+    return replace(cfg, target_gflops=target ** (i / cfg.steps), reference=cfg.reference if i == 1 else None)
 
-    With calibration images: mean compensation, least-squares reconstruction (``cfg.reconstruct``) and BatchNorm
-    recalibration (``cfg.recalibrate_bn``). Returns a Report with params and GFLOPs before/after, per-layer widths
-    and the refit layers' errors; ``report.model`` is the model.
-    """
-    cfg = config or PruneConfig(ratio=ratio, method=method, **options)
-    cfg.validate()
-    net, ckpt = ultra.load_model(model)
-    before = snapshot(net, cfg.imgsz)
+
+@dataclass
+class _Targets:
+    """Reconstruction targets across steps: the original model's Reference, and for every layer which original
+    output channel each of its current channels is."""
+
+    ref: Reference
+    origin: dict[str, torch.Tensor]
+
+
+def _prune_step(net: nn.Module, cfg: PruneConfig, gflops0: float, targets: _Targets | None = None
+                ) -> tuple[Graph, Plan, list[str]]:
+    """Trace, (remove dead-under-threshold blocks), calibrate, plan, apply, reconstruct, recalibrate."""
     graph = _trace(net)
     blocks: list[str] = []
     threshold = None
@@ -265,18 +281,66 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
         blocks = prune_blocks_under(net, threshold)
         graph = _trace(net)
     cfg = _calibrated(net, graph, cfg, fresh=bool(blocks))
-    p = (_plan_for_gflops(net, graph, cfg, before.gflops) if cfg.target_gflops
+    p = (_plan_for_gflops(net, graph, cfg, gflops0) if cfg.target_gflops
          else plan(net, graph, cfg, threshold=threshold))
     jobs = refit_jobs(net, p, ultra.fixed_layers(net)) if cfg.reference is not None and cfg.reconstruct else {}
+    fit_ref = cfg.reference
+    if targets is not None:  # aim at the original model: its outputs, at its channel indices
+        for name, job in jobs.items():
+            job.keep_out = targets.origin[name][job.keep_out]
+        fit_ref = replace(cfg.reference, positions=targets.ref.positions, outputs=targets.ref.outputs,
+                          bn_mean=targets.ref.bn_mean)
     if cfg.reference is not None:
         p.means = cfg.reference.mean
     apply_checked(net, p)
     if jobs:
-        p.refits = {n: j for n, j in reconstruct(net, cfg.reference, jobs).items() if j.before > 0}
+        p.refits = {n: j for n, j in reconstruct(net, fit_ref, jobs).items() if j.before > 0}
+        if targets is not None:
+            targets.origin.update({n: j.keep_out for n, j in jobs.items()})
     if cfg.recalibrate_bn and cfg.reference is not None:
         recalibrate_bn(net, cfg.reference.images)
-    report = Report.build(net, before, graph, removed=len(p.remove), imgsz=cfg.imgsz, ckpt=ckpt,
-                          action=f"prune {cfg.method} ratio={cfg.ratio}", removed_blocks=blocks)
+    return graph, p, blocks
+
+
+def one_step_gflops(net: nn.Module, cfg: PruneConfig, gflops0: float | None = None) -> float:
+    """The GFLOPs fraction that pruning at ``cfg.ratio`` in one step reaches (planned on a copy, no calibration)."""
+    gflops0 = gflops0 or ultra.gflops(net, cfg.imgsz)
+    trial = copy.deepcopy(net)
+    _prune_step(trial, replace(cfg, steps=1, calibration=None, reference=None, reconstruct=False,
+                               recalibrate_bn=False), gflops0)
+    return ultra.gflops(trial, cfg.imgsz) / gflops0
+
+
+def _multi_step_targets(net: nn.Module, cfg: PruneConfig) -> tuple[PruneConfig, _Targets | None]:
+    if cfg.steps == 1 or (cfg.calibration is None and cfg.reference is None) or not cfg.reconstruct:
+        return cfg, None
+    cfg = _calibrated(net, _trace(net), cfg, fresh=False)
+    origin = {n: torch.arange(channels(m, 0)) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return cfg, _Targets(cfg.reference, origin)
+
+
+def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | None = None, **options) -> Report:
+    """Prune ``model`` in place (YOLO, DetectionModel, or a checkpoint path, which is read and never written).
+
+    With calibration images: mean compensation, least-squares reconstruction (``cfg.reconstruct``) and BatchNorm
+    recalibration (``cfg.recalibrate_bn``), in ``cfg.steps`` steps. Returns a Report with params and GFLOPs
+    before/after, per-layer widths and the refit layers' errors; ``report.model`` is the model.
+    """
+    cfg = config or PruneConfig(ratio=ratio, method=method, **options)
+    cfg.validate()
+    net, ckpt = ultra.load_model(model)
+    before = snapshot(net, cfg.imgsz)
+    gflops_ratio = one_step_gflops(net, cfg, before.gflops) if cfg.steps > 1 and not cfg.target_gflops else None
+    cfg, targets = _multi_step_targets(net, cfg)
+    removed, blocks = 0, []
+    for i in range(1, cfg.steps + 1):
+        graph, p, step_blocks = _prune_step(net, _step_config(cfg, i, gflops_ratio), before.gflops, targets)
+        removed += len(p.remove)
+        blocks += step_blocks
+    action = f"prune {cfg.method} " + (f"target_gflops={cfg.target_gflops}" if cfg.target_gflops
+                                       else f"ratio={cfg.ratio}") + (f" in {cfg.steps} steps" if cfg.steps > 1 else "")
+    report = Report.build(net, before, graph, removed=removed, imgsz=cfg.imgsz, ckpt=ckpt, action=action,
+                          removed_blocks=blocks)
     report.refits = {n: (j.before, j.after) for n, j in p.refits.items()}
     return report
 

@@ -263,6 +263,12 @@ def reconstruct(model: nn.Module, ref: Reference, jobs: dict[str, Refit], ridge:
     return jobs
 
 
+def fit_linear(x: torch.Tensor, t: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least squares ``t ≈ x @ a + c`` for rows x (P, D) and targets t (P, C): returns (a (D, C), c (C,))."""
+    sol = _solve(x.float(), t.float(), torch.zeros(x.shape[1] + 1, t.shape[1]), ridge)
+    return sol[:-1], sol[-1]
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch: int = 16) -> int:
     """Re-estimate every BatchNorm's running mean and variance on ``images`` (cumulative average over batches),
@@ -284,4 +290,4 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch: int = 16) -> i
     return len(bns)
 
 
-__all__ = ["RIDGE", "SAMPLES", "Refit", "Reference", "reconstruct", "recalibrate_bn", "record"]
+__all__ = ["RIDGE", "SAMPLES", "Refit", "Reference", "fit_linear", "reconstruct", "recalibrate_bn", "record"]

@@ -50,12 +50,13 @@ class SweepConfig:
     workers: int = 2
     latency_runs: int = 30
     latency_threads: int = 1  # onnxruntime intra-op threads: 1 is the small-device case and steadiest when shared
-    round_to: int = 1  # keep pruned widths multiples of this (8 suits CPU kernels)
+    round_to: int = 8  # keep pruned widths multiples of this (8 suits CPU kernels)
     keep_models: bool = True  # keep each row's checkpoint under out/models
     compensate: bool = True  # calibrate on train images: mean compensation (and data-aware criteria)
     reconstruct: bool = True  # with compensate: least-squares refit of the layers that lost inputs
     calib_images: int = CALIB_IMAGES
     distill: bool = True  # fine-tune points with the unpruned model as the teacher
+    steps: int = 1  # prune-and-reconstruct steps per point (PruneConfig.steps)
     layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
 
     def validate(self) -> None:
@@ -194,7 +195,7 @@ def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration, 
         return sparsify(model, amount=ratio).model, 0
     pc = PruneConfig(ratio=ratio, method=method, imgsz=cfg.imgsz, calibration=calibration, round_to=cfg.round_to,
                      blocks=cfg.layers and method == "bn" and ratio > 0, reconstruct=cfg.reconstruct,
-                     reference=reference)
+                     reference=reference, steps=cfg.steps if not (cfg.layers and method == "bn") else 1)
     report = prune(model, config=pc)
     return report.model, len(report.removed_blocks)
 

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -22,6 +23,7 @@ from yoloprune import slimming
 from yoloprune.atomic import atomic_write
 from yoloprune.data import load_data
 from yoloprune.errors import ConfigError
+from yoloprune.reconstruct import fit_linear
 from yoloprune.ultra import YOLO, load_model, recorded_source, save_checkpoint
 
 # Fine-tuning a trained (pruned) model: a tenth of the from-scratch SGD rate and no warm-up. Ultralytics' default
@@ -94,6 +96,75 @@ class PrunedDetectionTrainer(DetectionTrainer):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+
+
+    def __init__(self, cfg=None, overrides=None, _callbacks=None):
+        kwargs = {"cfg": cfg} if cfg is not None else {}
+        super().__init__(overrides=overrides, _callbacks=_callbacks, **kwargs)
+        self.add_callback("on_pretrain_routine_end", PrunedDetectionTrainer._start_projectors)
+
+    def _start_projectors(self) -> None:
+        """Distillation: fit the projectors on calibration images before the first step (see ``fit_projectors``)."""
+        model = unwrap_model(self.model)
+        if not hasattr(model, "projector") or not hasattr(model, "teacher_model"):
+            return
+        from yoloprune.compensate import calibration_images
+
+        images = calibration_images(self.args.data, self.args.imgsz, PROJECTOR_IMAGES)
+        fit_projectors(model, images)
+        if self.ema is not None and hasattr(self.ema.ema, "projector"):
+            self.ema.ema.projector.load_state_dict(model.projector.state_dict())
+
+
+PROJECTOR_IMAGES = 16
+
+
+@torch.no_grad()
+def fit_projectors(dm, images: torch.Tensor) -> int:
+    """Start each of Ultralytics' distillation projectors (conv 1x1, ReLU, conv 1x1: student neck feature -> teacher
+    neck feature) where it maps the student's features onto the teacher's as well as a linear map can, fitted by
+    least squares on ``images``, instead of at random. A random projector makes the feature loss huge and
+    meaningless at first, and its gradients wreck what pruning and reconstruction kept. The first conv passes the
+    student's channels through, shifted above zero so the ReLU keeps them; the second holds the fit.
+    Returns the number of projectors fitted (one whose student is wider than its teacher is left as it is)."""
+    pairs = list(zip(dm.feats_idx[:-1], dm.teacher_feats_idx[:-1], dm.projector, strict=True))
+    got: dict = {}
+    hooks = []
+    for i, (s, t, _) in enumerate(pairs):
+        for side, net, idx in (("s", dm.student_model, s), ("t", dm.teacher_model, t)):
+            hooks.append(net.model[idx].register_forward_hook(
+                lambda _m, _a, out, key=(side, i): got.__setitem__(key, out.detach())))
+    modes = (dm.student_model.training, dm.teacher_model.training)
+    device = next(dm.student_model.parameters()).device
+    try:
+        dm.student_model.eval()
+        dm.teacher_model.eval()
+        dm.student_model(images.to(device))
+        dm.teacher_model(images.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        dm.student_model.train(modes[0])
+        dm.teacher_model.train(modes[1])
+    done = 0
+    for i, (_, _, proj) in enumerate(pairs):
+        x = got[("s", i)].float().transpose(0, 1).flatten(1).T.cpu()  # (P, s)
+        y = got[("t", i)].float().transpose(0, 1).flatten(1).T.cpu()  # (P, t)
+        first, last = proj[0], proj[-1]
+        if x.shape[1] > y.shape[1] or first.out_channels != y.shape[1]:
+            continue
+        shift = float((-x.min()).clamp_min(0)) + 0.1
+        a, c = fit_linear(x + shift, y)
+        s_dim = x.shape[1]
+        first.weight.zero_()
+        first.weight[:s_dim, :, 0, 0] = torch.eye(s_dim)
+        first.bias.zero_()
+        first.bias[:s_dim] = shift
+        last.weight.zero_()
+        last.weight[:, :s_dim, 0, 0] = a.T.to(last.weight)
+        last.bias.copy_(c.to(last.bias))
+        done += 1
+    return done
 
 
 class SparseDetectionTrainer(PrunedDetectionTrainer):
