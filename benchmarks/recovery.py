@@ -4,8 +4,8 @@ On the shipped tea-bud yolov8n, for each GFLOPs target:
 - ``l1 mean-comp``: one-shot l1 with mean compensation only (yoloprune before reconstruction), then E epochs of
   plain fine-tuning;
 - ``l1 + reconstruction``: one-shot l1 with least-squares reconstruction (today's default), then E epochs plain and
-  E epochs distilled from the unpruned model;
-- ``iterative``: the same target in E steps of one distilled epoch each (the same total epochs);
+  E epochs distilled from the unpruned model (yoloprune's weight 1.5, projectors fitted first);
+- ``iterative``: the same target in E steps of one epoch each (the same total epochs);
 - ``unpruned``: the fair reference, the unpruned model fine-tuned with the same recipe for E epochs.
 On the shipped tea-bud yolov5nu (Torch-Pruning cannot prune YOLOv8's C2f): yoloprune (default one-shot) against
 Torch-Pruning's MagnitudePruner at the same GFLOPs, both fine-tuned the same way for E epochs (plain, no teacher).
@@ -124,7 +124,7 @@ def run(bench: Bench, targets: list[float]) -> None:
             t0 = time.perf_counter()
             iterative_prune(IterativeConfig(model=str(V8), data=str(DATA), out=str(bench.path(key)), target_gflops=t,
                                             steps=e, epochs=1, imgsz=IMGSZ))
-            bench.record(key, "yolov8n", t, f"iterative, {e} steps x 1 ep distilled", bench.path(key),
+            bench.record(key, "yolov8n", t, f"iterative, {e} steps x 1 ep", bench.path(key),
                          time.perf_counter() - t0, V8)
         ours = bench.one_shot(V5, f"yolov5nu-{tag}-recon", t, "yolov5nu", "yoloprune one-shot")
         theirs = torch_pruning(bench, t, f"yolov5nu-{tag}-tp")

@@ -106,11 +106,11 @@ def pruned_from(tmp_path_factory):
     return root, data, base, pruned
 
 
-def test_distilled_finetune_defaults_to_the_source_teacher_keeps_widths_and_drops_the_teacher(pruned_from, tmp_path):
+def test_distilled_finetune_from_the_recorded_source_keeps_widths_and_drops_the_teacher(pruned_from, tmp_path):
     root, data, base, pruned = pruned_from
     out = tmp_path / "ft.pt"
     r = subprocess.run([sys.executable, "-m", "yoloprune", "finetune", "--model", str(pruned), "--data", str(data),
-                        "--epochs", "1", "--imgsz", "128", "--batch", "4", "--workers", "0",
+                        "--epochs", "1", "--imgsz", "128", "--batch", "4", "--workers", "0", "--teacher",
                         "--project", str(tmp_path / "run"), "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -121,6 +121,7 @@ def test_distilled_finetune_defaults_to_the_source_teacher_keeps_widths_and_drop
     assert type(ckpt["model"]) is DetectionModel
     assert not any("teacher" in n or "projector" in n for n in ckpt["model"].state_dict())
     assert "distill_model" not in ckpt["train_args"]
+    assert ckpt["yoloprune"]["source"]["path"] == str(base.resolve()), "the source stays recorded"
     before = torch.load(pruned, weights_only=False)["model"]
     assert _widths(ckpt["model"]) == _widths(before)
     probe = f"from ultralytics import YOLO; m = YOLO({str(out)!r}); print(sum(p.numel() for p in m.model.parameters()))"
@@ -145,3 +146,39 @@ def test_iterative_pruning_reaches_the_gflops_target_and_writes_its_step_table(p
     table = (tmp_path / "it.steps.md").read_text()
     assert table.startswith("| step | gflops_ratio") and len(table.splitlines()) == 5
     assert (tmp_path / "it.steps.csv").exists()
+
+
+def test_fitted_projectors_map_student_features_onto_the_teacher(pruned_from):
+    import types
+
+    from ultralytics.nn.distill_model import DistillationModel
+
+    from yoloprune.train import fit_projectors
+    from yoloprune.ultra import load_model
+
+    _, _, base, pruned = pruned_from
+    student, _ = load_model(str(pruned))
+    student.args = types.SimpleNamespace(imgsz=64, dis=1.0)
+    dm = DistillationModel(teacher_model=str(base), student_model=student)
+    images = torch.rand(4, 3, 64, 64)
+
+    def errors():
+        got, hooks = {}, []
+        for i, (s, t) in enumerate(zip(dm.feats_idx[:-1], dm.teacher_feats_idx[:-1], strict=True)):
+            hooks.append(dm.student_model.model[s].register_forward_hook(
+                lambda _m, _a, o, k=("s", i): got.__setitem__(k, o)))
+            hooks.append(dm.teacher_model.model[t].register_forward_hook(
+                lambda _m, _a, o, k=("t", i): got.__setitem__(k, o)))
+        with torch.no_grad():
+            dm.student_model.eval()(images)
+            dm.teacher_model.eval()(images)
+            out = [float((p(got[("s", i)]) - got[("t", i)]).pow(2).mean() / got[("t", i)].var())
+                   for i, p in enumerate(dm.projector)]
+        for h in hooks:
+            h.remove()
+        return out
+
+    before = errors()
+    assert fit_projectors(dm, images) == len(dm.projector) == 3
+    after = errors()
+    assert all(a < 0.5 * b for a, b in zip(after, before, strict=True)), (before, after)

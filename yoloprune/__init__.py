@@ -5,6 +5,7 @@ model in -> trace -> coupled channel units -> importance -> plan -> surgery -> m
 
 __version__ = "0.1.0"
 
+from yoloprune.compensate import calibration_images  # noqa: E402
 from yoloprune.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -23,7 +24,8 @@ from yoloprune.ultra import load_model, save_checkpoint  # noqa: E402
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "EvalResult", "Evaluator", "ExportConfig", "Graph", "PruneConfig",
-    "Report", "SparsifyConfig", "SweepConfig", "Unit", "UnsupportedModelError", "YoloPruneError", "compact",
+    "Report", "SparsifyConfig", "SweepConfig", "Unit", "UnsupportedModelError", "YoloPruneError", "calibration_images",
+    "compact",
     "evaluate", "export", "export_onnx", "load_model", "mask", "plan", "prune", "save_checkpoint", "sparsify",
     "sweep", "trace",
 ]

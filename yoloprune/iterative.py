@@ -1,6 +1,6 @@
 """Iterative pruning: reach a ratio or a GFLOPs target in several steps, each one pruned with calibration
-(mean compensation and least-squares reconstruction) and then briefly fine-tuned, distilled from the original
-model, so that later steps choose channels in a model that has already recovered.
+(mean compensation and least-squares reconstruction) and then briefly fine-tuned (distilled from the original
+model with ``distill``), so that later steps choose channels in a model that has already recovered.
 
 Each step writes a row (GFLOPs, params, val mAP before and after its fine-tune, time) to ``<out>.steps.csv`` and
 ``.md`` beside the output model. With ``max_map_drop``, the run stops at the first step whose fine-tuned val mAP50-95
@@ -34,7 +34,7 @@ class IterativeConfig:
     epochs: int = 1  # fine-tune epochs after each step (0: prune and reconstruct only)
     method: str = "l1"
     round_to: int = 8
-    distill: bool = True  # fine-tune with the original model as the teacher
+    distill: bool = False  # fine-tune with the original model as the teacher
     max_map_drop: float | None = None  # stop when val mAP50-95 falls more than this below the original's
     imgsz: int = 320
     batch: int = 16

@@ -55,7 +55,7 @@ class SweepConfig:
     compensate: bool = True  # calibrate on train images: mean compensation (and data-aware criteria)
     reconstruct: bool = True  # with compensate: least-squares refit of the layers that lost inputs
     calib_images: int = CALIB_IMAGES
-    distill: bool = True  # fine-tune points with the unpruned model as the teacher
+    distill: bool = False  # fine-tune points with the unpruned model as the teacher
     steps: int = 1  # prune-and-reconstruct steps per point (PruneConfig.steps)
     layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
 
