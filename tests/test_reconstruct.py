@@ -220,3 +220,18 @@ def test_pruning_in_steps_reaches_the_one_step_size_and_refits_towards_the_origi
     assert three.after.gflops > 0.9 * one.after.gflops, "the same ratio means the same size in any number of steps"
     with pytest.raises(yp.ConfigError, match="steps"):
         yp.PruneConfig(ratio=0.2, steps=0).validate()
+
+
+def test_depthwise_convs_are_left_to_mean_compensation_with_the_reason_reported():
+    from yoloprune.ultra import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n-ghost.yaml", verbose=False).eval()
+    x = _images(2, 7)
+    shape = model(x)[0].shape
+    report = yp.prune(model, config=yp.PruneConfig(ratio=0.3, imgsz=64, calibration=_images(8, 8)))
+    assert report.refits and report.refit_skipped
+    assert set(report.refit_skipped.values()) == {"depthwise/grouped conv"}
+    assert "not refit (mean compensation only)" in report.table()
+    out = model.eval()(x)[0]
+    assert out.shape == shape and torch.isfinite(out).all()

@@ -294,7 +294,8 @@ def _prune_step(net: nn.Module, cfg: PruneConfig, gflops0: float, targets: _Targ
         p.means = cfg.reference.mean
     apply_checked(net, p)
     if jobs:
-        p.refits = {n: j for n, j in reconstruct(net, fit_ref, jobs).items() if j.before > 0}
+        done = reconstruct(net, fit_ref, jobs)
+        p.refits = {n: j for n, j in done.items() if j.before > 0 or j.skipped}
         if targets is not None:
             targets.origin.update({n: j.keep_out for n, j in jobs.items()})
     if cfg.recalibrate_bn and cfg.reference is not None:
@@ -341,7 +342,8 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
                                        else f"ratio={cfg.ratio}") + (f" in {cfg.steps} steps" if cfg.steps > 1 else "")
     report = Report.build(net, before, graph, removed=removed, imgsz=cfg.imgsz, ckpt=ckpt, action=action,
                           removed_blocks=blocks)
-    report.refits = {n: (j.before, j.after) for n, j in p.refits.items()}
+    report.refits = {n: (j.before, j.after) for n, j in p.refits.items() if not j.skipped}
+    report.refit_skipped = {n: j.skipped for n, j in p.refits.items() if j.skipped}
     return report
 
 

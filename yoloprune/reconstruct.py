@@ -56,11 +56,11 @@ def _fittable(mod: nn.Module) -> str | None:
     if isinstance(mod, nn.Linear):
         return None
     if not isinstance(mod, nn.Conv2d):
-        return f"{type(mod).__name__} is not refit"
+        return f"{type(mod).__name__}"
     if mod.groups != 1:
-        return f"grouped conv (groups={mod.groups}) is not refit"
+        return "depthwise/grouped conv"
     if mod.padding_mode != "zeros" or isinstance(mod.padding, str) and mod.padding != "valid":
-        return f"padding {mod.padding!r}/{mod.padding_mode} is not refit"
+        return f"padding {mod.padding!r}/{mod.padding_mode}"
     return None
 
 
@@ -171,6 +171,7 @@ class Refit:
     bn: nn.Module | None = None
     before: float = float("nan")  # relative output error on the calibration samples, before and after the fit
     after: float = float("nan")
+    skipped: str = ""  # why the layer was not refit
 
 
 def _offset(mod: nn.Module, job: Refit, ref: Reference, name: str) -> torch.Tensor:
@@ -249,8 +250,9 @@ def reconstruct(model: nn.Module, ref: Reference, jobs: dict[str, Refit], ridge:
             _refit_layer(mod, args[0], name, jobs[name], ref, ridge)
         return hook
 
-    for name in jobs:
-        if name in ref.outputs and _fittable(modules[name]) is None:
+    for name, job in jobs.items():
+        job.skipped = _fittable(modules[name]) or ("" if name in ref.outputs else "no recorded output")
+        if not job.skipped:
             hooks.append(modules[name].register_forward_pre_hook(pre(name)))
     was_training = model.training
     model.eval()

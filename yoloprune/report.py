@@ -46,6 +46,7 @@ class Report:
     model: nn.Module | None = field(default=None, repr=False)
     ckpt: dict = field(default_factory=dict, repr=False)
     refits: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> output error before/after refit
+    refit_skipped: dict[str, str] = field(default_factory=dict)  # layer -> why reconstruction left it alone
 
     @classmethod
     def build(cls, model, before: Snapshot, graph: Graph, removed: int, imgsz: int, ckpt: dict, action: str,
@@ -84,8 +85,11 @@ class Report:
             before = sorted(b for b, _ in self.refits.values())
             after = sorted(a for _, a in self.refits.values())
             mid = len(before) // 2
-            lines.append(f"reconstructed {len(self.refits)} layers that lost inputs: median relative output error "
+            lines.append(f"reconstructed {len(self.refits)} layers whose inputs changed: median relative output error "
                          f"{before[mid]:.3f} -> {after[mid]:.3f} on the calibration images")
+        if self.refit_skipped:
+            reasons = Counter(self.refit_skipped.values())
+            lines.append("not refit (mean compensation only): " + ", ".join(f"{n} {r}" for r, n in reasons.items()))
         lines += ["", f"{'layer':40}{'width before':>14}{'after':>8}"]
         changed = self.changed_layers()
         lines += [f"{n:40}{w0:>14}{w1:>8}" for n, w0, w1 in changed[:max_rows]]
