@@ -6,7 +6,8 @@ For each model, ratio and recipe the shipped detector is pruned (widths in multi
 - ``mean-comp``: mean compensation only (yoloprune before least-squares reconstruction);
 - ``mean-comp + BN recal``: and BatchNorm statistics re-estimated on the calibration images;
 - ``reconstruction``: least-squares refit of every conv from the unpruned model's outputs (the default);
-- ``reconstruction + BN recal``.
+- ``reconstruction + BN recal``;
+- ``reconstruction in N steps``: the same size reached in N prune-and-reconstruct steps (``--steps N``).
 
 Prune time (trace, calibration, plan, surgery, reconstruction) is the median over the ratios.
 
@@ -30,8 +31,9 @@ from yoloprune.ultra import load_model
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "teabud.yaml"
 IMGSZ = 320
-RECIPES = {"mean-comp": (False, False), "mean-comp + BN recal": (False, True), "reconstruction": (True, False),
-           "reconstruction + BN recal": (True, True)}
+RECIPES = {"mean-comp": (False, False, 1), "mean-comp + BN recal": (False, True, 1),
+           "reconstruction": (True, False, 1), "reconstruction + BN recal": (True, True, 1),
+           "reconstruction in 3 steps": (True, False, 3), "reconstruction in 5 steps": (True, False, 5)}
 
 
 def main() -> None:
@@ -53,11 +55,11 @@ def main() -> None:
                      f"100% | {t0:.4f} | |")
         for method in args.methods.split(","):
             for recipe in args.recipes.split(","):
-                refit, recal = RECIPES[recipe]
+                refit, recal, steps = RECIPES[recipe]
                 times = []
                 for r in (float(x) for x in args.ratios.split(",")):
                     cfg = yp.PruneConfig(ratio=r, method=method, imgsz=IMGSZ, calibration=calib, round_to=8,
-                                         reconstruct=refit, recalibrate_bn=recal)
+                                         reconstruct=refit, recalibrate_bn=recal, steps=steps)
                     start = time.perf_counter()
                     report = yp.prune(copy.deepcopy(base), config=cfg)
                     times.append(time.perf_counter() - start)
