@@ -66,6 +66,11 @@ def test_resumed_sweep_adds_only_missing_rows_and_merge_joins_shards(setup, tmp_
     merged = pd.read_csv(out / "results.csv")
     assert merged["ratio"].tolist() == [0.0, 0.3, 0.6], "rows never duplicate"
     assert (out / "map_vs_ratio.png").exists()
+    other = _cfg(setup, a, [0.0, 0.3])
+    other.round_to = 16
+    with pytest.raises(yp.ConfigError, match="round_to 8 .now 16."):
+        sweep(other)
+    assert read_results(a)["seconds"].tolist() == df["seconds"].tolist(), "the folder was left as it was"
 
 
 def test_export_parity_passes_and_fails_loudly_on_a_tampered_graph(setup, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import sys
 import tempfile
@@ -70,6 +71,13 @@ class SweepConfig:
             raise ConfigError("finetune_epochs must be >= 0")
         if self.layers and "bn" not in self.methods:
             raise ConfigError("layers (block removal) needs the bn method")
+
+    def recipe(self) -> dict:
+        """The settings that change every row's figures: rows made with other settings are not reused."""
+        return {"model": str(Path(self.model).resolve()), "split": self.split, "imgsz": self.imgsz,
+                "round_to": self.round_to, "calibration": self.compensate, "reconstruct": self.reconstruct,
+                "calib_images": self.calib_images, "steps": self.steps, "distill": self.distill,
+                "layers": self.layers}
 
     def jobs(self) -> list[tuple[str, float, int]]:
         return [(m, round(float(r), 4), self.finetune_epochs) for m in self.methods for r in self.ratios]
@@ -247,11 +255,26 @@ def _reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
     return {**done.iloc[0].to_dict(), "method": method}
 
 
+def _check_recipe(cfg: SweepConfig, out: Path, df: pd.DataFrame) -> None:
+    """Resume only rows made with the same settings; record the settings of a new sweep folder."""
+    path = out / "sweep.json"
+    if len(df):
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old != cfg.recipe():
+            what = "no record of its settings (an older yoloprune)" if old is None else "other settings: " + ", ".join(
+                f"{k} {old.get(k)!r} (now {v!r})" for k, v in cfg.recipe().items() if old.get(k) != v)
+            raise ConfigError(f"{out} holds sweep rows made with {what}; give another --out or remove it")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cfg.recipe(), indent=1))
+
+
 def sweep(cfg: SweepConfig) -> pd.DataFrame:
     """Run the missing rows of the sweep and return the whole table (also written under ``cfg.out``)."""
     cfg.validate()
     out = Path(cfg.out)
     df = read_results(out)
+    _check_recipe(cfg, out, df)
     todo = [j for j in cfg.jobs() if _key(*j) not in done_keys(df)]
     if not todo:
         write_results(combine([df]), out)
