@@ -125,7 +125,7 @@ def _consumer_column(mod: nn.Module, m: Member, bn_scale: torch.Tensor | None) -
         col = w[m.index].reshape(1, -1)  # depthwise: channel c feeds output c alone
         scale = bn_scale[m.index:m.index + 1] if bn_scale is not None else None
     else:
-        col = (w[:, m.index] if not isinstance(mod, nn.ConvTranspose2d) else w[m.index].transpose(0, 1))
+        col = w[m.index] if isinstance(mod, nn.ConvTranspose2d) else w[:, m.index]  # (out, ...) either way
         col = col.reshape(col.shape[0], -1)
         scale = bn_scale
     if scale is not None:
