@@ -138,12 +138,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _add_prune(sub) -> None:
     from yoloprune.compensate import CALIB_IMAGES
+    from yoloprune.importance import CRITERIA
 
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
     p.add_argument("--model", required=True, help="Ultralytics detection checkpoint (.pt) or model yaml")
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
-    from yoloprune.importance import CRITERIA
-
     p.add_argument("--method", choices=tuple(CRITERIA), default="l1",
                    help="importance criterion: " + "; ".join(f"{k}: {e.help}" for k, e in CRITERIA.items())
                    + " (default: %(default)s)")

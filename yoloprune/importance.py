@@ -156,8 +156,6 @@ def act(unit: Unit, ctx: ScoreContext) -> float:
     return total if seen else math.inf
 
 
-
-
 def group_scores(units: list[Unit], ctx: ScoreContext, method: str) -> torch.Tensor:
     """Scores of one group's units, normalised by the group mean where the criterion asks for it."""
     e = entry(method)

@@ -104,10 +104,11 @@ def global_threshold(scored: list[tuple[list[Unit], torch.Tensor]], ratio: float
     return every.sort().values[k - 1].item() if k > 0 else -math.inf
 
 
-def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | None = None) -> Plan:
+def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | None = None,
+         scored: list[tuple[list[Unit], torch.Tensor]] | None = None) -> Plan:
     """Choose the lowest-scoring units: under one global threshold (from ``cfg.ratio`` unless given), or the same
     fraction of every group."""
-    scored = _scored(model, graph, cfg)
+    scored = scored if scored is not None else _scored(model, graph, cfg)  # scores do not depend on the ratio
     if cfg.method == "bn" and cfg.scope == "global":
         safe = safe_max_ratio([s for _, s in scored])  # already bn scores: the same as bn_safe_max
         if cfg.ratio > safe:
@@ -199,12 +200,13 @@ _trace = ultra.trace_model
 
 
 def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: float) -> Plan:
-    """Bisect the ratio until GFLOPs fall to ``cfg.target_gflops`` of the original."""
+    """Bisect the ratio until GFLOPs fall to ``cfg.target_gflops`` of the original (the model scored once)."""
+    scored = _scored(model, graph, cfg)
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         mid = (lo + hi) / 2
         try:
-            candidate = plan(model, graph, replace(cfg, ratio=mid))
+            candidate = plan(model, graph, replace(cfg, ratio=mid), scored=scored)
         except ConfigError:  # above the bn method's safe maximum
             hi = mid
             continue

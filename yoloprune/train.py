@@ -24,12 +24,16 @@ from yoloprune.atomic import atomic_write
 from yoloprune.data import load_data
 from yoloprune.errors import ConfigError
 from yoloprune.reconstruct import fit_linear
-from yoloprune.ultra import YOLO, load_model, recorded_source, save_checkpoint
+from yoloprune.ultra import YOLO, as_dict, load_model, recorded_source, save_checkpoint
 
 # Fine-tuning a trained (pruned) model: a tenth of the from-scratch SGD rate and no warm-up. Ultralytics' default
 # warm-up starts biases at lr 0.1, and its "auto" optimizer ignores lr0; both would first wreck what pruning kept.
 FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "momentum": 0.937, "warmup_epochs": 0.0,
                      "close_mosaic": 0}
+PROJECTOR_IMAGES = 16  # calibration images on which distillation projectors are fitted
+# Ultralytics' default feature-distillation weight (6.0) made the distillation term ~15x the detection loss on the
+# tea-bud yolov8n and cost mAP; 1.5 did better in 2-epoch runs (README).
+DISTILL_WEIGHT = 1.5
 
 
 @dataclass
@@ -96,7 +100,6 @@ class PrunedDetectionTrainer(DetectionTrainer):
             p.requires_grad_(True)
         return model
 
-
     def __init__(self, cfg=None, overrides=None, _callbacks=None):
         kwargs = {"cfg": cfg} if cfg is not None else {}
         super().__init__(overrides=overrides, _callbacks=_callbacks, **kwargs)
@@ -113,12 +116,6 @@ class PrunedDetectionTrainer(DetectionTrainer):
         fit_projectors(model, images)
         if self.ema is not None and hasattr(self.ema.ema, "projector"):
             self.ema.ema.projector.load_state_dict(model.projector.state_dict())
-
-
-PROJECTOR_IMAGES = 16
-# Ultralytics' default feature-distillation weight (6.0) made the distillation term ~15x the detection loss on the
-# tea-bud yolov8n and cost mAP; 1.5 did better in 2-epoch runs (README).
-DISTILL_WEIGHT = 1.5
 
 
 @torch.no_grad()
@@ -218,11 +215,6 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
         super().save_metrics({**metrics, **stats.as_metrics(), "slim/sr": self.current_sr()})
 
 
-def _train_args(ckpt: dict) -> dict:
-    args = ckpt.get("train_args") or {}
-    return dict(args) if isinstance(args, dict) else dict(vars(args))
-
-
 def default_teacher(model: str) -> str | None:
     """The checkpoint a pruned model was pruned from, when its metadata names it and the file is unchanged."""
     if Path(model).suffix in (".yaml", ".yml"):
@@ -237,8 +229,9 @@ def train(cfg: TrainConfig) -> Path:
     cfg.validate()
     for split in ("train", "val"):  # broken data files fail here in one line, not deep inside the trainer
         spec = load_data(cfg.data, split)
+    given: dict = {}
     if Path(cfg.model).suffix not in (".yaml", ".yml"):
-        model, _ = load_model(cfg.model)  # refuse bad checkpoints before the trainer starts
+        model, given = load_model(cfg.model)  # refuse bad checkpoints before the trainer starts
         spec.check_model(model)
     if cfg.teacher:
         teacher, _ = load_model(cfg.teacher)
@@ -254,9 +247,8 @@ def train(cfg: TrainConfig) -> Path:
     chosen = Path(yolo.trainer.save_dir) / "weights" / pick
     if cfg.teacher:  # keep the student alone: no teacher, no projector, a plain detection model
         student, ckpt = load_model(chosen)
-        ckpt["train_args"] = {k: v for k, v in _train_args(ckpt).items() if k not in ("distill_model", "dis")}
+        ckpt["train_args"] = {k: v for k, v in as_dict(ckpt.get("train_args")).items() if k not in ("distill_model", "dis")}
         student.args = ckpt["train_args"]
-        _, given = load_model(cfg.model)
         meta = {**(given.get("yoloprune") or {}), "distilled_from": str(Path(cfg.teacher).resolve())}
         return save_checkpoint(student, cfg.out, ckpt, meta)
     atomic_write(cfg.out, lambda tmp: shutil.copyfile(chosen, tmp))

@@ -81,12 +81,12 @@ def load_model(src: Any) -> tuple[DetectionModel, dict]:
         model = (ckpt.get("ema") or ckpt["model"]).float()
         model = getattr(model, "student_model", model)  # a distillation run's checkpoint: the student alone
         model = check_detection_model(model, str(path))
-        model.args = {**_as_dict(getattr(model, "args", None)), **_as_dict(ckpt.get("train_args"))}
+        model.args = {**as_dict(getattr(model, "args", None)), **as_dict(ckpt.get("train_args"))}
         return model, ckpt
     raise CheckpointError(f"cannot load a model from {type(src).__name__}")
 
 
-def _as_dict(args: Any) -> dict:
+def as_dict(args: Any) -> dict:
     """Training args are stored as a dict or as Ultralytics' IterableSimpleNamespace."""
     if args is None:
         return {}
@@ -111,7 +111,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None
         "ema": None,
         "updates": None,
         "optimizer": None,
-        "train_args": _as_dict(ckpt.get("train_args") or getattr(model, "args", None)),
+        "train_args": as_dict(ckpt.get("train_args") or getattr(model, "args", None)),
         "train_metrics": ckpt.get("train_metrics"),
         "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__},
     }
