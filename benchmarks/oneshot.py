@@ -26,7 +26,7 @@ from pathlib import Path
 import yoloprune as yp
 from yoloprune.atomic import atomic_write_text
 from yoloprune.compensate import calibration_images
-from yoloprune.ultra import load_model
+from yoloprune.sources.ultralytics import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "teabud.yaml"

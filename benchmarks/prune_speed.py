@@ -21,7 +21,7 @@ import torch
 
 from yoloprune import PruneConfig
 from yoloprune.prune import _trace, apply, plan
-from yoloprune.ultra import DetectionModel, detect_heads
+from yoloprune.sources.ultralytics import DetectionModel, detect_heads
 
 FAMILIES = ["yolov5nu", "yolov5su", "yolov8n", "yolov8s", "yolo11n", "yolo11s"]
 IMGSZ = 320

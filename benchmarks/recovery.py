@@ -36,7 +36,7 @@ from yoloprune.export import export_onnx  # noqa: E402
 from yoloprune.iterative import IterativeConfig, iterative_prune  # noqa: E402
 from yoloprune.latency import paired_onnx_latency  # noqa: E402
 from yoloprune.train import TrainConfig, train  # noqa: E402
-from yoloprune.ultra import gflops, load_model, save_checkpoint, source_meta  # noqa: E402
+from yoloprune.sources.ultralytics import gflops, load_model, save_checkpoint, source_meta  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320

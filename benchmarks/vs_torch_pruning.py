@@ -25,7 +25,7 @@ from yoloprune.compensate import calibration_images
 from yoloprune.export import export_onnx
 from yoloprune.latency import paired_onnx_latency
 from yoloprune.train import TrainConfig, train
-from yoloprune.ultra import detect_heads, gflops, load_model, save_checkpoint
+from yoloprune.sources.ultralytics import detect_heads, gflops, load_model, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320

@@ -10,7 +10,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from yoloprune.ultra import DetectionModel  # noqa: E402
+from yoloprune.sources.ultralytics import DetectionModel  # noqa: E402
 
 FAMILIES = ["yolov5nu.yaml", "yolov8n.yaml", "yolo11n.yaml"]
 _CACHE: dict[str, DetectionModel] = {}
@@ -51,8 +51,8 @@ def tiny_project(root, n_train: int, n_val: int, ratio: float = 0.0):
     """A tiny tea-bud dataset under ``root`` and a seeded two-class yolov8n (pruned by ``ratio``) saved as
     ``root/model.pt``. Returns (data yaml, checkpoint)."""
     import yoloprune as yp
+    from yoloprune.sources.ultralytics import save_checkpoint
     from yoloprune.teabud import TeaBudConfig, generate
-    from yoloprune.ultra import save_checkpoint
 
     data = generate(TeaBudConfig(out=root / "d", n_train=n_train, n_val=n_val, n_test=0))
     torch.manual_seed(0)

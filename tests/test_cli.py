@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from yoloprune.cli import main
-from yoloprune.ultra import DetectionModel, save_checkpoint
+from yoloprune.sources.ultralytics import DetectionModel, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_bad_data_files_raise_data_error_naming_the_file(tiny_data, tmp_path):
 
 def test_val_cli_refuses_model_with_other_class_count(tiny_data, tmp_path, capsys):
     from yoloprune.cli import main
-    from yoloprune.ultra import DetectionModel, save_checkpoint
+    from yoloprune.sources.ultralytics import DetectionModel, save_checkpoint
 
     ckpt = tmp_path / "coco80.pt"
     save_checkpoint(DetectionModel("yolov8n.yaml", verbose=False), ckpt)

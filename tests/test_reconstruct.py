@@ -223,7 +223,7 @@ def test_pruning_in_steps_reaches_the_one_step_size_and_refits_towards_the_origi
 
 
 def test_depthwise_convs_are_left_to_mean_compensation_with_the_reason_reported():
-    from yoloprune.ultra import DetectionModel
+    from yoloprune.sources.ultralytics import DetectionModel
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n-ghost.yaml", verbose=False).eval()

@@ -8,8 +8,8 @@ from conftest import build, rel_err
 
 import yoloprune as yp
 from yoloprune.layers import dead_blocks
+from yoloprune.sources.ultralytics import head_output_convs, residual_blocks
 from yoloprune.sparsity import sparsify, target_convs
-from yoloprune.ultra import head_output_convs, residual_blocks
 
 
 @pytest.mark.parametrize("amount", [0.3, 0.6])

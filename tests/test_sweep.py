@@ -12,8 +12,8 @@ from onnx import numpy_helper
 import yoloprune as yp
 from yoloprune.cli import main
 from yoloprune.export import ExportConfig, ParityError, export, export_onnx, parity
+from yoloprune.sources.ultralytics import save_checkpoint
 from yoloprune.sweep import SweepConfig, read_results, sweep
-from yoloprune.ultra import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_prune_cli_calib_data_folds_means_and_reconstructs(setup, tmp_path):
     assert main([*base, "--out", str(plain)]) == 0
     assert main([*base, *calib, "--no-reconstruct", "--out", str(comp)]) == 0
     assert main([*base, *calib, "--out", str(recon)]) == 0
-    a, b, c = (yp.ultra.load_model(p)[0].state_dict() for p in (plain, comp, recon))
+    a, b, c = (yp.sources.load_model(p)[0].state_dict() for p in (plain, comp, recon))
     assert a.keys() == b.keys() == c.keys() and all(a[k].shape == b[k].shape == c[k].shape for k in a), \
         "same architecture every way"
     changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
@@ -136,7 +136,7 @@ def test_demo_sweeps_baseline_and_slimmed_model_into_one_table(setup, tmp_path):
     from yoloprune.demo import DemoConfig, run_demo
 
     root, data = setup
-    model, _ = yp.ultra.load_model(root / "model.pt")
+    model, _ = yp.sources.load_model(root / "model.pt")
     torch.manual_seed(1)
     for m in model.modules():  # a "sparsity-trained" model: spread gammas, one residual branch driven to zero
         if isinstance(m, torch.nn.BatchNorm2d):

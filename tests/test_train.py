@@ -12,8 +12,8 @@ from conftest import tiny_project
 
 import yoloprune as yp
 from yoloprune.slimming import gammas, penalised_bns
+from yoloprune.sources.ultralytics import DetectionModel, save_checkpoint
 from yoloprune.train import TrainConfig, train
-from yoloprune.ultra import DetectionModel, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def pruned_from(tmp_path_factory):
     """An unpruned tiny detector and a copy pruned from it whose metadata records it as the source."""
     from conftest import tiny_project
 
-    from yoloprune.ultra import source_meta
+    from yoloprune.sources.ultralytics import source_meta
 
     root = tmp_path_factory.mktemp("distil")
     data, base = tiny_project(root, n_train=8, n_val=4)
@@ -132,7 +132,7 @@ def test_distilled_finetune_from_the_recorded_source_keeps_widths_and_drops_the_
 
 def test_iterative_pruning_reaches_the_gflops_target_and_writes_its_step_table(pruned_from, tmp_path):
     from yoloprune.iterative import IterativeConfig, iterative_prune
-    from yoloprune.ultra import gflops, load_model
+    from yoloprune.sources.ultralytics import gflops, load_model
 
     root, data, base, _ = pruned_from
     out = tmp_path / "it.pt"
@@ -153,8 +153,8 @@ def test_fitted_projectors_map_student_features_onto_the_teacher(pruned_from):
 
     from ultralytics.nn.distill_model import DistillationModel
 
+    from yoloprune.sources.ultralytics import load_model
     from yoloprune.train import fit_projectors
-    from yoloprune.ultra import load_model
 
     _, _, base, pruned = pruned_from
     student, _ = load_model(str(pruned))

@@ -75,8 +75,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sparsify(args: argparse.Namespace) -> int:
     from yoloprune.latency import torch_latency
+    from yoloprune.sources import load_model, save_checkpoint
     from yoloprune.sparsity import SparsifyConfig, sparsify
-    from yoloprune.ultra import load_model, save_checkpoint
 
     _check_out(args.model, args.out)
     dense, _ = load_model(args.model)
@@ -97,7 +97,7 @@ def _default_out(model: str, tag: str) -> str:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from yoloprune.prune import PruneConfig, prune
-    from yoloprune.ultra import save_checkpoint, source_meta
+    from yoloprune.sources import save_checkpoint, source_meta
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
@@ -119,7 +119,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _cmd_compact(args: argparse.Namespace) -> int:
     from yoloprune.prune import compact
-    from yoloprune.ultra import save_checkpoint
+    from yoloprune.sources import save_checkpoint
 
     _check_out(args.model, args.out)
     report = compact(args.model)

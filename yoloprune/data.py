@@ -30,7 +30,7 @@ class DataSpec:
         return self.splits[split].parent.parent / "annotations" / f"instances_{split}.json"
 
     def check_model(self, model) -> None:
-        from yoloprune.ultra import num_classes
+        from yoloprune.sources import num_classes
 
         nc = num_classes(model)
         if nc != len(self.names):

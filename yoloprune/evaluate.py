@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.coco import yolo_split_to_coco
 from yoloprune.data import DataSpec, load_data
 
@@ -85,7 +85,7 @@ class Evaluator:
         self.gt = self._ground_truth()
         self._ids = {Path(im["file_name"]).stem: im["id"] for im in self.gt["images"]}
         self._tmp = tempfile.TemporaryDirectory(prefix="yoloprune-val-")
-        self._validator = None
+        self._validators: dict = {}
 
     def _ground_truth(self) -> dict:
         ann = self.spec.annotations(self.split)
@@ -93,21 +93,21 @@ class Evaluator:
             return json.loads(ann.read_text())
         return yolo_split_to_coco(self.spec.images(self.split), self.spec.labels(self.split), self.spec.names)
 
-    def _validator_for(self):
-        from ultralytics.models.yolo.detect import DetectionValidator
-
-        if self._validator is None:
+    def _validator_for(self, net):
+        """One validator (and so one dataloader) per validator class, i.e. per model source."""
+        cls = sources.validator_class(net)
+        if cls not in self._validators:
             args = {"data": str(self.spec.yaml), "split": self.split, "imgsz": self.imgsz, "batch": self.batch,
                     "conf": self.conf, "iou": self.iou, "save_json": True, "plots": False, "verbose": False,
                     "project": self._tmp.name, "name": "val", "exist_ok": True, "device": "cpu", "workers": 0}
-            self._validator = DetectionValidator(args=args)
-        return self._validator
+            self._validators[cls] = cls(args=args)
+        return self._validators[cls]
 
     def __call__(self, model) -> EvalResult:
-        net, _ = ultra.load_model(model)
+        net, _ = sources.load_model(model)
         self.spec.check_model(net)
         t0 = time.perf_counter()
-        validator = self._validator_for()
+        validator = self._validator_for(net)
         stats = validator(model=copy.deepcopy(net).float().eval())  # AutoBackend fuses its model in place
         preds = [self._to_gt_ids(p) for p in validator.jdict]
         m, m50, per = coco_map(self.gt, preds)

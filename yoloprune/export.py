@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.data import letterboxed_images
 from yoloprune.errors import ConfigError, YoloPruneError
 from yoloprune.latency import ort_session, paired_onnx_latency
@@ -66,14 +65,8 @@ def export_onnx(model, out: str | Path, imgsz: int = 320, dynamic: bool = False,
     """Export ``model`` (checkpoint path, YOLO or DetectionModel) to ONNX at ``out`` via Ultralytics' exporter."""
     if simplify and importlib.util.find_spec("onnxslim") is None:
         raise ConfigError("--simplify needs the onnxslim package (pip install onnxslim); nothing is installed at run time")
-    from yoloprune.atomic import atomic_write
-
-    net, ckpt = ultra.load_model(model)
-    with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
-        src = ultra.save_checkpoint(net, Path(tmp) / "model.pt", ckpt)
-        produced = ultra.YOLO(str(src)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=simplify,
-                                               device="cpu", verbose=False)
-        return atomic_write(out, lambda t: shutil.copyfile(produced, t))
+    net, ckpt = sources.load_model(model)
+    return sources.export_onnx(net, ckpt, out, imgsz, dynamic, simplify)
 
 
 def _images(data: str | None, split: str, n: int, imgsz: int) -> list[np.ndarray]:
@@ -89,8 +82,9 @@ def parity(onnx_path: str | Path, model, inputs: list[np.ndarray]) -> float:
     """Worst relative error of the head's output over images and output channels: for each channel (box
     coordinates, class scores) max |ORT - torch| / max |torch|, so that small class scores are not drowned by
     box coordinates in pixels."""
-    net, _ = ultra.load_model(model)
+    net, _ = sources.load_model(model)
     net = net.float().eval()
+    axis = sources.output_channel_axis(net)  # where boxes and scores lie: (B, 4 + nc, N) or (B, N, 5 + nc)
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
     worst = 0.0
@@ -100,7 +94,7 @@ def parity(onnx_path: str | Path, model, inputs: list[np.ndarray]) -> float:
         got = sess.run(None, {name: x})[0]
         if got.shape != ref.shape:
             raise ParityError(f"{onnx_path}: output shape {got.shape} differs from PyTorch's {ref.shape}")
-        axes = tuple(i for i in range(ref.ndim) if i != 1)  # channel dim 1: (batch, 4 + classes, anchors)
+        axes = tuple(i for i in range(ref.ndim) if i != axis % ref.ndim)
         scale = np.maximum(np.abs(ref).max(axis=axes), 1e-6)
         worst = max(worst, float((np.abs(got - ref).max(axis=axes) / scale).max()))
     return worst

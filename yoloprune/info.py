@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.prune import _trace, bn_safe_max, dead_units
 from yoloprune.report import snapshot
 from yoloprune.slimming import gamma_stats, penalised_bns
 
 
 def describe(model, imgsz: int = 640, verbose: bool = False) -> str:
-    net, _ = ultra.load_model(model)
+    net, _ = sources.load_model(model)
     snap = snapshot(net, imgsz)
     graph = _trace(net)
     groups = graph.groups()

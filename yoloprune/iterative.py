@@ -82,40 +82,40 @@ def _progress(i: int, n: int, row: dict) -> None:
 
 def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     """Run the steps; write the chosen model to ``cfg.out`` and the step table beside it. Returns the table."""
-    from yoloprune import ultra
+    from yoloprune import sources
     from yoloprune.evaluate import Evaluator
     from yoloprune.prune import PruneConfig, one_step_gflops, prune
     from yoloprune.train import TrainConfig, train
 
     cfg.validate()
-    original, _ = ultra.load_model(cfg.model)
+    original, _ = sources.load_model(cfg.model)
     evaluator = Evaluator(cfg.data, "val", imgsz=cfg.imgsz, batch=cfg.batch)
     evaluator.spec.check_model(original)
     calib = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
-    gflops0, params0 = ultra.gflops(original, cfg.imgsz), sum(p.numel() for p in original.parameters())
+    gflops0, params0 = sources.gflops(original, cfg.imgsz), sum(p.numel() for p in original.parameters())
     map0 = evaluator(original).map50_95
     target = cfg.target_gflops or one_step_gflops(original, PruneConfig(ratio=cfg.ratio, method=cfg.method,
                                                                          round_to=cfg.round_to, imgsz=cfg.imgsz))
     rows: list[dict] = [{"step": 0, "gflops_ratio": 1.0, "params_ratio": 1.0, "map50_95_pruned": map0,
                          "map50_95": map0, "epochs": 0, "seconds": 0.0}]
-    meta = ultra.source_meta(cfg.model)
+    meta = sources.source_meta(cfg.model)
     with tempfile.TemporaryDirectory(prefix="yoloprune-iter-") as tmp:
         current, kept = Path(cfg.model), None
         for i in range(1, cfg.steps + 1):
             t0 = time.perf_counter()
-            model, _ = ultra.load_model(current)
-            pc = cfg.step_config(i, ultra.gflops(model, cfg.imgsz), gflops0, target)
+            model, _ = sources.load_model(current)
+            pc = cfg.step_config(i, sources.gflops(model, cfg.imgsz), gflops0, target)
             pc.calibration = calib
             report = prune(model, config=pc)
             step = Path(tmp) / f"step{i}.pt"
-            ultra.save_checkpoint(report.model, step, report.ckpt, {**meta, "iterative": {"step": i}})
+            sources.save_checkpoint(report.model, step, report.ckpt, {**meta, "iterative": {"step": i}})
             pruned_map = evaluator(report.model).map50_95
             if cfg.epochs:
                 train(TrainConfig(model=str(step), data=cfg.data, out=str(step), epochs=cfg.epochs, imgsz=cfg.imgsz,
                                   batch=cfg.batch, workers=cfg.workers, finetune=True,
                                   teacher=cfg.model if cfg.distill else None))
-            model, _ = ultra.load_model(step)
-            row = {"step": i, "gflops_ratio": ultra.gflops(model, cfg.imgsz) / gflops0,
+            model, _ = sources.load_model(step)
+            row = {"step": i, "gflops_ratio": sources.gflops(model, cfg.imgsz) / gflops0,
                    "params_ratio": sum(p.numel() for p in model.parameters()) / params0,
                    "map50_95_pruned": pruned_map, "map50_95": evaluator(model).map50_95, "epochs": cfg.epochs,
                    "seconds": time.perf_counter() - t0}

@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.surgery import bn_channel_zero
 
 
@@ -30,7 +30,7 @@ def branch_is_dead(block: nn.Module) -> bool:
 
 def dead_blocks(model: nn.Module) -> list[str]:
     """Names of residual blocks whose branch outputs exactly zero."""
-    return [name for name, block in ultra.residual_blocks(model).items() if branch_is_dead(block)]
+    return [name for name, block in sources.residual_blocks(model).items() if branch_is_dead(block)]
 
 
 def remove_blocks(model: nn.Module, names: list[str]) -> None:

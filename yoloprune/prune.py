@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.compensate import fold, input_means
 from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.graph import Graph, Unit
@@ -129,7 +129,7 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | No
 def prune_blocks_under(model: nn.Module, threshold: float) -> list[str]:
     """Depth pruning for slimming: residual blocks whose branch's last BN has every |gamma| <= ``threshold`` are
     removed whole (their branch is zeroed first, so the block becomes the identity it nearly was)."""
-    names = [n for n, b in ultra.residual_blocks(model).items() if float(b.cv2.bn.weight.abs().max()) <= threshold]
+    names = [n for n, b in sources.residual_blocks(model).items() if float(b.cv2.bn.weight.abs().max()) <= threshold]
     for n in names:
         bn = model.get_submodule(n).cv2.bn
         bn.weight.zero_()
@@ -151,7 +151,7 @@ def apply(model: nn.Module, p: Plan) -> None:
     for (name, dim), idx in sorted(removed.items()):
         mod = modules[name]
         keep_channels(mod, dim, [i for i in range(channels(mod, dim)) if i not in idx])
-    ultra.fix_widths(model)
+    sources.fix_widths(model)
 
 
 @torch.no_grad()
@@ -173,7 +173,7 @@ def mask(model: nn.Module, p: Plan) -> None:
 
 def _example(model: nn.Module) -> torch.Tensor:
     p = next(model.parameters())
-    size = 2 * ultra.max_stride(model)
+    size = 2 * sources.max_stride(model)
     return torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device)
 
 
@@ -196,7 +196,7 @@ def apply_checked(model: nn.Module, p: Plan) -> None:
     apply(model, p)
 
 
-_trace = ultra.trace_model
+_trace = sources.trace_model
 
 
 def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: float) -> Plan:
@@ -212,7 +212,7 @@ def _plan_for_gflops(model: nn.Module, graph: Graph, cfg: PruneConfig, base: flo
             continue
         trial = copy.deepcopy(model)
         apply(trial, candidate)
-        if ultra.gflops(trial, cfg.imgsz) <= cfg.target_gflops * base:
+        if sources.gflops(trial, cfg.imgsz) <= cfg.target_gflops * base:
             best, hi = candidate, mid
         else:
             lo = mid
@@ -285,7 +285,7 @@ def _prune_step(net: nn.Module, cfg: PruneConfig, gflops0: float, targets: _Targ
     cfg = _calibrated(net, graph, cfg, fresh=bool(blocks))
     p = (_plan_for_gflops(net, graph, cfg, gflops0) if cfg.target_gflops
          else plan(net, graph, cfg, threshold=threshold))
-    jobs = refit_jobs(net, p, ultra.fixed_layers(net)) if cfg.reference is not None and cfg.reconstruct else {}
+    jobs = refit_jobs(net, p, sources.fixed_layers(net)) if cfg.reference is not None and cfg.reconstruct else {}
     fit_ref = cfg.reference
     if targets is not None:  # aim at the original model: its outputs, at its channel indices
         for name, job in jobs.items():
@@ -307,11 +307,11 @@ def _prune_step(net: nn.Module, cfg: PruneConfig, gflops0: float, targets: _Targ
 
 def one_step_gflops(net: nn.Module, cfg: PruneConfig, gflops0: float | None = None) -> float:
     """The GFLOPs fraction that pruning at ``cfg.ratio`` in one step reaches (planned on a copy, no calibration)."""
-    gflops0 = gflops0 or ultra.gflops(net, cfg.imgsz)
+    gflops0 = gflops0 or sources.gflops(net, cfg.imgsz)
     trial = copy.deepcopy(net)
     _prune_step(trial, replace(cfg, steps=1, calibration=None, reference=None, reconstruct=False,
                                recalibrate_bn=False), gflops0)
-    return ultra.gflops(trial, cfg.imgsz) / gflops0
+    return sources.gflops(trial, cfg.imgsz) / gflops0
 
 
 def _multi_step_targets(net: nn.Module, cfg: PruneConfig) -> tuple[PruneConfig, _Targets | None]:
@@ -331,7 +331,7 @@ def prune(model, ratio: float = 0.0, method: str = "l1", config: PruneConfig | N
     """
     cfg = config or PruneConfig(ratio=ratio, method=method, **options)
     cfg.validate()
-    net, ckpt = ultra.load_model(model)
+    net, ckpt = sources.load_model(model)
     before = snapshot(net, cfg.imgsz)
     gflops_ratio = one_step_gflops(net, cfg, before.gflops) if cfg.steps > 1 and not cfg.target_gflops else None
     cfg, targets = _multi_step_targets(net, cfg)
@@ -395,7 +395,7 @@ def compact(model) -> Report:
     """Remove what is already fixed, outputs unchanged: residual blocks whose branch is dead (depth), channels
     that are zero across their whole coupled group, and constant channels (zero filters behind a BN shift) whose
     consumers can absorb the constant exactly (width)."""
-    net, ckpt = ultra.load_model(model)
+    net, ckpt = sources.load_model(model)
     before = snapshot(net, 640)
     blocks = dead_blocks(net)
     remove_blocks(net, blocks)

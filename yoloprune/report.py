@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.graph import Graph
 
 _WIDTH_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -28,7 +28,7 @@ def snapshot(model: nn.Module, imgsz: int) -> Snapshot:
               for n, m in layers.items()}
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     weights = sum(m.weight.numel() for m in layers.values())
-    return Snapshot(sum(p.numel() for p in model.parameters()), ultra.gflops(model, imgsz), widths, zeros, weights)
+    return Snapshot(sum(p.numel() for p in model.parameters()), sources.gflops(model, imgsz), widths, zeros, weights)
 
 
 @dataclass

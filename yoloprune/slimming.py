@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.graph import Graph
 
 
 def penalised_bns(model: nn.Module, graph: Graph | None = None) -> dict[str, torch.Tensor]:
     """BN name -> bool mask over its channels that belong to prunable (unfrozen) units (``graph``: reuse a trace)."""
-    graph = graph or ultra.trace_model(model)
+    graph = graph or sources.trace_model(model)
     modules = dict(model.named_modules())
     masks: dict[str, torch.Tensor] = {}
     for unit in graph.units:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.errors import ConfigError
 
 
@@ -76,7 +76,7 @@ class SparsityReport:
 
 def target_convs(model: nn.Module, include_head: bool = False) -> dict[str, nn.Conv2d]:
     """The conv layers sparsity acts on: all of them, less the head's output convs unless asked."""
-    skip = set() if include_head else ultra.head_output_convs(model)
+    skip = set() if include_head else sources.head_output_convs(model)
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in skip}
 
 
@@ -97,7 +97,7 @@ def sparsify(model, amount: float = 0.3, scope: str = "global", config: Sparsify
     """Zero the smallest-magnitude conv weights in place and make it permanent. ``model``: as for ``prune``."""
     cfg = config or SparsifyConfig(amount=amount, scope=scope, **options)
     cfg.validate()
-    net, ckpt = ultra.load_model(model)
+    net, ckpt = sources.load_model(model)
     convs = target_convs(net, cfg.include_head)
     before, size_before = _zero_fraction(convs), compressed_size(net)
     if cfg.amount > 0:

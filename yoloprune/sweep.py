@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from yoloprune import ultra
+from yoloprune import sources
 from yoloprune.atomic import atomic_write_bytes, atomic_write_text
 from yoloprune.compensate import CALIB_IMAGES, calibration_images
 from yoloprune.errors import ConfigError
@@ -222,20 +222,20 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
     ckpt = work / f"{tag}.pt"
-    ultra.save_checkpoint(model, ckpt, meta={"sweep": {"method": method, "ratio": ratio},
-                                             **ultra.source_meta(cfg.model)})
+    sources.save_checkpoint(model, ckpt, meta={"sweep": {"method": method, "ratio": ratio},
+                                             **sources.source_meta(cfg.model)})
     if ft:
         tuned = work / f"{tag}.tuned.pt"
         train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
                           batch=cfg.batch, workers=cfg.workers, finetune=True,
                           teacher=cfg.model if cfg.distill else None))
         tuned.replace(ckpt)
-        model, _ = ultra.load_model(ckpt)
+        model, _ = sources.load_model(ckpt)
     res = evaluator(model)
     onnx = export_onnx(ckpt, work / f"{tag}.onnx", cfg.imgsz)
     base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
     params = sum(p.numel() for p in model.parameters())
-    gfl = ultra.gflops(model, cfg.imgsz)
+    gfl = sources.gflops(model, cfg.imgsz)
     return {**row, "status": "ok", "map50_95": res.map50_95, "map50": res.map50,
             "ultralytics_map50_95": res.ultralytics_map50_95, "params": params,
             "params_ratio": params / base_stats["params"], "gflops": gfl, "gflops_ratio": gfl / base_stats["gflops"],
@@ -279,18 +279,18 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
     if not todo:
         write_results(combine([df]), out)
         return combine([df])
-    base, _ = ultra.load_model(cfg.model)
+    base, _ = sources.load_model(cfg.model)
     evaluator = Evaluator(cfg.data, cfg.split, imgsz=cfg.imgsz, batch=cfg.batch)
     evaluator.spec.check_model(base)
     work = out / "models"
     work.mkdir(parents=True, exist_ok=True)
     progress = _Progress(len(todo))
     with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
-        base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": ultra.gflops(base, cfg.imgsz),
+        base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": sources.gflops(base, cfg.imgsz),
                       "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
         if cfg.compensate:  # the unpruned model is recorded once on the calibration images, for every row
             base_stats["calibration"] = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
-            base_stats["reference"] = record(base, base_stats["calibration"], ultra.trace_model(base).bn_after)
+            base_stats["reference"] = record(base, base_stats["calibration"], sources.trace_model(base).bn_after)
         for job in todo:
             row = _reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
             df = combine([df, pd.DataFrame([row])])

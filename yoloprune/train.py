@@ -19,12 +19,13 @@ import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yoloprune import slimming
+from yoloprune import slimming, sources
 from yoloprune.atomic import atomic_write
 from yoloprune.data import load_data
 from yoloprune.errors import ConfigError
 from yoloprune.reconstruct import fit_linear
-from yoloprune.ultra import YOLO, as_dict, load_model, recorded_source, save_checkpoint
+from yoloprune.sources import as_dict, load_model, recorded_source, save_checkpoint
+from yoloprune.sources.ultralytics import YOLO
 
 # Fine-tuning a trained (pruned) model: a tenth of the from-scratch SGD rate and no warm-up. Ultralytics' default
 # warm-up starts biases at lr 0.1, and its "auto" optimizer ignores lr0; both would first wreck what pruning kept.
@@ -224,27 +225,44 @@ def default_teacher(model: str) -> str | None:
     return str(src) if src is not None else None
 
 
+def _source_model(cfg: TrainConfig, spec) -> tuple[torch.nn.Module | None, dict]:
+    """The model to train, loaded and checked before the trainer starts (bad checkpoints fail in one line)."""
+    path = Path(cfg.model)
+    if path.suffix in (".yaml", ".yml") and not (path.is_file() and sources.is_original_yaml(path)):
+        return None, {}
+    model, given = load_model(cfg.model)
+    spec.check_model(model)
+    return model, given
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train and copy the best checkpoint to ``cfg.out`` atomically. Returns the output path."""
     cfg.validate()
     for split in ("train", "val"):  # broken data files fail here in one line, not deep inside the trainer
         spec = load_data(cfg.data, split)
-    given: dict = {}
-    if Path(cfg.model).suffix not in (".yaml", ".yml"):
-        model, given = load_model(cfg.model)  # refuse bad checkpoints before the trainer starts
-        spec.check_model(model)
+    model, given = _source_model(cfg, spec)
+    adapter = sources.adapter(model) if model is not None else None
     if cfg.teacher:
+        if adapter is not None and adapter is not sources.adapter(None):
+            raise ConfigError("distillation (--teacher) is offered for Ultralytics models only; fine-tune without it")
         teacher, _ = load_model(cfg.teacher)
         spec.check_model(teacher)
-    trainer = SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer
-    yolo = YOLO(cfg.model)
     overrides = cfg.overrides()
     overrides["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
-    yolo.train(trainer=trainer, **overrides)
+    if adapter is not None and adapter is not sources.adapter(None):  # another source: its own trainer, run directly
+        trainer = adapter.trainer_class(bool(cfg.sr))(overrides=overrides)
+        trainer.train()
+        save_dir = trainer.save_dir
+    else:
+        yolo = YOLO(cfg.model)
+        yolo.train(trainer=SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer, **overrides)
+        save_dir = yolo.trainer.save_dir
     # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be
     # its least sparse epoch, so the sparse model is the final one.
-    pick = "last.pt" if cfg.sr else "best.pt"
-    chosen = Path(yolo.trainer.save_dir) / "weights" / pick
+    chosen = Path(save_dir) / "weights" / ("last.pt" if cfg.sr else "best.pt")
+    if adapter is not None and adapter is not sources.adapter(None):
+        trained = adapter.from_trainer_checkpoint(chosen)
+        return save_checkpoint(trained, cfg.out, given, {"trained": {"epochs": cfg.epochs, "data": str(cfg.data)}})
     if cfg.teacher:  # keep the student alone: no teacher, no projector, a plain detection model
         student, ckpt = load_model(chosen)
         ckpt["train_args"] = {k: v for k, v in as_dict(ckpt.get("train_args")).items() if k not in ("distill_model", "dis")}
@@ -253,4 +271,3 @@ def train(cfg: TrainConfig) -> Path:
         return save_checkpoint(student, cfg.out, ckpt, meta)
     atomic_write(cfg.out, lambda tmp: shutil.copyfile(chosen, tmp))
     return Path(cfg.out)
-

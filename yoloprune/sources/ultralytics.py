@@ -1,6 +1,7 @@
-"""The one adapter onto Ultralytics internals: loading and saving checkpoints, model checks, FLOPs, width fix-ups.
+"""The adapter for Ultralytics models (YOLOv5u / v8 / 11 / ...): loading and saving checkpoints, model checks,
+FLOPs, width fix-ups, its validator, trainer and ONNX exporter.
 
-Everything else in yoloprune sees a plain ``nn.Module``. ``YOLO_OFFLINE`` is set (unless the user set it) before
+Everything else in yoloprune sees a plain ``nn.Module`` through ``yoloprune.sources``. ``YOLO_OFFLINE`` is set (unless the user set it) before
 Ultralytics is imported, so it never tries to reach its hub for fonts, AMP checks or assets.
 """
 
@@ -44,7 +45,8 @@ def _read_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
             AttributeError, ModuleNotFoundError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({type(e).__name__})") from None
+        why = f"{type(e).__name__}: {e}" if isinstance(e, ModuleNotFoundError) else type(e).__name__
+        raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({why})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
         raise CheckpointError(f"not an Ultralytics checkpoint (no 'model' module inside): {path}")
     return ckpt
@@ -215,3 +217,32 @@ def trace_model(model: nn.Module) -> Graph:
 def max_stride(model: nn.Module) -> int:
     stride = getattr(model, "stride", None)
     return int(stride.max()) if isinstance(stride, torch.Tensor) and stride.numel() else 32
+
+
+check = check_detection_model
+save = save_checkpoint
+OUTPUT_CHANNEL_AXIS = 1  # (batch, 4 + classes, anchors)
+
+
+def validator_class():
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    return DetectionValidator
+
+
+def trainer_class(sparse: bool = False):
+    from yoloprune.train import PrunedDetectionTrainer, SparseDetectionTrainer
+
+    return SparseDetectionTrainer if sparse else PrunedDetectionTrainer
+
+
+def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:
+    """ONNX through Ultralytics' own exporter, run on a private copy of the checkpoint in a temp folder."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
+        src = save_checkpoint(model, Path(tmp) / "model.pt", ckpt)
+        produced = YOLO(str(src)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=simplify,
+                                         device="cpu", verbose=False)
+        return atomic_write(out, lambda t: shutil.copyfile(produced, t))

@@ -1,0 +1,110 @@
+"""Model sources: one adapter per source, behind one small interface, chosen from the checkpoint or the model.
+
+- ``sources.ultralytics``: YOLOv5u / v8 / 11 / ... from the Ultralytics package.
+- ``sources.yolov5``: checkpoints of the original YOLOv5 repository (anchor-based head, saved back in its format).
+
+An adapter is a module. It must provide ``load(path)``, ``check(model)``, ``save(model, path, ckpt, meta)``,
+``head_output_convs(model)``, ``num_classes(model)``, ``validator_class()``, ``trainer_class(sparse)`` and
+``export_onnx(model, out, imgsz, dynamic, simplify)``; it may override the defaults that the Ultralytics adapter
+supplies for the rest (``residual_blocks``, ``fixed_layers``, ``fix_widths``, ``trace_model``, ``gflops``, ...),
+which only rely on torch and Ultralytics' block classes. Everything outside ``sources`` calls the functions below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from yoloprune.sources import ultralytics as _ultralytics
+from yoloprune.sources import yolov5 as _yolov5
+from yoloprune.sources.ultralytics import as_dict, recorded_source, sha256, source_meta  # noqa: F401
+
+
+def adapter(model: nn.Module) -> ModuleType:
+    """The adapter of the source ``model`` comes from."""
+    return _yolov5 if isinstance(model, _yolov5.YOLOv5Model) else _ultralytics
+
+
+def _op(name: str, model: nn.Module):
+    return getattr(adapter(model), name, None) or getattr(_ultralytics, name)
+
+
+def is_original_yaml(path: Path) -> bool:
+    """An original YOLOv5 model yaml names its anchors; Ultralytics' yamls (YOLOv5u included) do not."""
+    import yaml
+
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(d, dict) and "anchors" in d and "depth_multiple" in d
+
+
+def load_model(src: Any) -> tuple[nn.Module, dict]:
+    """A YOLO object, model, model yaml or checkpoint path -> (FP32 model, checkpoint dict). Paths are only read."""
+    if isinstance(src, nn.Module):
+        return _op("check", src)(src), {}
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if path.suffix in (".yaml", ".yml") and path.is_file() and is_original_yaml(path):
+            try:
+                return _yolov5.YOLOv5Model(path).eval(), {}
+            except Exception as e:  # an unknown yaml is user input: report it in one line
+                raise _yolov5.CheckpointError(f"cannot build a model from {path}: {e}") from None
+        if path.is_file() and path.suffix not in (".yaml", ".yml") and _yolov5.is_original(path):
+            return _yolov5.load(path)
+    return _ultralytics.load_model(src)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
+    """Write ``model`` in its source's own checkpoint format, atomically."""
+    return _op("save", model)(model, path, ckpt, meta)
+
+
+def gflops(model: nn.Module, imgsz: int = 640) -> float:
+    return _op("gflops", model)(model, imgsz)
+
+
+def trace_model(model: nn.Module):
+    return _op("trace_model", model)(model)
+
+
+def max_stride(model: nn.Module) -> int:
+    return _op("max_stride", model)(model)
+
+
+def head_output_convs(model: nn.Module) -> set[str]:
+    return _op("head_output_convs", model)(model)
+
+
+def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    return _op("residual_blocks", model)(model)
+
+
+def fixed_layers(model: nn.Module) -> set[str]:
+    return _op("fixed_layers", model)(model)
+
+
+def fix_widths(model: nn.Module) -> None:
+    return _op("fix_widths", model)(model)
+
+
+def num_classes(model: nn.Module) -> int:
+    return _op("num_classes", model)(model)
+
+
+def validator_class(model: nn.Module):
+    """The Ultralytics validator subclass that runs ``model`` (inference, NMS, COCO JSON)."""
+    return _op("validator_class", model)()
+
+
+def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:
+    return _op("export_onnx", model)(model, ckpt, out, imgsz, dynamic, simplify)
+
+
+def output_channel_axis(model: nn.Module) -> int:
+    """Axis of the exported output that holds box coordinates and scores."""
+    return _op("OUTPUT_CHANNEL_AXIS", model)

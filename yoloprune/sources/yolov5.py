@@ -1,0 +1,474 @@
+"""The adapter for checkpoints of the original YOLOv5 repository (github.com/ultralytics/yolov5): anchor-based head,
+pickled as ``models.yolo.DetectionModel`` / ``models.common.C3`` ...
+
+Nothing of that repository (nor the ``yolov5`` PyPI package) is needed. Its checkpoints are unpickled with a class
+remap: each ``models.common`` block onto the Ultralytics block of the same name where that block has the same
+attributes and forward (checked one by one), onto a small class of ours otherwise, and ``models.yolo`` onto
+``AnchorDetect`` and ``YOLOv5Model`` below. Saving reverses the remap, so the file is pickled under the original
+names again and the user's own clone of the original repository loads it (``detect.py``, ``val.py``,
+``export.py``); nothing of yoloprune or Ultralytics is needed to unpickle it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import pickle
+import types
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.nn import modules as um
+from ultralytics.nn.tasks import BaseModel
+from ultralytics.utils.torch_utils import initialize_weights
+
+from yoloprune.atomic import atomic_write
+from yoloprune.errors import CheckpointError
+
+
+class AnchorDetect(nn.Module):
+    """YOLOv5's anchor-based head: one 1x1 conv per level to ``na * (5 + nc)`` channels.
+
+    Train mode returns the raw maps ``(B, na, H, W, 5 + nc)``; eval mode returns ``(y, maps)`` with ``y`` of shape
+    ``(B, N, 5 + nc)``: xywh in pixels, objectness and class scores, sigmoid-decoded with the grid and anchors
+    (``anchors`` are in units of each level's stride). With ``export`` set it returns ``(y,)``.
+    """
+
+    stride = None
+    dynamic = False
+    export = False
+
+    def __init__(self, nc: int = 80, anchors: Any = (), ch: tuple = (), inplace: bool = True) -> None:
+        super().__init__()
+        self.nc, self.no, self.nl = nc, nc + 5, len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.grid = [torch.empty(0) for _ in range(self.nl)]
+        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.inplace = inplace
+
+    def forward(self, x: list[torch.Tensor]):
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4]:
+                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                xy = (xy * 2 + self.grid[i]) * self.stride[i]
+                wh = (wh * 2) ** 2 * self.anchor_grid[i]
+                z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+        if self.training:
+            return x
+        return (torch.cat(z, 1),) if self.export else (torch.cat(z, 1), x)
+
+    def _make_grid(self, nx: int, ny: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d, t = self.anchors[i].device, self.anchors[i].dtype
+        shape = 1, self.na, ny, nx, 2
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t),
+                                indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+        return grid, anchor_grid
+
+
+class YOLOv5Model(BaseModel):
+    """An original YOLOv5 detection model: ``model`` (the layers, each with ``f``/``i``), ``save``, ``names``,
+    ``stride``, ``yaml``. Ultralytics' ``BaseModel`` supplies the forward, ``fuse`` and ``loss`` plumbing, so
+    Ultralytics' trainer and validator run it; the criterion is the anchor-based YOLOv5 loss."""
+
+    def __init__(self, cfg: dict | str | Path, nc: int | None = None) -> None:
+        nn.Module.__init__(self)
+        self.yaml = copy.deepcopy(cfg) if isinstance(cfg, dict) else _read_yaml(cfg)
+        if nc is not None:
+            self.yaml["nc"] = nc
+        self.model, self.save = _parse(copy.deepcopy(self.yaml), self.yaml.get("ch", 3))
+        if self.yaml.get("activation"):
+            _set_activation(self.model, self.yaml["activation"])
+        self.names = {i: str(i) for i in range(self.yaml["nc"])}
+        self.inplace = self.yaml.get("inplace", True)
+        head = self.model[-1]
+        s = 256
+        head.inplace = self.inplace
+        head.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, self.yaml.get("ch", 3), s, s))])
+        _check_anchor_order(head)
+        head.anchors /= head.stride.view(-1, 1, 1)
+        self.stride = head.stride
+        self._initialize_biases()
+        initialize_weights(self)
+
+    def _initialize_biases(self) -> None:
+        """Objectness prior of 8 objects per 640 image, class prior 0.6/nc (the original repository's init)."""
+        head = self.model[-1]
+        for mi, s in zip(head.m, head.stride, strict=True):
+            b = mi.bias.view(head.na, -1)
+            b.data[:, 4] += math.log(8 / (640 / s) ** 2)
+            b.data[:, 5 : 5 + head.nc] += math.log(0.6 / (head.nc - 0.99999))
+            mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
+
+    def _apply(self, fn):
+        nn.Module._apply(self, fn)
+        head = self.model[-1]
+        if isinstance(head, AnchorDetect):
+            head.stride = fn(head.stride)
+            # the grids are caches, rebuilt on the next forward in the new device and dtype
+            head.grid = [torch.empty(0) for _ in range(head.nl)]
+            head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+        return self
+
+    def init_criterion(self):
+        from yoloprune.sources.yolov5_train import YOLOv5Loss
+
+        return YOLOv5Loss(self)
+
+    end2end = False  # read by Ultralytics' validator: NMS is needed
+
+    def set_head_attr(self, **kwargs) -> None:
+        """Called by Ultralytics' trainer (e.g. ``max_det``); the anchor head has no such settings, NMS applies them."""
+        head = self.model[-1]
+        for k, v in kwargs.items():
+            if hasattr(head, k):
+                setattr(head, k, v)
+
+
+def _read_yaml(path: str | Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read model yaml {path}: {e}") from None
+
+
+def _set_activation(layers: nn.Module, spec: str) -> None:
+    """A yaml's ``activation`` (e.g. ``nn.LeakyReLU(0.1)``) replaces the default SiLU of every Conv, as the original
+    repository's ``Conv.default_act`` does; parsed, never evaluated."""
+    import re
+
+    match = re.fullmatch(r"\s*nn\.(\w+)\(([-+0-9.eE, ]*)\)\s*", str(spec))
+    if not match or not isinstance(getattr(nn, match[1], None), type):
+        raise CheckpointError(f"model yaml: unsupported activation {spec!r}")
+    args = [float(a) for a in match[2].split(",") if a.strip()]
+    for m in layers.modules():
+        if isinstance(m, um.Conv) and isinstance(m.act, nn.SiLU):
+            m.act = getattr(nn, match[1])(*args)
+
+
+def _check_anchor_order(head: AnchorDetect) -> None:
+    """Anchor sizes must grow with the stride, as the original repository ensures at build time."""
+    a = head.anchors.prod(-1).mean(-1).view(-1)
+    da, ds = a[-1] - a[0], head.stride[-1] - head.stride[0]
+    if da and (da.sign() != ds.sign()):
+        head.anchors[:] = head.anchors.flip(0)
+
+
+class CrossConv(um.Bottleneck):
+    """``models.common.CrossConv``: cv1 (1xk), cv2 (kx1), ``add`` shortcut; Ultralytics' Bottleneck forward."""
+
+
+class C3SPP(um.C3):
+    """``models.common.C3SPP``: a C3 whose ``m`` is an SPP; C3's forward."""
+
+
+class Contract(nn.Module):
+    """``models.common.Contract``: width-height into channels by ``gain``."""
+
+    def __init__(self, gain: int = 2) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.size()
+        s = self.gain
+        x = x.view(b, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(b, c * s * s, h // s, w // s)
+
+
+class Expand(nn.Module):
+    """``models.common.Expand``: channels into width-height by ``gain``."""
+
+    def __init__(self, gain: int = 2) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.size()
+        s = self.gain
+        x = x.view(b, s, s, c // s**2, h, w).permute(0, 3, 4, 1, 5, 2).contiguous()
+        return x.view(b, c // s**2, h * s, w * s)
+
+
+# Pickled original name -> the class that stands in for it. Ultralytics blocks are used where their attributes and
+# forward are the original's (compared one by one against models/common.py of the original repository).
+_COMMON = {name: getattr(um, name) for name in (
+    "Conv", "DWConv", "DWConvTranspose2d", "TransformerLayer", "TransformerBlock", "Bottleneck", "BottleneckCSP",
+    "C3", "C3x", "C3TR", "C3Ghost", "SPP", "SPPF", "Focus", "GhostConv", "GhostBottleneck", "Concat")}
+_COMMON.update({"CrossConv": CrossConv, "C3SPP": C3SPP, "Contract": Contract, "Expand": Expand})
+ORIGINAL: dict[tuple[str, str], type] = {("models.common", k): v for k, v in _COMMON.items()}
+ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,
+                 ("models.yolo", "Detect"): AnchorDetect,
+                 ("models.yolo", "DetectionModel"): YOLOv5Model,
+                 ("models.yolo", "Model"): YOLOv5Model})
+PICKLED_AS: dict[type, tuple[str, str]] = {}
+for _key, _cls in ORIGINAL.items():
+    PICKLED_AS.setdefault(_cls, _key)
+REFUSED = {"Segment": "segmentation", "SegmentationModel": "segmentation", "Proto": "segmentation",
+           "Classify": "classification", "ClassificationModel": "classification"}
+
+
+def _standin(module: str, name: str) -> type:
+    if (module, name) in ORIGINAL:
+        return ORIGINAL[(module, name)]
+    if name in REFUSED:
+        raise CheckpointError(f"a {REFUSED[name]} checkpoint of the original YOLOv5 repository ({module}.{name}); "
+                              "yoloprune prunes its detection models only")
+    raise CheckpointError(f"unknown class {module}.{name} in an original YOLOv5 checkpoint; yoloprune cannot load it")
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "models" or module.startswith(("models.", "utils.")):
+            return _standin(module, name)
+        return super().find_class(module, name)
+
+
+_UNPICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="yoloprune_yolov5_unpickle")
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    """The module names a torch zip checkpoint's pickle refers to, read without unpickling anything."""
+    import pickletools
+
+    with zipfile.ZipFile(path) as z:
+        name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if name is None:
+            return set()
+        data = z.read(name)
+    mods, strings = set(), []
+    with contextlib.suppress(Exception):  # a truncated pickle still names what it reached
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                mods.add(str(arg).split(" ")[0])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                mods.add(strings[-2])
+            elif isinstance(arg, str):
+                strings.append(arg)
+    return mods
+
+
+def is_original(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint of the original YOLOv5 repository (it pickles ``models.*`` classes)."""
+    try:
+        return any(m == "models" or m.startswith("models.") for m in _pickle_globals(Path(path)))
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_UNPICKLE)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
+            AttributeError, ModuleNotFoundError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"not a readable original YOLOv5 checkpoint: {path} ({type(e).__name__})") from None
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, YOLOv5Model):
+        raise CheckpointError(f"not an original YOLOv5 detection checkpoint (no models.yolo.DetectionModel): {path}")
+    if not isinstance(model.model[-1], AnchorDetect):
+        raise CheckpointError(f"{path}: the model's last layer is not a YOLOv5 Detect head")
+    return ckpt
+
+
+def load(path: Path) -> tuple[YOLOv5Model, dict]:
+    """An FP32 model in eval mode and the checkpoint dict (its other keys are kept for saving)."""
+    ckpt = read_checkpoint(path)
+    model = (ckpt.get("ema") or ckpt["model"]).float().eval()
+    if isinstance(model.names, (list, tuple)):
+        model.names = dict(enumerate(model.names))
+    return model, ckpt
+
+
+def check(model: nn.Module, where: str = "model") -> YOLOv5Model:
+    if not isinstance(model, YOLOv5Model) or not isinstance(model.model[-1], AnchorDetect):
+        raise CheckpointError(f"{where} is not an original YOLOv5 detection model")
+    return model
+
+
+# Attributes the original repository sets on its DetectionModel (the rest are added by Ultralytics' trainer or
+# validator, e.g. ``args`` and ``criterion``, and would pickle Ultralytics classes).
+_MODEL_ATTRS = {"yaml", "yaml_file", "save", "names", "inplace", "stride", "nc", "hyp", "class_weights", "gr"}
+_ALLOWED_MODULES = ("torch", "collections", "builtins", "__builtin__", "pathlib", "copyreg", "_codecs", "numpy")
+
+
+class _Pickler(pickle._Pickler):
+    """Pickles the stand-in classes under their original names; refuses any class of yoloprune or Ultralytics."""
+
+    def save_global(self, obj, name=None):
+        target = PICKLED_AS.get(obj) if isinstance(obj, type) else None
+        if target is not None:
+            self.write(pickle.GLOBAL + f"{target[0]}\n{target[1]}\n".encode())
+            self.memoize(obj)
+            return
+        module = getattr(obj, "__module__", "") or ""
+        if module.split(".")[0] not in _ALLOWED_MODULES:
+            raise CheckpointError(f"cannot save {module}.{getattr(obj, '__qualname__', obj)} in an original YOLOv5 "
+                                  "checkpoint: the original repository could not load it")
+        super().save_global(obj, name)
+
+
+_PICKLE = types.SimpleNamespace(Pickler=_Pickler, __name__="yoloprune_yolov5_pickle")
+
+
+def _plain(model: YOLOv5Model) -> YOLOv5Model:
+    """An FP16 eval-mode copy without what Ultralytics' trainer attached."""
+    model = copy.deepcopy(model).cpu()
+    for k in [k for k in vars(model) if not k.startswith("_") and k not in _MODEL_ATTRS and k != "training"]:
+        delattr(model, k)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.model[-1]
+    head.grid = [torch.empty(0) for _ in range(head.nl)]
+    head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+    head.__dict__.pop("export", None)
+    model.names = {int(k): str(v) for k, v in dict(model.names).items()}
+    return model.half().eval()
+
+
+def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
+    """Write ``model`` as the original repository's ``train.py`` writes a finished run (FP16 model, ``ema`` and
+    ``optimizer`` None, ``epoch`` -1), keeping the input checkpoint's ``opt`` and ``git``, atomically. yoloprune's
+    own metadata (plain data) goes in one extra key that the original loaders ignore."""
+    from yoloprune import __version__
+
+    ckpt = ckpt or {}
+    out = {"model": _plain(check(model)), "ema": None, "epoch": -1, "best_fitness": ckpt.get("best_fitness"),
+           "updates": None, "optimizer": None, "opt": ckpt.get("opt") or {}, "git": ckpt.get("git") or {},
+           "date": datetime.now().isoformat(),
+           "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__}}
+    buf = io.BytesIO()
+    torch.save(out, buf, pickle_module=_PICKLE)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def _parse(d: dict, ch_in: int) -> tuple[nn.Sequential, list[int]]:
+    """Layers of an original YOLOv5 model yaml, built with the stand-in classes and tagged as the original does."""
+    nc, gd, gw = d["nc"], d["depth_multiple"], d["width_multiple"]
+    anchors = d["anchors"]
+    na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
+    no, ch_mul = na * (nc + 5), d.get("channel_multiple") or 8
+    layers, save, ch = [], [], [ch_in]
+    for i, (f, n, name, args) in enumerate(d["backbone"] + d["head"]):
+        args = [nc if a == "nc" else anchors if a == "anchors" else None if a == "None" else a for a in args]
+        n = max(round(n * gd), 1) if n > 1 else n
+        m, c2, args, n = _layer(name, f, n, args, ch, gw, no, ch_mul)
+        m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+        m_.i, m_.f, m_.np = i, f, sum(p.numel() for p in m_.parameters())
+        m_.type = _type_name(name, m)
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(m_)
+        ch = [] if i == 0 else ch
+        ch.append(c2)
+    return nn.Sequential(*layers), sorted(save)
+
+
+_CHANNEL_BLOCKS = {"Conv", "GhostConv", "Bottleneck", "GhostBottleneck", "SPP", "SPPF", "DWConv", "Focus",
+                   "CrossConv", "BottleneckCSP", "C3", "C3TR", "C3SPP", "C3Ghost", "nn.ConvTranspose2d",
+                   "DWConvTranspose2d", "C3x"}
+_REPEATED = {"BottleneckCSP", "C3", "C3TR", "C3Ghost", "C3x"}
+
+
+def _layer(name: str, f, n: int, args: list, ch: list[int], gw: float, no: int, ch_mul: int):
+    """(class, output channels, constructor args, repeats) of one yaml row, by the original parse rules."""
+    if name in _CHANNEL_BLOCKS:
+        m = nn.ConvTranspose2d if name == "nn.ConvTranspose2d" else _COMMON[name]
+        c1, c2 = ch[f], args[0]
+        if c2 != no:
+            c2 = math.ceil(c2 * gw / ch_mul) * ch_mul
+        args = [c1, c2, *args[1:]]
+        if name in _REPEATED:
+            args.insert(2, n)
+            n = 1
+        return m, c2, args, n
+    if name == "Concat":
+        return _COMMON[name], sum(ch[x] for x in f), args, n
+    if name == "Detect":
+        args.append([ch[x] for x in f])
+        if isinstance(args[1], int):
+            args[1] = [list(range(args[1] * 2))] * len(f)
+        return AnchorDetect, None, args, n
+    if name in ("Contract", "Expand"):
+        c = ch[f] * args[0] ** 2 if name == "Contract" else ch[f] // args[0] ** 2
+        return _COMMON[name], c, args, n
+    if name.startswith("nn.") and hasattr(nn, name[3:]):
+        m = getattr(nn, name[3:])
+        return m, ch[f], ([ch[f]] if m is nn.BatchNorm2d else args), n
+    raise CheckpointError(f"model yaml: unknown module {name!r}")
+
+
+def _type_name(name: str, m: type) -> str:
+    if m is AnchorDetect:
+        return "models.yolo.Detect"
+    if name.startswith("nn."):
+        return f"{m.__module__}.{m.__name__}"
+    return f"models.common.{name}"
+
+
+OUTPUT_CHANNEL_AXIS = -1  # (batch, anchors x cells, 5 + classes)
+
+
+def head_output_convs(model: nn.Module) -> set[str]:
+    """The Detect head's 1x1 output convs."""
+    i = len(model.model) - 1
+    return {f"model.{i}.m.{j}" for j in range(len(model.model[-1].m))}
+
+
+def num_classes(model: nn.Module) -> int:
+    return int(model.model[-1].nc)
+
+
+def validator_class():
+    from yoloprune.sources.yolov5_train import YOLOv5Validator
+
+    return YOLOv5Validator
+
+
+def trainer_class(sparse: bool = False):
+    from yoloprune.sources.yolov5_train import trainer_class as cls
+
+    return cls(sparse)
+
+
+def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:
+    """ONNX as the original repository's ``export.py`` writes it: the legacy (TorchScript) exporter, opset 17,
+    input ``images``, one output ``output0`` of shape ``(B, N, 5 + nc)``."""
+    from yoloprune.errors import ConfigError
+
+    if simplify:
+        raise ConfigError("--simplify is not offered for original YOLOv5 models; export without it")
+    net = copy.deepcopy(check(model)).float().eval()
+    net.model[-1].export = True
+    im = torch.zeros(1, 3, imgsz, imgsz)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}} if dynamic else None
+
+    def write(tmp: str) -> None:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(net, im, tmp, opset_version=17, input_names=["images"], output_names=["output0"],
+                              dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+
+    return atomic_write(out, write)
+
+
+def from_trainer_checkpoint(path: str | Path) -> YOLOv5Model:
+    """The model (EMA when present) from a checkpoint that Ultralytics' trainer wrote while training it."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return check((ckpt.get("ema") or ckpt["model"]).float(), str(path))
