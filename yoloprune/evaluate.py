@@ -76,10 +76,11 @@ def coco_map(gt: dict, predictions: list[dict]) -> tuple[float, float, list[floa
 
 
 class Evaluator:
-    """Evaluate detectors on one split of one dataset; the data is checked and loaded once."""
+    """Evaluate detectors on one split of one dataset; the data is checked and loaded once. ``iou`` is the NMS
+    IoU threshold; by default each source's own validation setting (Ultralytics 0.7, original YOLOv5 0.6)."""
 
     def __init__(self, data: str | Path, split: str = "val", imgsz: int = 320, batch: int = 16,
-                 conf: float = 0.001, iou: float = 0.7) -> None:
+                 conf: float = 0.001, iou: float | None = None) -> None:
         self.spec: DataSpec = load_data(data, split)
         self.split, self.imgsz, self.batch, self.conf, self.iou = split, imgsz, batch, conf, iou
         self.gt = self._ground_truth()
@@ -97,8 +98,9 @@ class Evaluator:
         """One validator (and so one dataloader) per validator class, i.e. per model source."""
         cls = sources.validator_class(net)
         if cls not in self._validators:
+            iou = sources.nms_iou(net) if self.iou is None else self.iou
             args = {"data": str(self.spec.yaml), "split": self.split, "imgsz": self.imgsz, "batch": self.batch,
-                    "conf": self.conf, "iou": self.iou, "save_json": True, "plots": False, "verbose": False,
+                    "conf": self.conf, "iou": iou, "save_json": True, "plots": False, "verbose": False,
                     "project": self._tmp.name, "name": "val", "exist_ok": True, "device": "cpu", "workers": 0}
             self._validators[cls] = cls(args=args)
         return self._validators[cls]

@@ -108,3 +108,8 @@ def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynam
 def output_channel_axis(model: nn.Module) -> int:
     """Axis of the exported output that holds box coordinates and scores."""
     return _op("OUTPUT_CHANNEL_AXIS", model)
+
+
+def nms_iou(model: nn.Module) -> float:
+    """The NMS IoU threshold the source's own validation uses, so that mAPs agree with it."""
+    return _op("NMS_IOU", model)

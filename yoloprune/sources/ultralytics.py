@@ -221,6 +221,7 @@ def max_stride(model: nn.Module) -> int:
 
 check = check_detection_model
 save = save_checkpoint
+NMS_IOU = 0.7  # Ultralytics' validator default
 OUTPUT_CHANNEL_AXIS = 1  # (batch, 4 + classes, anchors)
 
 

@@ -423,6 +423,7 @@ def _type_name(name: str, m: type) -> str:
     return f"models.common.{name}"
 
 
+NMS_IOU = 0.6  # the original repository's val.py default
 OUTPUT_CHANNEL_AXIS = -1  # (batch, anchors x cells, 5 + classes)
 
 

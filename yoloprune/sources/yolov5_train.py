@@ -117,8 +117,11 @@ def trainer_class(sparse: bool = False):
             return model.train()
 
         def get_validator(self):
-            return YOLOv5Validator(self.test_loader, save_dir=self.save_dir, args=copy.copy(self.args),
-                                   _callbacks=self.callbacks)
+            from yoloprune.sources.yolov5 import NMS_IOU
+
+            args = copy.copy(self.args)
+            args.iou = NMS_IOU
+            return YOLOv5Validator(self.test_loader, save_dir=self.save_dir, args=args, _callbacks=self.callbacks)
 
     YOLOv5Trainer.__name__ = YOLOv5Trainer.__qualname__ = f"YOLOv5{base.__name__}"
     return YOLOv5Trainer
