@@ -203,7 +203,7 @@ def test_evaluation_of_known_boxes(tmp_path):
 
 def test_engine_modules_do_not_import_ultralytics():
     code = ("import sys; import yoloprune.graph, yoloprune.surgery, yoloprune.importance, yoloprune.reconstruct, "
-            "yoloprune.compensate; bad = [m for m in sys.modules if m.split('.')[0] == 'ultralytics']; "
+            "yoloprune.compensate, yoloprune.plan; bad = [m for m in sys.modules if m.split('.')[0] == 'ultralytics']; "
             "print(len(bad), bad[:3])")
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert got.returncode == 0, got.stderr

@@ -16,6 +16,7 @@ from torch import nn
 
 from yoloprune import sources
 from yoloprune.graph import Graph
+from yoloprune.plan import safe_max_ratio  # noqa: F401 (re-exported: slimming's safe ratio)
 
 
 def penalised_bns(model: nn.Module, graph: Graph | None = None) -> dict[str, torch.Tensor]:
@@ -90,16 +91,3 @@ def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | 
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return out
-
-
-def safe_max_ratio(scores_by_group: list[torch.Tensor]) -> float:
-    """Highest global ratio that keeps at least one unit in every group under one threshold on these scores.
-
-    A threshold wipes a group when it reaches the group's best score, so it must stay below the smallest of
-    the groups' best scores; the ratio is the fraction of scores under that.
-    """
-    every = torch.cat(scores_by_group) if scores_by_group else torch.zeros(0)
-    maxima = [float(s.max()) for s in scores_by_group if s.numel() and math.isfinite(float(s.max()))]
-    if not maxima:
-        return 0.0
-    return float((every < min(maxima)).sum()) / every.numel()
