@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,22 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    from yoloprune.teabud import TeaBudConfig, generate
+
+    data = generate(TeaBudConfig(out=tmp_path / "d", n_train=4, n_val=4, n_test=0))
+    model = Path(__file__).parent / "fixtures" / "yolov5n-original-repo.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "yoloprune", "sweep", "--model", str(model), "--data", str(data),
+                             "--ratios", "0,0.1,0.2,0.3,0.4,0.5", "--imgsz", "64", "--out", str(tmp_path / "s")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [x for x in err.strip().splitlines() if x.startswith("yoloprune")]
+    assert "Traceback" not in err and lines[-1].startswith("yoloprune: interrupted (sweep)"), err[-2000:]

@@ -314,3 +314,17 @@ def test_finetune_keeps_pruned_widths_and_the_original_format(tmp_path):
     changed = [k for k, v in after.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, sources.load_model(pruned)[0].state_dict()[k])]
     assert changed, "fine-tuning changed no weight"
+
+
+def test_cli_defaults_module_names_every_registered_criterion():
+    from yoloprune.defaults import CRITERIA_HELP
+    from yoloprune.importance import CRITERIA
+
+    assert {k: v.help for k, v in CRITERIA.items()} == CRITERIA_HELP
+
+
+def test_help_does_not_import_torch_or_ultralytics():
+    code = ("import sys; from yoloprune.cli import build_parser; build_parser().format_help(); "
+            "print([m for m in ('torch', 'ultralytics', 'pandas', 'matplotlib') if m in sys.modules])")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert got.returncode == 0 and got.stdout.strip() == "[]", got.stdout + got.stderr

@@ -137,17 +137,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_prune(sub) -> None:
-    from yoloprune.compensate import CALIB_IMAGES
-    from yoloprune.importance import CRITERIA
+    from yoloprune.defaults import CALIB_IMAGES, CRITERIA_HELP, ROUND_TO
 
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
     p.add_argument("--model", required=True, help="Ultralytics detection checkpoint (.pt) or model yaml")
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
-    p.add_argument("--method", choices=tuple(CRITERIA), default="l1",
-                   help="importance criterion: " + "; ".join(f"{k}: {e.help}" for k, e in CRITERIA.items())
+    p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1",
+                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in CRITERIA_HELP.items())
                    + " (default: %(default)s)")
     p.add_argument("--scope", choices=("global", "uniform"), default="global")
-    p.add_argument("--round-to", type=_positive_int, default=8,
+    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO,
                    help="keep widths multiples of N (default: %(default)s, as sweeps and the demo)")
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
@@ -190,8 +189,7 @@ def _cmd_iterative(args: argparse.Namespace) -> int:
 
 
 def _add_iterative(sub) -> None:
-    from yoloprune.compensate import CALIB_IMAGES
-    from yoloprune.importance import CRITERIA
+    from yoloprune.defaults import CALIB_IMAGES, CRITERIA_HELP, ROUND_TO
 
     p = sub.add_parser("iterative", help="prune to a ratio or GFLOPs target in steps, with a short distilled "
                        "fine-tune after each")
@@ -201,8 +199,8 @@ def _add_iterative(sub) -> None:
     p.add_argument("--target-gflops", type=float, default=None, help="final GFLOPs as a fraction of the original")
     p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step (default: %(default)s)")
-    p.add_argument("--method", choices=tuple(CRITERIA), default="l1", help="importance criterion (default: %(default)s)")
-    p.add_argument("--round-to", type=_positive_int, default=8, help="keep widths multiples of N (default: %(default)s)")
+    p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1", help="importance criterion (default: %(default)s)")
+    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO, help="keep widths multiples of N (default: %(default)s)")
     p.add_argument("--distill", action="store_true", help="fine-tune with the original model as the teacher")
     p.add_argument("--max-map-drop", type=float, default=None,
                    help="stop when val mAP50-95 falls more than this below the original's (e.g. 0.02)")
@@ -263,12 +261,12 @@ def _ratios(text: str) -> list[float]:
 
 
 def _methods(text: str) -> list[str]:
-    from yoloprune.sweep import sweep_methods
+    from yoloprune.defaults import SWEEP_METHODS
 
     values = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [v for v in values if v not in sweep_methods()]
+    bad = [v for v in values if v not in SWEEP_METHODS]
     if not values or bad:
-        raise argparse.ArgumentTypeError(f"methods must be from {','.join(sweep_methods())}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"methods must be from {','.join(SWEEP_METHODS)}, got {text!r}")
     return values
 
 
@@ -292,7 +290,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub) -> None:
-    from yoloprune.compensate import CALIB_IMAGES
+    from yoloprune.defaults import CALIB_IMAGES, ROUND_TO
 
     p = sub.add_parser("sweep", help="prune at several ratios, evaluate, measure; table and plots")
     p.add_argument("--model")
@@ -302,7 +300,7 @@ def _add_sweep(sub) -> None:
                    help="one or more criteria (l1,l2,bn,act,...) or unstructured (default: l1)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every point for K epochs (default: 0)")
     p.add_argument("--distill", action="store_true", help="fine-tune points with the unpruned model as the teacher")
-    p.add_argument("--round-to", type=_positive_int, default=8,
+    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO,
                    help="keep pruned widths multiples of N (default: %(default)s, what CPU kernels turn into time)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="mean compensation only: no least-squares refit from the calibration images")
@@ -392,7 +390,7 @@ def _train_options(p, epochs: int) -> None:
 
 
 def _add_train(sub) -> None:
-    from yoloprune.train import DISTILL_WEIGHT
+    from yoloprune.defaults import DISTILL_WEIGHT
 
     p = sub.add_parser("train", help="train a detector from a yaml with the Ultralytics trainer")
     p.add_argument("--model", required=True, help="model yaml (e.g. yolov8n.yaml) or checkpoint")
@@ -450,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     except YoloPruneError as e:
         print(f"yoloprune: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically: whatever was finished is whole, nothing is half-written
+        print(f"yoloprune: interrupted ({args.command}); finished outputs are kept, none is half-written"
+              + ("; run the same command to resume" if args.command in ("sweep", "demo") else ""), file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from yoloprune.defaults import CALIB_IMAGES
+
 _CONSUMERS = (nn.Conv2d, nn.Linear)
-CALIB_IMAGES = 64  # calibration images: means for compensation, data-aware scores, least-squares reconstruction
 
 
 def calibration_images(source: str | Path, imgsz: int = 320, n: int = CALIB_IMAGES) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yoloprune.defaults import CRITERIA_HELP
 from yoloprune.errors import ConfigError
 from yoloprune.graph import Member, Unit
 
@@ -101,17 +102,17 @@ def _norm(unit: Unit, ctx: ScoreContext, p: int) -> float:
     return sum(scores) / len(scores) if scores else math.inf
 
 
-@register("l1", normalise=True, help="L1 norm of the BN-scaled filters that produce the channel")
+@register("l1", normalise=True, help=CRITERIA_HELP["l1"])
 def l1(unit: Unit, ctx: ScoreContext) -> float:
     return _norm(unit, ctx, 1)
 
 
-@register("l2", normalise=True, help="L2 norm of the BN-scaled filters that produce the channel")
+@register("l2", normalise=True, help=CRITERIA_HELP["l2"])
 def l2(unit: Unit, ctx: ScoreContext) -> float:
     return _norm(unit, ctx, 2)
 
 
-@register("bn", help="|gamma| of the channel's BatchNorms (network slimming)")
+@register("bn", help=CRITERIA_HELP["bn"])
 def bn(unit: Unit, ctx: ScoreContext) -> float:
     gammas = [float(ctx.modules[m.module].weight.detach()[m.index].abs()) for m in unit.producers
               if _is_bn(ctx.modules[m.module]) and ctx.modules[m.module].weight is not None]
@@ -140,8 +141,7 @@ def _output_scale(ref, name: str) -> torch.Tensor | None:
     return None if out is None else 1.0 / out.std(0).clamp_min(1e-6)
 
 
-@register("act", needs_data=True,
-          help="data-aware: what the channel adds to its consumers' normalised outputs beyond its mean")
+@register("act", needs_data=True, help=CRITERIA_HELP["act"])
 def act(unit: Unit, ctx: ScoreContext) -> float:
     ref = ctx.reference
     total, seen = 0.0, False

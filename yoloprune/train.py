@@ -22,6 +22,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yoloprune import slimming, sources
 from yoloprune.atomic import atomic_write
 from yoloprune.data import load_data
+from yoloprune.defaults import DISTILL_WEIGHT
 from yoloprune.errors import ConfigError
 from yoloprune.reconstruct import fit_linear
 from yoloprune.sources import as_dict, load_model, recorded_source, save_checkpoint
@@ -32,9 +33,6 @@ from yoloprune.sources.ultralytics import YOLO
 FINETUNE_DEFAULTS = {"optimizer": "SGD", "lr0": 0.002, "lrf": 0.1, "momentum": 0.937, "warmup_epochs": 0.0,
                      "close_mosaic": 0}
 PROJECTOR_IMAGES = 16  # calibration images on which distillation projectors are fitted
-# Ultralytics' default feature-distillation weight (6.0) made the distillation term ~15x the detection loss on the
-# tea-bud yolov8n and cost mAP; 1.5 did better in 2-epoch runs (README).
-DISTILL_WEIGHT = 1.5
 
 
 @dataclass
