@@ -236,3 +236,23 @@ def test_bn_ratio_above_the_safe_maximum_is_refused():
     yp.prune(build("yolov8n.yaml"), ratio=safe - 0.01, method="bn", imgsz=128)
     with pytest.raises(yp.ConfigError, match="safe maximum"):
         yp.prune(model, ratio=min(safe + 0.02, 0.99), method="bn", imgsz=128)
+
+
+# Every Ultralytics family the README says prunes, at ratio 0.5
+README_FAMILIES = ["yolov5nu", "yolov8n", "yolo11n", "yolov3u", "yolov6n", "yolov8n-p2", "yolov8n-p6", "yolov8n-ghost",
+                   "yolov9t", "yolov10n", "yolo12n", "yolo26n"]
+
+
+@pytest.mark.parametrize("name", README_FAMILIES)
+def test_every_readme_family_prunes_at_half(name):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(f"{name}.yaml", verbose=False).eval()
+    x = torch.rand(1, 3, 128, 128)
+    shape = _out(model, x).shape
+    before = sum(p.numel() for p in model.parameters())
+    yp.prune(model, ratio=0.5, imgsz=128)
+    after = sum(p.numel() for p in model.parameters())
+    assert after < 0.5 * before
+    assert _out(model, x).shape == shape

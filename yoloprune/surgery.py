@@ -22,7 +22,10 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _is_depthwise(m: nn.Conv2d) -> bool:
-    return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    """Each output channel reads its own input channel. This includes a depthwise conv already cut to one channel
+    (groups = in = out = 1): the same coupled unit, whose input side must not be cut again. For a genuine 1-in
+    1-out conv the only possible keep is that channel, so treating it alike changes nothing."""
+    return m.groups == m.in_channels == m.out_channels
 
 
 def _conv(m: nn.Conv2d, dim: int, keep: torch.Tensor) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 from yoloprune import sources
 from yoloprune.atomic import atomic_write_bytes, atomic_write_text
 from yoloprune.compensate import CALIB_IMAGES, calibration_images
-from yoloprune.errors import ConfigError
+from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.evaluate import Evaluator
 from yoloprune.export import export_onnx
 from yoloprune.importance import names as criteria
@@ -218,7 +218,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     try:
         model, n_blocks = _prune_copy(base, method, ratio, cfg, base_stats.get("calibration"),
                                       base_stats.get("reference"))
-    except ConfigError as e:  # e.g. above the bn method's safe maximum: a real answer, recorded, not retried
+    except (ConfigError, UnsupportedModelError) as e:  # above bn's safe maximum, a layer emptied...: recorded
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
     ckpt = work / f"{tag}.pt"
