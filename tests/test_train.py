@@ -35,6 +35,8 @@ def test_finetune_in_a_subprocess_keeps_every_width_and_loads_in_plain_ultralyti
                         "--project", str(tmp_path / "run"), "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    run_dir = tmp_path / "run" / "finetune"
+    assert f"run folder: {run_dir}" in r.stdout and (run_dir / "results.csv").is_file()
     pruned = torch.load(root / "model.pt", weights_only=False)["model"]
     probe = textwrap.dedent(f"""
         import os, sys
@@ -70,7 +72,7 @@ def test_sparsity_training_shrinks_prunable_gammas(tiny, tmp_path):
     base = torch.load(root / "model.pt", weights_only=False)["model"].float()
     masks = penalised_bns(base)
     assert masks and _mean_gamma(runs[1.0], masks) < _mean_gamma(runs[0.0], masks) - 0.01
-    run = tmp_path / "run1.0" / "run"
+    run = tmp_path / "run1.0" / "train-sparse"
     assert (run / "gamma_hist.png").stat().st_size > 1000
     header = (run / "results.csv").read_text().splitlines()[0]
     assert "slim/frac|gamma|<0.01" in header and "slim/mean|gamma|" in header
@@ -115,7 +117,7 @@ def test_distilled_finetune_from_the_recorded_source_keeps_widths_and_drops_the_
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"distilling from {base.resolve()}" in r.stdout
-    header = (tmp_path / "run" / "run" / "results.csv").read_text().splitlines()[0]
+    header = (tmp_path / "run" / "finetune" / "results.csv").read_text().splitlines()[0]
     assert "train/dis_loss" in header, "the distillation loss was trained"
     ckpt = torch.load(out, weights_only=False)
     assert type(ckpt["model"]) is DetectionModel

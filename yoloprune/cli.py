@@ -64,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f" (the model was pruned from {source}: --teacher distils from it)" if source else ""), flush=True)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, imgsz=args.imgsz,
                       batch=args.batch, workers=args.workers, lr0=args.lr0, device=args.device, seed=args.seed,
-                      time=args.time, project=args.project,
+                      time=args.time, project=args.project, name=args.name,
                       finetune=args.command == "finetune" or (args.command == "train-sparse"
                                                              and Path(args.model).suffix not in (".yaml", ".yml")),
                       sr=getattr(args, "sr", 0.0), sr_decay=getattr(args, "sr_decay", False), teacher=teacher,
@@ -385,7 +385,9 @@ def _train_options(p, epochs: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time", type=float, default=None,
                    help="hours of training; Ultralytics fits the epochs and LR schedule to it (overrides --epochs)")
-    p.add_argument("--project", default=None, help="folder for the Ultralytics run (default: a temp folder)")
+    p.add_argument("--project", default="runs", help="parent folder of the run folder (default: %(default)s)")
+    p.add_argument("--name", default=None,
+                   help="run folder name (default: the command, numbered if taken: finetune, finetune2, ...)")
     p.set_defaults(func=_cmd_train)
 
 

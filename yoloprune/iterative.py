@@ -112,7 +112,7 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
             pruned_map = evaluator(report.model).map50_95
             if cfg.epochs:
                 train(TrainConfig(model=str(step), data=cfg.data, out=str(step), epochs=cfg.epochs, imgsz=cfg.imgsz,
-                                  batch=cfg.batch, workers=cfg.workers, finetune=True,
+                                  batch=cfg.batch, workers=cfg.workers, finetune=True, project=tmp, name=f"step{i}",
                                   teacher=cfg.model if cfg.distill else None))
             model, _ = sources.load_model(step)
             row = {"step": i, "gflops_ratio": sources.gflops(model, cfg.imgsz) / gflops0,

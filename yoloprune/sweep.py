@@ -227,7 +227,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     if ft:
         tuned = work / f"{tag}.tuned.pt"
         train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
-                          batch=cfg.batch, workers=cfg.workers, finetune=True,
+                          batch=cfg.batch, workers=cfg.workers, finetune=True, project=str(work.parent / "runs"), name=tag,
                           teacher=cfg.model if cfg.distill else None))
         tuned.replace(ckpt)
         model, _ = sources.load_model(ckpt)

@@ -11,7 +11,6 @@ step pre-hook on the trainer's own optimizer (a torch API); nothing in Ultralyti
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +50,8 @@ class TrainConfig:
     seed: int = 0
     patience: int = 100
     time: float | None = None  # hours; overrides epochs and anneals the LR schedule to fit (Ultralytics `time=`)
-    project: str | None = None
+    project: str | None = None  # run folder parent (default: runs/ in the working directory, as Ultralytics)
+    name: str | None = None  # run folder name (default: the kind of run, numbered if taken: finetune, finetune2, ...)
     finetune: bool = False  # use FINETUNE_DEFAULTS (explicit options still win)
     sr: float = 0.0  # network slimming: L1 strength on prunable BN gammas (0: plain training)
     sr_decay: bool = False  # decay sr linearly to 10% over the run
@@ -72,9 +72,10 @@ class TrainConfig:
         o.update({
             "data": str(Path(self.data).resolve()), "epochs": self.epochs, "imgsz": self.imgsz,
             "batch": self.batch, "workers": self.workers, "device": self.device, "seed": self.seed,
-            "patience": self.patience, "plots": False, "exist_ok": True, "verbose": False,
-            "project": str(Path(self.project).resolve()) if self.project else tempfile.mkdtemp(prefix="yoloprune-"),
-            "name": "run",
+            "patience": self.patience, "plots": False, "verbose": False,
+            "project": str(Path(self.project or "runs").resolve()),
+            "name": self.name or ("train-sparse" if self.sr else "finetune" if self.finetune else "train"),
+            "exist_ok": self.name is not None,
         })
         if self.lr0 is not None:
             o["lr0"] = self.lr0
@@ -233,6 +234,10 @@ def _source_model(cfg: TrainConfig, spec) -> tuple[torch.nn.Module | None, dict]
     return model, given
 
 
+def _announce(trainer) -> None:
+    print(f"run folder: {trainer.save_dir} (per-epoch results.csv and weights/ in it)", flush=True)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train and copy the best checkpoint to ``cfg.out`` atomically. Returns the output path."""
     cfg.validate()
@@ -249,10 +254,12 @@ def train(cfg: TrainConfig) -> Path:
     overrides["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
     if adapter is not None and adapter is not sources.adapter(None):  # another source: its own trainer, run directly
         trainer = adapter.trainer_class(bool(cfg.sr))(overrides=overrides)
+        trainer.add_callback("on_pretrain_routine_start", _announce)
         trainer.train()
         save_dir = trainer.save_dir
     else:
         yolo = YOLO(cfg.model)
+        yolo.add_callback("on_pretrain_routine_start", _announce)
         yolo.train(trainer=SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer, **overrides)
         save_dir = yolo.trainer.save_dir
     # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be

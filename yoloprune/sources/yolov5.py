@@ -174,9 +174,47 @@ def _check_anchor_order(head: AnchorDetect) -> None:
 class CrossConv(um.Bottleneck):
     """``models.common.CrossConv``: cv1 (1xk), cv2 (kx1), ``add`` shortcut; Ultralytics' Bottleneck forward."""
 
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, g: int = 1, e: float = 1.0,
+                 shortcut: bool = False) -> None:
+        nn.Module.__init__(self)
+        c_ = int(c2 * e)
+        self.cv1 = um.Conv(c1, c_, (1, k), (1, s))
+        self.cv2 = um.Conv(c_, c2, (k, 1), (s, 1), g=g)
+        self.add = shortcut and c1 == c2
+
 
 class C3SPP(um.C3):
     """``models.common.C3SPP``: a C3 whose ``m`` is an SPP; C3's forward."""
+
+    def __init__(self, c1: int, c2: int, k: tuple = (5, 9, 13), n: int = 1, shortcut: bool = True, g: int = 1,
+                 e: float = 0.5) -> None:
+        super().__init__(c1, c2, n, shortcut, g, e)
+        self.m = um.SPP(int(c2 * e), int(c2 * e), k)
+
+
+# The original constructors where Ultralytics' same-named ones build something else (the forward is the same):
+# its Bottleneck defaults to a 3x3 cv1 (the original's is 1x1), BottleneckCSP builds its inner blocks so, and its
+# SPPF's cv1 has no activation unless its own yaml parser puts SiLU back.
+def _bottleneck(c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5) -> nn.Module:
+    return um.Bottleneck(c1, c2, shortcut, g, k=(1, 3), e=e)
+
+
+def _bottleneck_csp(c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5) -> nn.Module:
+    m = um.BottleneckCSP(c1, c2, n, shortcut, g, e)
+    c_ = int(c2 * e)
+    m.m = nn.Sequential(*(_bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+    return m
+
+
+def _sppf(c1: int, c2: int, k: int = 5) -> nn.Module:
+    m = um.SPPF(c1, c2, k)
+    m.cv1.act = um.Conv.default_act
+    for extra in ("n", "add"):  # Ultralytics-only settings; its forward defaults to the original's behaviour
+        m.__dict__.pop(extra, None)
+    return m
+
+
+_BUILD = {"Bottleneck": _bottleneck, "BottleneckCSP": _bottleneck_csp, "SPPF": _sppf}
 
 
 class Contract(nn.Module):
@@ -214,7 +252,9 @@ _COMMON = {name: getattr(um, name) for name in (
     "C3", "C3x", "C3TR", "C3Ghost", "SPP", "SPPF", "Focus", "GhostConv", "GhostBottleneck", "Concat")}
 _COMMON.update({"CrossConv": CrossConv, "C3SPP": C3SPP, "Contract": Contract, "Expand": Expand})
 ORIGINAL: dict[tuple[str, str], type] = {("models.common", k): v for k, v in _COMMON.items()}
-ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,
+ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,  # v6.1 and older
+                 ("models.experimental", "GhostConv"): um.GhostConv,  # v5.0 and older
+                 ("models.experimental", "GhostBottleneck"): um.GhostBottleneck,
                  ("models.yolo", "Detect"): AnchorDetect,
                  ("models.yolo", "DetectionModel"): YOLOv5Model,
                  ("models.yolo", "Model"): YOLOv5Model})
@@ -390,7 +430,7 @@ _REPEATED = {"BottleneckCSP", "C3", "C3TR", "C3Ghost", "C3x"}
 def _layer(name: str, f, n: int, args: list, ch: list[int], gw: float, no: int, ch_mul: int):
     """(class, output channels, constructor args, repeats) of one yaml row, by the original parse rules."""
     if name in _CHANNEL_BLOCKS:
-        m = nn.ConvTranspose2d if name == "nn.ConvTranspose2d" else _COMMON[name]
+        m = nn.ConvTranspose2d if name == "nn.ConvTranspose2d" else _BUILD.get(name) or _COMMON[name]
         c1, c2 = ch[f], args[0]
         if c2 != no:
             c2 = math.ceil(c2 * gw / ch_mul) * ch_mul
@@ -415,7 +455,7 @@ def _layer(name: str, f, n: int, args: list, ch: list[int], gw: float, no: int, 
     raise CheckpointError(f"model yaml: unknown module {name!r}")
 
 
-def _type_name(name: str, m: type) -> str:
+def _type_name(name: str, m) -> str:
     if m is AnchorDetect:
         return "models.yolo.Detect"
     if name.startswith("nn."):
