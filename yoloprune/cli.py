@@ -40,6 +40,18 @@ def _check_out(model: str, out: str | None) -> None:
         raise ConfigError(f"--out {out} is a directory; give a file path")
 
 
+def _resolve_imgsz(args: argparse.Namespace) -> None:
+    """One image size for GFLOPs, evaluation and export: --imgsz, else the checkpoint's training size, else 640."""
+    if args.imgsz is not None or not getattr(args, "model", None):
+        return
+    from yoloprune.sources import train_imgsz
+
+    size = train_imgsz(args.model)
+    args.imgsz = size or 640
+    print(f"image size {args.imgsz} px ({'the checkpoint' + chr(39) + 's training size' if size else 'default'}; "
+          "--imgsz to change)", flush=True)
+
+
 def _cmd_make_data(args: argparse.Namespace) -> int:
     from yoloprune.teabud import TeaBudConfig, generate
 
@@ -96,6 +108,7 @@ def _default_out(model: str, tag: str) -> str:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    _resolve_imgsz(args)
     from yoloprune.prune import PruneConfig, prune
     from yoloprune.sources import save_checkpoint, source_meta
 
@@ -130,6 +143,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    _resolve_imgsz(args)
     from yoloprune.info import describe
 
     print(describe(args.model, imgsz=args.imgsz, verbose=args.verbose))
@@ -152,7 +166,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="instead of --ratio: prune until GFLOPs fall to this fraction of the original")
-    p.add_argument("--imgsz", type=_positive_int, default=640, help="image size for GFLOPs")
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--layers", action="store_true",
                    help="with --method bn: also remove residual blocks whose branch |gamma| all fall under the threshold")
     p.add_argument("--calib-data", default=None,
@@ -175,6 +189,7 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_iterative(args: argparse.Namespace) -> int:
+    _resolve_imgsz(args)
     from yoloprune.iterative import IterativeConfig, iterative_prune
 
     _check_out(args.model, args.out)
@@ -206,7 +221,7 @@ def _add_iterative(sub) -> None:
                    help="stop when val mAP50-95 falls more than this below the original's (e.g. 0.02)")
     p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
                    help="calibration images per step (default: %(default)s)")
-    p.add_argument("--imgsz", type=_positive_int, default=320, help="(default: %(default)s)")
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--batch", type=_positive_int, default=16, help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
     p.add_argument("--out", required=True, help="output checkpoint; the step table goes beside it")
@@ -223,12 +238,13 @@ def _add_compact(sub) -> None:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="params, GFLOPs, sparsity, widths, frozen channels and why")
     p.add_argument("--model", required=True)
-    p.add_argument("--imgsz", type=_positive_int, default=640)
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--verbose", action="store_true", help="list every layer's width")
     p.set_defaults(func=_cmd_info)
 
 
 def _cmd_val(args: argparse.Namespace) -> int:
+    _resolve_imgsz(args)
     import json
 
     from yoloprune.atomic import atomic_write_text
@@ -247,7 +263,7 @@ def _add_val(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="Ultralytics data yaml")
     p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
     p.set_defaults(func=_cmd_val)
@@ -271,6 +287,7 @@ def _methods(text: str) -> list[str]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    _resolve_imgsz(args)
     from yoloprune.sweep import SweepConfig, markdown, merge, sweep
 
     if args.merge:
@@ -311,7 +328,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--layers", action="store_true",
                    help="bn rows also remove residual blocks whose branch falls under the gamma threshold")
     p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="join the results of these sweep folders")
@@ -320,6 +337,7 @@ def _add_sweep(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    _resolve_imgsz(args)
     from yoloprune.export import ExportConfig, export
 
     _check_out(args.model, args.out)
@@ -333,7 +351,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="ONNX export, checked with onnxruntime against PyTorch")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--dynamic", action="store_true")
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim (must be installed)")
     p.add_argument("--data", default=None, help="data yaml whose val images feed the check (default: random)")

@@ -30,7 +30,8 @@ def describe(model, imgsz: int = 640, verbose: bool = False) -> str:
         f"exactly-zero prunable units (removable by compact): {len(dead_units(net, graph))}",
         f"BN |gamma| of prunable channels: mean {gam.mean_abs:.3f}, {gam.frac_below:.1%} below {gam.threshold:g}; "
         f"bn pruning safe maximum ratio {bn_safe_max(net, graph):.3f}",
-        "frozen channel units by reason:",
+        f"frozen channel units by reason ({sum(frozen.values())} reasons for {len(graph.frozen_units())} units: "
+        "a unit frozen for several reasons is listed under each):",
         *(f"  {n:6d}  {why}" for why, n in frozen.most_common()),
         "layers with frozen output channels:",
         *(f"  {name} ({n})" for name, n in sorted(frozen_layers.items()) if not name.endswith(".bn")),

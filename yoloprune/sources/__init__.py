@@ -113,3 +113,20 @@ def output_channel_axis(model: nn.Module) -> int:
 def nms_iou(model: nn.Module) -> float:
     """The NMS IoU threshold the source's own validation uses, so that mAPs agree with it."""
     return _op("NMS_IOU", model)
+
+
+def train_imgsz(src: Any) -> int | None:
+    """The image size a checkpoint was trained at (Ultralytics' ``train_args``, the original repository's ``opt``)."""
+    from yoloprune.errors import YoloPruneError
+
+    try:
+        _, ckpt = load_model(src)
+    except YoloPruneError:
+        return None  # the command itself reports a bad checkpoint
+    for args in (ckpt.get("train_args"), ckpt.get("opt")):
+        size = as_dict(args).get("imgsz") if isinstance(args, dict) or hasattr(args, "__dict__") else None
+        if isinstance(size, (list, tuple)) and size:
+            size = max(size)
+        if isinstance(size, int) and size > 0:
+            return size
+    return None
