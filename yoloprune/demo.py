@@ -72,7 +72,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         frames.append(df.assign(model=name))
     df = pd.concat(frames, ignore_index=True)
     df = df[["model", *[c for c in df.columns if c != "model"]]]
-    write_results(df, out)
+    write_results(df, out, f"demo: {Path(model).name} (+ {Path(slimmed).name}) on {Path(data).stem} val, no fine-tuning"
+                  if slimmed is not None else f"demo: {Path(model).name} on {Path(data).stem} val, no fine-tuning")
     print(markdown(df))
     best = pick_best(df)
     if best is None:

@@ -70,16 +70,14 @@ def gamma_stats(model: nn.Module, masks: dict[str, torch.Tensor], threshold: flo
 
 def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | Path, sr: float | str) -> Path:
     """Histogram of |gamma| before and after sparsity training, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # an explicit figure: the caller's matplotlib backend is untouched
 
     from yoloprune.atomic import atomic_write
 
     hi = float(max(before.max() if before.numel() else 1.0, after.max() if after.numel() else 1.0))
     bins = torch.linspace(0, hi, 81).tolist()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.hist(before.numpy(), bins=bins, alpha=0.6, label=f"before ({len(before)} channels)")
     ax.hist(after.numpy(), bins=bins, alpha=0.6, label="after sparsity training")
     ax.set_xlabel("|BN gamma| of prunable channels")
@@ -88,6 +86,4 @@ def plot_gamma_histogram(before: torch.Tensor, after: torch.Tensor, path: str | 
     ax.set_title(f"network slimming, sr={sr:g}" if isinstance(sr, (int, float)) else f"network slimming, sr {sr}")
     ax.legend()
     fig.tight_layout()
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return out
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -116,13 +116,13 @@ def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
 
 
-def write_results(df: pd.DataFrame, out: str | Path) -> None:
+def write_results(df: pd.DataFrame, out: str | Path, title: str = "") -> None:
     """results.csv, results.md and the plots, each written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
     atomic_write_text(out / "results.md", markdown(df))
-    plot(df, out)
+    plot(df, out, title)
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -147,33 +147,56 @@ def markdown(df: pd.DataFrame) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def plot(df: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
+def _series(ok: pd.DataFrame):
+    """(label, rows) per curve: one per model, method and fine-tune length."""
+    by = [c for c in ("model", "method", "finetune_epochs") if c in ok.columns]
+    for keys, g in ok.groupby(by):
+        parts = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
+        label = " ".join(str(parts[c]) for c in ("model", "method") if c in parts)
+        label += f" + {parts['finetune_epochs']} ep fine-tune" if parts.get("finetune_epochs") else ""
+        yield label, g
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _draw(ax, df: pd.DataFrame, x: str, y: str, label_ratios: bool) -> None:
     ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    for label, g in _series(ok):
+        g = g.sort_values(x)
+        line = ax.plot(g[x], g[y], marker="o", label=label)[0]
+        if label_ratios:
+            for _, r in g.iterrows():
+                ax.annotate(f"{r['ratio']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 4), fontsize=7,
+                            color=line.get_color())
+    base = ok[ok["ratio"] == 0]
+    if len(base):
+        ax.axhline(float(base[y].max()), color="gray", ls="--", lw=1, label=f"unpruned {float(base[y].max()):.3f}")
+    refused = df[df["status"].astype(str).str.startswith("refused")] if "status" in df.columns else df.iloc[:0]
+    if len(refused) and x == "ratio":
+        ax.scatter(refused["ratio"], [0] * len(refused), marker="x", color="red", label="refused (see results.md)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
+    """mAP vs prune ratio and mAP vs latency, on explicit figures (the caller's matplotlib backend is untouched).
+    y axes start at 0, the unpruned mAP is a dashed line, refused points are red crosses, latency points carry
+    their ratio."""
+    from matplotlib.figure import Figure
+
     written = []
     for name, x, ys, xlabel in (("map_vs_ratio.png", "ratio", ("map50_95", "map50"), "prune ratio"),
                                 ("map_vs_latency.png", "latency_ms", ("map50_95",), "onnxruntime CPU latency (ms)")):
-        fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), squeeze=False)
-        for ax, y in zip(axes[0], ys, strict=True):
-            by = [c for c in ("model", "method", "finetune_epochs") if c in ok.columns]
-            for keys, g in ok.groupby(by):
-                parts = dict(zip(by, keys, strict=True))
-                g = g.sort_values(x)
-                label = " ".join(str(parts[c]) for c in ("model", "method") if c in parts)
-                label += f" + {parts['finetune_epochs']} ep fine-tune" if parts.get("finetune_epochs") else ""
-                ax.plot(g[x], g[y], marker="o", label=label)
+        fig = Figure(figsize=(5.5 * len(ys), 4.3))
+        axes = fig.subplots(1, len(ys), squeeze=False)[0]
+        for ax, y in zip(axes, ys, strict=True):
+            _draw(ax, df, x, y, label_ratios=x != "ratio")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(y.replace("map", "mAP").replace("_", "-"))
-            ax.grid(alpha=0.3)
-            ax.legend()
+        if title:
+            fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
         written.append(atomic_write_bytes(out / name, buf.getvalue()))
     return written
 
@@ -276,8 +299,9 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
     df = read_results(out)
     _check_recipe(cfg, out, df)
     todo = [j for j in cfg.jobs() if _key(*j) not in done_keys(df)]
+    title = f"{Path(cfg.model).name} on {Path(cfg.data).stem} {cfg.split}, {cfg.imgsz} px"
     if not todo:
-        write_results(combine([df]), out)
+        write_results(combine([df]), out, title)
         return combine([df])
     base, _ = sources.load_model(cfg.model)
     evaluator = Evaluator(cfg.data, cfg.split, imgsz=cfg.imgsz, batch=cfg.batch)
@@ -294,9 +318,11 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
         for job in todo:
             row = _reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
             df = combine([df, pd.DataFrame([row])])
-            write_results(df, out)  # after every row: a killed sweep loses at most the row in flight
+            write_results(df, out, title)  # after every row: a killed sweep loses at most the row in flight
             progress.step(f"{job[0]} ratio {job[1]:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
                                                             if row["status"] == "ok" else row["status"]))
+    if cfg.finetune_epochs:
+        write_results(df, out, title + f", fine-tuned {cfg.finetune_epochs} epochs")
     if not cfg.keep_models:
         for f in work.glob("*"):
             f.unlink()
