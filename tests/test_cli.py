@@ -170,3 +170,20 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     lines = [x for x in err.strip().splitlines() if x.startswith("yoloprune")]
     assert "Traceback" not in err and lines[-1].startswith("yoloprune: interrupted (sweep)"), err[-2000:]
+
+
+def test_every_option_has_help_showing_its_default():
+    import argparse
+
+    from yoloprune.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        for a in p._actions:
+            if not a.option_strings or a.dest == "help":
+                continue
+            assert a.help, f"{name} {a.option_strings[-1]} has no help"
+            if a.default not in (None, False) and not a.required:
+                assert "(default: " in a.help, f"{name} {a.option_strings[-1]} does not show its default"
+        assert "%(default)" not in text

@@ -154,7 +154,7 @@ def _add_prune(sub) -> None:
     from yoloprune.defaults import CALIB_IMAGES, CRITERIA_HELP, ROUND_TO
 
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
-    p.add_argument("--model", required=True, help="Ultralytics detection checkpoint (.pt) or model yaml")
+    p.add_argument("--model", required=True, help="checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml")
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
     p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1",
                    help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in CRITERIA_HELP.items())
@@ -451,12 +451,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# Help lines for options that are the same wherever they appear
+_COMMON_HELP = {
+    "--model": "checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml",
+    "--data": "data yaml (Ultralytics format)",
+    "--out": "output path (written atomically; never the input)",
+    "--split": "data split to evaluate",
+    "--batch": "batch size",
+    "--workers": "dataloader workers",
+    "--scope": "global: one threshold across layers; uniform/layer: the same fraction in every group or layer",
+    "--min-channels": "never keep fewer channels than this in a coupled group",
+    "--ratios": "comma-separated prune ratios, each in [0, 1)",
+    "--dynamic": "dynamic batch and image size in the ONNX graph",
+    "--seed": "random seed",
+    "--n-train": "training images", "--n-val": "validation images", "--n-test": "test images",
+    "--epochs": "training epochs",
+    "--lr0": "initial learning rate (default: Ultralytics' for train, 0.002 for finetune)",
+    "--device": "cpu, or CUDA device(s) such as 0 or 0,1",
+    "--imgsz": "image size",
+}
+
+
+def _document(parser: argparse.ArgumentParser) -> None:
+    """Every option gets a help line, and every help line shows the option's default."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or not action.option_strings or action.dest == "help":
+            continue
+        if not action.help:
+            action.help = _COMMON_HELP.get(action.option_strings[-1], action.dest.replace("_", " "))
+        action.help = action.help.replace(" (default: %(default)s)", "").replace("default: %(default)s, ", "")
+        if action.default is None or action.default is False or action.required:
+            continue
+        if "%(default)" not in action.help:
+            action.help += " (default: %(default)s)"
+    parser.formatter_class = argparse.HelpFormatter  # defaults are now in the text, once
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="yoloprune", description="Structured pruning for Ultralytics YOLO detectors.")
+    parser = _Parser(prog="yoloprune", description="Structured pruning for YOLO detectors (Ultralytics models and "
+                     "original YOLOv5 checkpoints).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_info, _add_prune, _add_iterative, _add_compact, _add_sparsify, _add_val, _add_sweep, _add_export,
-                _add_make_data, _add_train):
+    for add in (_add_demo, _add_info, _add_prune, _add_iterative, _add_compact, _add_sparsify, _add_val, _add_sweep,
+                _add_export, _add_make_data, _add_train):
         add(sub)
+    for p in sub.choices.values():
+        _document(p)
     return parser
 
 
