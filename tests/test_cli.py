@@ -187,3 +187,41 @@ def test_every_option_has_help_showing_its_default():
             if a.default not in (None, False) and not a.required:
                 assert "(default: " in a.help, f"{name} {a.option_strings[-1]} does not show its default"
         assert "%(default)" not in text
+
+
+_NO_NETWORK = """
+import socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(repr(args[:2]))
+    raise OSError("network use in an offline test")
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+socket.socket.connect = lambda self, *a: refuse(*a)
+from yoloprune.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    print("NETWORK ATTEMPTS:", attempts, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("command", ["val", pytest.param("finetune", marks=pytest.mark.slow)])
+def test_commands_never_touch_the_network(tmp_path, command):
+    import os
+
+    from yoloprune.teabud import TeaBudConfig, generate
+
+    data = generate(TeaBudConfig(out=tmp_path / "d", n_train=4, n_val=4, n_test=0))
+    model = Path(__file__).parent / "fixtures" / "yolov5n-original-repo.pt"
+    args = {"val": ["val", "--model", str(model), "--data", str(data), "--imgsz", "64"],
+            "finetune": ["finetune", "--model", str(model), "--data", str(data), "--imgsz", "64", "--epochs", "1",
+                         "--batch", "4", "--workers", "0", "--project", str(tmp_path / "runs"),
+                         "--out", str(tmp_path / "ft.pt")]}[command]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    env.pop("YOLO_OFFLINE", None)  # the command line must set it itself
+    got = subprocess.run([sys.executable, "-c", _NO_NETWORK, *args], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert "NETWORK ATTEMPTS: []" in got.stderr, got.stderr[-3000:]
