@@ -17,6 +17,10 @@ Prune time (trace, calibration, plan, surgery, reconstruction) is the median ove
 
 from __future__ import annotations
 
+from yoloprune.cli import offline_runtime
+
+offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
+
 import argparse
 import copy
 import statistics

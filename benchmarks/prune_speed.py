@@ -11,6 +11,10 @@ that gives no result within --limit seconds on a model is reported as such.
 
 from __future__ import annotations
 
+from yoloprune.cli import offline_runtime
+
+offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
+
 import argparse
 import copy
 import signal

@@ -21,6 +21,10 @@ kept in ``--work`` (rows.json, models/), so a killed run resumes where it stoppe
 
 from __future__ import annotations
 
+from yoloprune.cli import offline_runtime
+
+offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
+
 import argparse
 import json
 import sys
@@ -35,8 +39,8 @@ from yoloprune.compensate import calibration_images  # noqa: E402
 from yoloprune.export import export_onnx  # noqa: E402
 from yoloprune.iterative import IterativeConfig, iterative_prune  # noqa: E402
 from yoloprune.latency import paired_onnx_latency  # noqa: E402
-from yoloprune.train import TrainConfig, train  # noqa: E402
 from yoloprune.sources.ultralytics import gflops, load_model, save_checkpoint, source_meta  # noqa: E402
+from yoloprune.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320

@@ -13,6 +13,10 @@ be compared with the GFLOPs ratio.
 
 from __future__ import annotations
 
+from yoloprune.cli import offline_runtime
+
+offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
+
 import argparse
 import copy
 import tempfile
@@ -24,8 +28,8 @@ import yoloprune as yp
 from yoloprune.compensate import calibration_images
 from yoloprune.export import export_onnx
 from yoloprune.latency import paired_onnx_latency
-from yoloprune.train import TrainConfig, train
 from yoloprune.sources.ultralytics import detect_heads, gflops, load_model, save_checkpoint
+from yoloprune.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320

@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _offline_runtime() -> None:
+def offline_runtime() -> None:
     """The command line never reaches the network: Ultralytics' hub checks off, and the font its dataset check
     looks for (``Arial.ttf``, fetched from GitHub when missing) found locally. Matplotlib's bundled DejaVu Sans is
     offered under that name, through a link in yoloprune's cache folder, to this process's font list only."""
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command not in ("make-data",):
-            _offline_runtime()
+            offline_runtime()
         return args.func(args)
     except YoloPruneError as e:
         print(f"yoloprune: error: {e}", file=sys.stderr)

@@ -1,23 +1,19 @@
 """The adapter for Ultralytics models (YOLOv5u / v8 / 11 / ...): loading and saving checkpoints, model checks,
 FLOPs, width fix-ups, its validator, trainer and ONNX exporter.
 
-Everything else in yoloprune sees a plain ``nn.Module`` through ``yoloprune.sources``. ``YOLO_OFFLINE`` is set (unless the user set it) before
-Ultralytics is imported, so it never tries to reach its hub for fonts, AMP checks or assets.
+Everything else in yoloprune sees a plain ``nn.Module`` through ``yoloprune.sources``. Importing it changes nothing
+in the process's environment; the command line sets ``YOLO_OFFLINE`` before Ultralytics is first imported.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import os
 import pickle
 import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
