@@ -37,6 +37,7 @@ def test_finetune_in_a_subprocess_keeps_every_width_and_loads_in_plain_ultralyti
     assert r.returncode == 0, r.stderr[-2000:]
     run_dir = tmp_path / "run" / "finetune"
     assert f"run folder: {run_dir}" in r.stdout and (run_dir / "results.csv").is_file()
+    assert "epoch 1/1  box_loss" in r.stdout and "min left" in r.stdout  # one progress line per epoch
     pruned = torch.load(root / "model.pt", weights_only=False)["model"]
     probe = textwrap.dedent(f"""
         import os, sys

@@ -238,6 +238,22 @@ def _announce(trainer) -> None:
     print(f"run folder: {trainer.save_dir} (per-epoch results.csv and weights/ in it)", flush=True)
 
 
+def _epoch_line(trainer) -> None:
+    """One compact line per epoch: losses, val mAP50-95, time spent and left."""
+    import time
+
+    done, total = trainer.epoch + 1, trainer.epochs
+    elapsed = time.time() - getattr(trainer, "train_time_start", time.time())
+    losses = trainer.tloss if isinstance(trainer.tloss, dict) else {}
+    val = (trainer.metrics or {}).get("metrics/mAP50-95(B)")
+    if done > total:  # Ultralytics' final validation of best.pt reports as one epoch past the end
+        print(f"best.pt: val mAP50-95 {float(val):.4f}" if val is not None else "", flush=True)
+        return
+    print(f"epoch {done}/{total}  " + "  ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
+          + (f"  val mAP50-95 {float(val):.4f}" if val is not None else "")
+          + f"  {elapsed / 60:.1f} min, ~{elapsed / done * max(total - done, 0) / 60:.1f} min left", flush=True)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train and copy the best checkpoint to ``cfg.out`` atomically. Returns the output path."""
     cfg.validate()
@@ -255,11 +271,13 @@ def train(cfg: TrainConfig) -> Path:
     if adapter is not None and adapter is not sources.adapter(None):  # another source: its own trainer, run directly
         trainer = adapter.trainer_class(bool(cfg.sr))(overrides=overrides)
         trainer.add_callback("on_pretrain_routine_start", _announce)
+        trainer.add_callback("on_fit_epoch_end", _epoch_line)
         trainer.train()
         save_dir = trainer.save_dir
     else:
         yolo = YOLO(cfg.model)
         yolo.add_callback("on_pretrain_routine_start", _announce)
+        yolo.add_callback("on_fit_epoch_end", _epoch_line)
         yolo.train(trainer=SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer, **overrides)
         save_dir = yolo.trainer.save_dir
     # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be
