@@ -330,3 +330,27 @@ def test_help_does_not_import_torch_or_ultralytics():
             "print([m for m in ('torch', 'ultralytics', 'pandas', 'matplotlib') if m in sys.modules])")
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert got.returncode == 0 and got.stdout.strip() == "[]", got.stdout + got.stderr
+
+
+def test_calibrated_prune_to_a_gflops_target_on_an_original_model():
+    model, _ = sources.load_model(REAL)
+    gflops0 = sources.gflops(model, 128)
+    calib = torch.rand(8, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    report = yp.prune(model, config=yp.PruneConfig(target_gflops=0.6, imgsz=128, calibration=calib, round_to=8))
+    assert sources.gflops(report.model, 128) <= 0.6 * gflops0
+    assert report.refits and not any(name.startswith("model.24.") for name in report.refit_skipped)
+    assert report.model(torch.rand(1, 3, 128, 128))[0].shape == (1, 1008, 7)
+
+
+def test_slimming_removes_dead_bottlenecks_of_an_original_model_exactly():
+    model = build_v5("yolov5n")
+    with torch.no_grad():  # the branch of the first C3's bottleneck and of one in the backbone's deepest C3 die
+        for name in ("model.2.m.0.cv2.bn", "model.6.m.1.cv2.bn"):
+            bn = model.get_submodule(name)
+            bn.weight.zero_()
+            bn.bias.zero_()
+    x = torch.rand(1, 3, 128, 128)
+    before = _out(model, x)
+    report = yp.compact(model)
+    assert set(report.removed_blocks) >= {"model.2.m.0", "model.6.m.1"}
+    assert rel_err(_out(model, x), before) < 1e-5
