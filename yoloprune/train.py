@@ -285,7 +285,8 @@ def train(cfg: TrainConfig) -> Path:
     chosen = Path(save_dir) / "weights" / ("last.pt" if cfg.sr else "best.pt")
     if adapter is not None and adapter is not sources.adapter(None):
         trained = adapter.from_trainer_checkpoint(chosen)
-        return save_checkpoint(trained, cfg.out, given, {"trained": {"epochs": cfg.epochs, "data": str(cfg.data)}})
+        opt = {**as_dict(given.get("opt")), "imgsz": cfg.imgsz, "data": str(cfg.data), "epochs": cfg.epochs}
+        return save_checkpoint(trained, cfg.out, {**given, "opt": opt}, {"trained": {"epochs": cfg.epochs}})
     if cfg.teacher:  # keep the student alone: no teacher, no projector, a plain detection model
         student, ckpt = load_model(chosen)
         ckpt["train_args"] = {k: v for k, v in as_dict(ckpt.get("train_args")).items() if k not in ("distill_model", "dis")}
