@@ -333,6 +333,10 @@ def load(path: Path) -> tuple[YOLOv5Model, dict]:
     """An FP32 model in eval mode and the checkpoint dict (its other keys are kept for saving)."""
     ckpt = read_checkpoint(path)
     model = (ckpt.get("ema") or ckpt["model"]).float().eval()
+    head = model.model[-1]
+    if "anchor_grid" in head._buffers:  # v5.0 and older kept the anchor grid as a buffer; it is a cache since v6.0
+        del head._buffers["anchor_grid"]
+        head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
     if isinstance(model.names, (list, tuple)):
         model.names = dict(enumerate(model.names))
     return model, ckpt
