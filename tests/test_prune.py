@@ -256,3 +256,12 @@ def test_every_readme_family_prunes_at_half(name):
     after = sum(p.numel() for p in model.parameters())
     assert after < 0.5 * before
     assert _out(model, x).shape == shape
+
+
+def test_a_yolo_object_prunes_in_place():
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolov8n.yaml")
+    before = sum(p.numel() for p in yolo.model.parameters())
+    report = yp.prune(yolo, ratio=0.3, imgsz=128)
+    assert report.model is yolo.model and sum(p.numel() for p in yolo.model.parameters()) < before

@@ -45,7 +45,7 @@ def is_original_yaml(path: Path) -> bool:
 
 def load_model(src: Any) -> tuple[nn.Module, dict]:
     """A YOLO object, model, model yaml or checkpoint path -> (FP32 model, checkpoint dict). Paths are only read."""
-    if isinstance(src, nn.Module):
+    if isinstance(src, nn.Module) and not _ultralytics.is_wrapper(src):
         return _op("check", src)(src), {}
     if isinstance(src, (str, Path)):
         path = Path(src)

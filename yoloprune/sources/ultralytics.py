@@ -216,6 +216,13 @@ def max_stride(model: nn.Module) -> int:
 
 
 check = check_detection_model
+
+
+def is_wrapper(obj: Any) -> bool:
+    """An Ultralytics ``YOLO`` object (an ``nn.Module`` that wraps the model)."""
+    from ultralytics.engine.model import Model
+
+    return isinstance(obj, Model)
 save = save_checkpoint
 NMS_IOU = 0.7  # Ultralytics' validator default
 OUTPUT_CHANNEL_AXIS = 1  # (batch, 4 + classes, anchors)
