@@ -41,15 +41,16 @@ def _check_out(model: str, out: str | None) -> None:
 
 
 def _resolve_imgsz(args: argparse.Namespace) -> None:
-    """One image size for GFLOPs, evaluation and export: --imgsz, else the checkpoint's training size, else 640."""
-    if args.imgsz is not None or not getattr(args, "model", None):
+    """One image size for GFLOPs, evaluation and export in every command whose --imgsz defaults to None: --imgsz,
+    else the checkpoint's training size, else 640."""
+    if getattr(args, "imgsz", 0) is not None or not getattr(args, "model", None):
         return
     from yoloprune.sources import train_imgsz
 
     size = train_imgsz(args.model)
     args.imgsz = size or 640
-    print(f"image size {args.imgsz} px ({'the checkpoint' + chr(39) + 's training size' if size else 'default'}; "
-          "--imgsz to change)", flush=True)
+    why = "the checkpoint's training size" if size else "default"
+    print(f"image size {args.imgsz} px ({why}; --imgsz to change)", flush=True)
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
@@ -108,7 +109,6 @@ def _default_out(model: str, tag: str) -> str:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    _resolve_imgsz(args)
     from yoloprune.prune import PruneConfig, prune
     from yoloprune.sources import save_checkpoint, source_meta
 
@@ -143,7 +143,6 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    _resolve_imgsz(args)
     from yoloprune.info import describe
 
     print(describe(args.model, imgsz=args.imgsz, verbose=args.verbose))
@@ -157,11 +156,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml")
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
     p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1",
-                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in CRITERIA_HELP.items())
-                   + " (default: %(default)s)")
+                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in CRITERIA_HELP.items()))
     p.add_argument("--scope", choices=("global", "uniform"), default="global")
     p.add_argument("--round-to", type=_positive_int, default=ROUND_TO,
-                   help="keep widths multiples of N (default: %(default)s, as sweeps and the demo)")
+                   help="keep widths multiples of N, as sweeps and the demo")
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
     p.add_argument("--target-gflops", type=float, default=None,
@@ -174,22 +172,20 @@ def _add_prune(sub) -> None:
                         "channels' means into the layers that read them, refit those layers by least squares to "
                         "reproduce the unpruned model, and feed data-aware criteria")
     p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
-                   help="number of calibration images (default: %(default)s)")
-    p.add_argument("--calib-imgsz", type=_positive_int, default=320, help="calibration image size (default: %(default)s)")
+                   help="number of calibration images")
+    p.add_argument("--calib-imgsz", type=_positive_int, default=320, help="calibration image size")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="with --calib-data: mean compensation only, no least-squares refit")
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="with --calib-data: re-estimate BatchNorm statistics on the calibration images afterwards")
     p.add_argument("--steps", type=_positive_int, default=1,
                    help="with --calib-data: reach the target in N prune-and-reconstruct steps, each reconstructing "
-                        "towards the original model (no training; slower, a little more accurate) "
-                        "(default: %(default)s)")
+                        "towards the original model (no training; slower, a little more accurate)")
     p.add_argument("--out", default=None, help="output checkpoint (default: <model>-<method><ratio>.pt)")
     p.set_defaults(func=_cmd_prune)
 
 
 def _cmd_iterative(args: argparse.Namespace) -> int:
-    _resolve_imgsz(args)
     from yoloprune.iterative import IterativeConfig, iterative_prune
 
     _check_out(args.model, args.out)
@@ -212,18 +208,18 @@ def _add_iterative(sub) -> None:
     p.add_argument("--data", required=True, help="data yaml: calibration (train), fine-tuning and val mAP")
     p.add_argument("--ratio", type=_ratio, default=None, help="overall fraction of prunable channels to remove")
     p.add_argument("--target-gflops", type=float, default=None, help="final GFLOPs as a fraction of the original")
-    p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step (default: %(default)s)")
-    p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1", help="importance criterion (default: %(default)s)")
-    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO, help="keep widths multiples of N (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step")
+    p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1", help="importance criterion")
+    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO, help="keep widths multiples of N")
     p.add_argument("--distill", action="store_true", help="fine-tune with the original model as the teacher")
     p.add_argument("--max-map-drop", type=float, default=None,
                    help="stop when val mAP50-95 falls more than this below the original's (e.g. 0.02)")
     p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
-                   help="calibration images per step (default: %(default)s)")
+                   help="calibration images per step")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
-    p.add_argument("--batch", type=_positive_int, default=16, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
+    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True, help="output checkpoint; the step table goes beside it")
     p.set_defaults(func=_cmd_iterative)
 
@@ -244,7 +240,6 @@ def _add_info(sub) -> None:
 
 
 def _cmd_val(args: argparse.Namespace) -> int:
-    _resolve_imgsz(args)
     import json
 
     from yoloprune.atomic import atomic_write_text
@@ -287,7 +282,6 @@ def _methods(text: str) -> list[str]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    _resolve_imgsz(args)
     from yoloprune.sweep import SweepConfig, markdown, merge, sweep
 
     if args.merge:
@@ -318,13 +312,13 @@ def _add_sweep(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every point for K epochs (default: 0)")
     p.add_argument("--distill", action="store_true", help="fine-tune points with the unpruned model as the teacher")
     p.add_argument("--round-to", type=_positive_int, default=ROUND_TO,
-                   help="keep pruned widths multiples of N (default: %(default)s, what CPU kernels turn into time)")
+                   help="keep pruned widths multiples of N: what CPU kernels turn into time")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="mean compensation only: no least-squares refit from the calibration images")
     p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
-                   help="train images for calibration (default: %(default)s)")
+                   help="train images for calibration")
     p.add_argument("--steps", type=_positive_int, default=1,
-                   help="prune-and-reconstruct steps per point (default: %(default)s)")
+                   help="prune-and-reconstruct steps per point")
     p.add_argument("--layers", action="store_true",
                    help="bn rows also remove residual blocks whose branch falls under the gamma threshold")
     p.add_argument("--split", choices=("val", "test"), default="val")
@@ -337,7 +331,6 @@ def _add_sweep(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    _resolve_imgsz(args)
     from yoloprune.export import ExportConfig, export
 
     _check_out(args.model, args.out)
@@ -403,7 +396,7 @@ def _train_options(p, epochs: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time", type=float, default=None,
                    help="hours of training; Ultralytics fits the epochs and LR schedule to it (overrides --epochs)")
-    p.add_argument("--project", default="runs", help="parent folder of the run folder (default: %(default)s)")
+    p.add_argument("--project", default="runs", help="parent folder of the run folder")
     p.add_argument("--name", default=None,
                    help="run folder name (default: the command, numbered if taken: finetune, finetune2, ...)")
     p.set_defaults(func=_cmd_train)
@@ -422,8 +415,7 @@ def _add_train(sub) -> None:
                         "checkpoint the model was pruned from (recorded in its metadata). Default: plain fine-tuning, "
                         "which did better in short runs on the tea-bud data (README)")
     p.add_argument("--dis", type=float, default=DISTILL_WEIGHT,
-                   help="distillation loss weight (default: %(default)s; Ultralytics' own 6.0 swamped the detection "
-                        "loss here)")
+                   help="distillation loss weight (Ultralytics' own 6.0 swamped the detection loss here)")
     _train_options(p, epochs=10)
     p = sub.add_parser("train-sparse", help="sparsity training (L1 on prunable BN gammas) for network slimming; "
                        "from a checkpoint it uses the fine-tuning defaults")
@@ -474,18 +466,13 @@ _COMMON_HELP = {
 
 def _document(parser: argparse.ArgumentParser) -> None:
     """Every option gets a help line, and every help line shows the option's default."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     for action in parser._actions:
-        if action.help == argparse.SUPPRESS or not action.option_strings or action.dest == "help":
+        if not action.option_strings or action.dest == "help":
             continue
         if not action.help:
             action.help = _COMMON_HELP.get(action.option_strings[-1], action.dest.replace("_", " "))
-        action.help = action.help.replace(" (default: %(default)s)", "").replace("default: %(default)s, ", "")
-        if action.default is None or action.default is False or action.required:
-            continue
-        if "%(default)" not in action.help:
+        if action.default not in (None, False) and not action.required:
             action.help += " (default: %(default)s)"
-    parser.formatter_class = argparse.HelpFormatter  # defaults are now in the text, once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -530,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in ("make-data",):
             offline_runtime()
+        _resolve_imgsz(args)
         return args.func(args)
     except YoloPruneError as e:
         print(f"yoloprune: error: {e}", file=sys.stderr)
