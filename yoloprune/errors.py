@@ -1,12 +1,19 @@
 """The exception types the CLI turns into one-line messages and exit code 2."""
 
+import pickle
+import zipfile
+
+# What torch.load raises on a file that is not a readable checkpoint (truncated, not a zip, foreign pickles, ...)
+UNREADABLE_CHECKPOINT = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
+                         AttributeError, ModuleNotFoundError, TypeError, UnicodeDecodeError)
+
 
 class YoloPruneError(Exception):
     """Base class: an error the user can fix (bad file, bad value). The message names the file or value."""
 
 
 class CheckpointError(YoloPruneError):
-    """A checkpoint is missing, unreadable, or not an Ultralytics detection model."""
+    """A checkpoint is missing, unreadable, or not a detection model yoloprune can prune."""
 
 
 class ConfigError(YoloPruneError):

@@ -247,7 +247,8 @@ def _epoch_line(trainer) -> None:
     losses = trainer.tloss if isinstance(trainer.tloss, dict) else {}
     val = (trainer.metrics or {}).get("metrics/mAP50-95(B)")
     if done > total:  # Ultralytics' final validation of best.pt reports as one epoch past the end
-        print(f"best.pt: val mAP50-95 {float(val):.4f}" if val is not None else "", flush=True)
+        if val is not None:
+            print(f"best.pt: val mAP50-95 {float(val):.4f}", flush=True)
         return
     print(f"epoch {done}/{total}  " + "  ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
           + (f"  val mAP50-95 {float(val):.4f}" if val is not None else "")
@@ -260,15 +261,16 @@ def train(cfg: TrainConfig) -> Path:
     for split in ("train", "val"):  # broken data files fail here in one line, not deep inside the trainer
         spec = load_data(cfg.data, split)
     model, given = _source_model(cfg, spec)
-    adapter = sources.adapter(model) if model is not None else None
+    adapter = sources.adapter(model) if model is not None else sources.ultralytics
+    own_trainer = adapter is not sources.ultralytics  # another source trains with its own trainer, run directly
     if cfg.teacher:
-        if adapter is not None and adapter is not sources.adapter(None):
+        if own_trainer:
             raise ConfigError("distillation (--teacher) is offered for Ultralytics models only; fine-tune without it")
         teacher, _ = load_model(cfg.teacher)
         spec.check_model(teacher)
     overrides = cfg.overrides()
     overrides["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
-    if adapter is not None and adapter is not sources.adapter(None):  # another source: its own trainer, run directly
+    if own_trainer:
         trainer = adapter.trainer_class(bool(cfg.sr))(overrides=overrides)
         trainer.add_callback("on_pretrain_routine_start", _announce)
         trainer.add_callback("on_fit_epoch_end", _epoch_line)
@@ -283,7 +285,7 @@ def train(cfg: TrainConfig) -> Path:
     # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be
     # its least sparse epoch, so the sparse model is the final one.
     chosen = Path(save_dir) / "weights" / ("last.pt" if cfg.sr else "best.pt")
-    if adapter is not None and adapter is not sources.adapter(None):
+    if own_trainer:
         trained = adapter.from_trainer_checkpoint(chosen)
         opt = {**as_dict(given.get("opt")), "imgsz": cfg.imgsz, "data": str(cfg.data), "epochs": cfg.epochs}
         return save_checkpoint(trained, cfg.out, {**given, "opt": opt}, {"trained": {"epochs": cfg.epochs}})

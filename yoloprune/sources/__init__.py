@@ -3,11 +3,13 @@
 - ``sources.ultralytics``: YOLOv5u / v8 / 11 / ... from the Ultralytics package.
 - ``sources.yolov5``: checkpoints of the original YOLOv5 repository (anchor-based head, saved back in its format).
 
-An adapter is a module. It must provide ``load(path)``, ``check(model)``, ``save(model, path, ckpt, meta)``,
-``head_output_convs(model)``, ``num_classes(model)``, ``validator_class()``, ``trainer_class(sparse)`` and
-``export_onnx(model, out, imgsz, dynamic, simplify)``; it may override the defaults that the Ultralytics adapter
-supplies for the rest (``residual_blocks``, ``fixed_layers``, ``fix_widths``, ``trace_model``, ``gflops``, ...),
-which only rely on torch and Ultralytics' block classes. Everything outside ``sources`` calls the functions below.
+An adapter is a module. It provides ``check(model)``, ``save(model, path, ckpt, meta)``, ``head_output_convs(model)``,
+``num_classes(model)``, ``validator_class()``, ``export_onnx(model, ckpt, out, imgsz, dynamic, simplify)``,
+``NMS_IOU`` and ``OUTPUT_CHANNEL_AXIS``; it may override the defaults that the Ultralytics adapter supplies for the
+rest (``residual_blocks``, ``fixed_layers``, ``fix_widths``, ``trace_model``, ``gflops``, ...), which only rely on
+torch and Ultralytics' block classes. A source other than Ultralytics also provides ``trainer_class(sparse)``
+(Ultralytics models train through ``YOLO.train``). ``load_model`` below picks the adapter from the file.
+Everything outside ``sources`` calls the functions below.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from yoloprune.errors import CheckpointError, YoloPruneError
 from yoloprune.sources import ultralytics as _ultralytics
 from yoloprune.sources import yolov5 as _yolov5
 from yoloprune.sources.ultralytics import as_dict, recorded_source, sha256, source_meta  # noqa: F401
@@ -29,7 +32,9 @@ def adapter(model: nn.Module) -> ModuleType:
 
 
 def _op(name: str, model: nn.Module):
-    return getattr(adapter(model), name, None) or getattr(_ultralytics, name)
+    """The adapter's own ``name``, else the default the Ultralytics adapter supplies."""
+    own = adapter(model)
+    return getattr(own, name) if hasattr(own, name) else getattr(_ultralytics, name)
 
 
 def is_original_yaml(path: Path) -> bool:
@@ -53,7 +58,7 @@ def load_model(src: Any) -> tuple[nn.Module, dict]:
             try:
                 return _yolov5.YOLOv5Model(path).eval(), {}
             except Exception as e:  # an unknown yaml is user input: report it in one line
-                raise _yolov5.CheckpointError(f"cannot build a model from {path}: {e}") from None
+                raise CheckpointError(f"cannot build a model from {path}: {e}") from None
         if path.is_file() and path.suffix not in (".yaml", ".yml") and _yolov5.is_original(path):
             return _yolov5.load(path)
     return _ultralytics.load_model(src)
@@ -117,8 +122,6 @@ def nms_iou(model: nn.Module) -> float:
 
 def train_imgsz(src: Any) -> int | None:
     """The image size a checkpoint was trained at (Ultralytics' ``train_args``, the original repository's ``opt``)."""
-    from yoloprune.errors import YoloPruneError
-
     try:
         _, ckpt = load_model(src)
     except YoloPruneError:

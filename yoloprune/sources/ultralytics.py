@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import pickle
-import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
 from yoloprune import __version__  # noqa: E402
 from yoloprune.atomic import atomic_write  # noqa: E402
-from yoloprune.errors import CheckpointError  # noqa: E402
+from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError  # noqa: E402
 from yoloprune.graph import Graph, trace  # noqa: E402
 
 
@@ -39,8 +37,7 @@ def _read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint is empty: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
-            AttributeError, ModuleNotFoundError, TypeError, UnicodeDecodeError) as e:
+    except UNREADABLE_CHECKPOINT as e:
         why = f"{type(e).__name__}: {e}" if isinstance(e, ModuleNotFoundError) else type(e).__name__
         raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({why})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
@@ -232,12 +229,6 @@ def validator_class():
     from ultralytics.models.yolo.detect import DetectionValidator
 
     return DetectionValidator
-
-
-def trainer_class(sparse: bool = False):
-    from yoloprune.train import PrunedDetectionTrainer, SparseDetectionTrainer
-
-    return SparseDetectionTrainer if sparse else PrunedDetectionTrainer
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:

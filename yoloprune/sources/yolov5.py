@@ -29,7 +29,7 @@ from ultralytics.nn.tasks import BaseModel
 from ultralytics.utils.torch_utils import initialize_weights
 
 from yoloprune.atomic import atomic_write
-from yoloprune.errors import CheckpointError
+from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError
 
 
 class AnchorDetect(nn.Module):
@@ -318,8 +318,7 @@ def read_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_UNPICKLE)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
-            AttributeError, ModuleNotFoundError, TypeError, UnicodeDecodeError) as e:
+    except UNREADABLE_CHECKPOINT as e:
         raise CheckpointError(f"not a readable original YOLOv5 checkpoint: {path} ({type(e).__name__})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, YOLOv5Model):
