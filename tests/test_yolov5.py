@@ -354,3 +354,17 @@ def test_slimming_removes_dead_bottlenecks_of_an_original_model_exactly():
     report = yp.compact(model)
     assert set(report.removed_blocks) >= {"model.2.m.0", "model.6.m.1"}
     assert rel_err(_out(model, x), before) < 1e-5
+
+
+def test_sweep_rows_of_an_original_model_keep_its_format_and_training_options(tmp_path):
+    from yoloprune.sweep import SweepConfig, sweep
+    from yoloprune.teabud import TeaBudConfig, generate
+
+    data = generate(TeaBudConfig(out=tmp_path / "d", n_train=4, n_val=4, n_test=0))
+    df = sweep(SweepConfig(model=str(REAL), data=str(data), out=str(tmp_path / "s"), ratios=[0.3], imgsz=64,
+                           latency_runs=2, calib_images=4))
+    assert list(df["status"]) == ["ok"] and float(df["params_ratio"].iloc[0]) < 0.8
+    row = tmp_path / "s" / "models" / "l1-0.3.pt"
+    assert "models.yolo DetectionModel" in _globals(row)
+    _, ckpt = sources.load_model(row)
+    assert ckpt["opt"]["cfg"] == "models/yolov5n.yaml" and sources.train_imgsz(row) == 64

@@ -245,12 +245,13 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
         return {**row, "status": f"refused: {e}"}
     tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
     ckpt = work / f"{tag}.pt"
-    sources.save_checkpoint(model, ckpt, meta={"sweep": {"method": method, "ratio": ratio},
-                                             **sources.source_meta(cfg.model)})
+    sources.save_checkpoint(model, ckpt, base_stats.get("ckpt"), meta={"sweep": {"method": method, "ratio": ratio},
+                                                                    **sources.source_meta(cfg.model)})
     if ft:
         tuned = work / f"{tag}.tuned.pt"
         train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
-                          batch=cfg.batch, workers=cfg.workers, finetune=True, project=str(work.parent / "runs"), name=tag,
+                          batch=cfg.batch, workers=cfg.workers, finetune=True,
+                          project=str(work.parent / "runs"), name=tag,
                           teacher=cfg.model if cfg.distill else None))
         tuned.replace(ckpt)
         model, _ = sources.load_model(ckpt)
@@ -303,14 +304,15 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
     if not todo:
         write_results(combine([df]), out, title)
         return combine([df])
-    base, _ = sources.load_model(cfg.model)
+    base, base_ckpt = sources.load_model(cfg.model)
     evaluator = Evaluator(cfg.data, cfg.split, imgsz=cfg.imgsz, batch=cfg.batch)
     evaluator.spec.check_model(base)
     work = out / "models"
     work.mkdir(parents=True, exist_ok=True)
     progress = _Progress(len(todo))
     with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
-        base_stats = {"params": sum(p.numel() for p in base.parameters()), "gflops": sources.gflops(base, cfg.imgsz),
+        base_stats = {"ckpt": {k: base_ckpt[k] for k in ("opt", "git", "train_args") if k in base_ckpt},  # kept
+                      "params": sum(p.numel() for p in base.parameters()), "gflops": sources.gflops(base, cfg.imgsz),
                       "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
         if cfg.compensate:  # the unpruned model is recorded once on the calibration images, for every row
             base_stats["calibration"] = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
