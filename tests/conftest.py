@@ -42,6 +42,41 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
+def head_out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's decoded predictions in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        return model(x)[0]
+
+
+def assert_masked_equals_removed_equals_compacted(make, ratio: float, x: torch.Tensor) -> None:
+    """Plan l1 at ``ratio`` on ``make()``: zeroing the planned channels (mask), removing them (apply) and compacting
+    the masked model must all give the same outputs, the last two with the same parameter count."""
+    import yoloprune as yp
+    from yoloprune.prune import _trace, apply
+
+    model = make()
+    full = head_out(model, x)
+    p = yp.plan(model, _trace(model), yp.PruneConfig(ratio=ratio, method="l1"))
+    assert len(p.remove) > 0
+    yp.mask(model, p)
+    masked = head_out(model, x)
+    assert rel_err(masked, full) > 1e-3, "masking must change the output, or the test proves nothing"
+
+    removed = make()
+    yp.mask(removed, p)
+    apply(removed, p)
+    assert rel_err(head_out(removed, x), masked) < 1e-5
+
+    params_masked = sum(q.numel() for q in model.parameters())
+    report = yp.compact(model)
+    assert report.removed_units == len(p.remove)
+    assert rel_err(head_out(model, x), masked) < 1e-5
+    assert sum(q.numel() for q in model.parameters()) < params_masked
+    assert sum(q.numel() for q in model.parameters()) == sum(q.numel() for q in removed.parameters())
+    assert head_out(model, x).shape == full.shape
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -6,42 +6,19 @@ import copy
 
 import pytest
 import torch
-from conftest import build, rel_err
+from conftest import assert_masked_equals_removed_equals_compacted, build, head_out, rel_err
 
 import yoloprune as yp
 from yoloprune.prune import _trace, apply, dead_units
 from yoloprune.surgery import channels
 
-
-def _out(model, x):
-    model.eval()
-    with torch.no_grad():
-        return model(x)[0]
+_out = head_out
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5])
 def test_masked_equals_removed_equals_compacted(family, ratio):
-    model = build(family)
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
-    full = _out(model, x)
-    graph = _trace(model)
-    p = yp.plan(model, graph, yp.PruneConfig(ratio=ratio, method="l1"))
-    assert len(p.remove) > 0
-    yp.mask(model, p)
-    masked = _out(model, x)
-    assert rel_err(masked, full) > 1e-3, "masking must change the output, or the test proves nothing"
-
-    removed = build(family)
-    yp.mask(removed, p)
-    apply(removed, p)
-    assert rel_err(_out(removed, x), masked) < 1e-5
-
-    params_masked = sum(q.numel() for q in model.parameters())
-    report = yp.compact(model)
-    assert report.removed_units == len(p.remove)
-    assert rel_err(_out(model, x), masked) < 1e-5
-    assert sum(q.numel() for q in model.parameters()) < params_masked
-    assert sum(q.numel() for q in model.parameters()) == sum(q.numel() for q in removed.parameters())
+    assert_masked_equals_removed_equals_compacted(lambda: build(family), ratio, x)
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.4, 0.7])

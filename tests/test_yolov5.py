@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import randomize_bn, rel_err
+from conftest import assert_masked_equals_removed_equals_compacted, head_out, randomize_bn, rel_err
 
 import yoloprune as yp
 from yoloprune import sources
 from yoloprune.errors import CheckpointError, UnsupportedModelError
-from yoloprune.prune import _trace, apply
 from yoloprune.sources import yolov5 as v5
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -41,10 +40,7 @@ def build_v5(variant: str, nc: int = 2) -> v5.YOLOv5Model:
     return randomize_bn(v5.YOLOv5Model(cfg, nc=nc)).eval()
 
 
-def _out(model, x):
-    model.eval()
-    with torch.no_grad():
-        return model(x)[0]
+_out = head_out
 
 
 def _globals(path: Path) -> set[str]:
@@ -112,23 +108,8 @@ def test_pruned_real_checkpoint_is_saved_in_the_original_format(tmp_path, ratio)
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_masked_equals_removed_equals_compacted(variant):
-    model = build_v5(variant)
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
-    full = _out(model, x)
-    p = yp.plan(model, _trace(model), yp.PruneConfig(ratio=0.4, method="l1"))
-    assert len(p.remove) > 0
-    yp.mask(model, p)
-    masked = _out(model, x)
-    assert rel_err(masked, full) > 1e-3, "masking must change the output, or the test proves nothing"
-    removed = build_v5(variant)
-    yp.mask(removed, p)
-    apply(removed, p)
-    assert rel_err(_out(removed, x), masked) < 1e-5
-    report = yp.compact(model)
-    assert report.removed_units == len(p.remove)
-    assert rel_err(_out(model, x), masked) < 1e-5
-    assert sum(q.numel() for q in model.parameters()) == sum(q.numel() for q in removed.parameters())
-    assert _out(model, x).shape == full.shape
+    assert_masked_equals_removed_equals_compacted(lambda: build_v5(variant), 0.4, x)
 
 
 def test_transformer_variant_is_refused_untouched():
