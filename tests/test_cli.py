@@ -164,7 +164,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "yoloprune", "sweep", "--model", str(model), "--data", str(data),
                              "--ratios", "0,0.1,0.2,0.3,0.4,0.5", "--imgsz", "64", "--out", str(tmp_path / "s")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    deadline = time.time() + 120  # interrupt once the sweep has started (a loaded machine imports slowly)
+    while not (tmp_path / "s" / "sweep.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

@@ -185,3 +185,38 @@ def test_fitted_projectors_map_student_features_onto_the_teacher(pruned_from):
     assert fit_projectors(dm, images) == len(dm.projector) == 3
     after = errors()
     assert all(a < 0.5 * b for a, b in zip(after, before, strict=True)), (before, after)
+
+
+@pytest.mark.slow
+def test_ddp_workers_rebuild_the_pruned_model_and_the_penalty(tiny, tmp_path, monkeypatch):
+    """``finetune/train-sparse --device 0,1``: Ultralytics' DDP launcher pickles the trainer (class, arguments,
+    model, callbacks) into a worker script and starts it once per GPU. Without GPUs the launch is simulated: where
+    it would start ``torch.distributed.run``, the launcher's own worker script runs once, in a fresh process, on
+    the CPU (only the process group itself needs GPUs). The worker must train the pruned widths with the user's
+    penalty, not the default one, and the parent must pick up the worker's weights."""
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_command
+
+    launched = []
+
+    def launch(self):
+        cmd, file = generate_ddp_command(self)  # exactly what a multi-GPU run writes
+        launched.append(cmd)
+        try:
+            subprocess.run([sys.executable, file], check=True, timeout=600)
+        finally:
+            ddp_cleanup(self, file)
+
+    monkeypatch.setattr(BaseTrainer, "_do_train", launch)
+    root, data = tiny
+    out = tmp_path / "sparse.pt"
+    train(TrainConfig(model=str(root / "model.pt"), data=str(data), out=str(out), epochs=1, imgsz=128, batch=4,
+                      workers=0, sr=3e-3, project=str(tmp_path / "run")))
+    assert launched and "torch.distributed.run" in launched[0]
+    pruned = torch.load(root / "model.pt", weights_only=False)["model"]
+    trained = torch.load(out, weights_only=False)["model"]
+    assert _widths(trained) == _widths(pruned)
+    results = (tmp_path / "run" / "train-sparse" / "results.csv").read_text().splitlines()
+    header, row = results[0].split(","), results[1].split(",")
+    assert float(row[header.index("slim/sr")]) == pytest.approx(3e-3)  # not the class default 1e-4
+    assert header.count("slim/sr") == 1 and len(results) == 2  # callbacks ran once per event, one epoch

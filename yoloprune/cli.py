@@ -20,6 +20,22 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _float_at_least(low: float, strict: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {low:g}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_float = _float_at_least(0.0, strict=True)
+_nonnegative_float = _float_at_least(0.0, strict=False)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -284,6 +300,12 @@ def _methods(text: str) -> list[str]:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from yoloprune.sweep import SweepConfig, markdown, merge, sweep
 
+    if args.ray is not None:
+        from yoloprune.cluster import RayConfig, ray_sweep, require_ray
+
+        if args.merge:
+            raise ConfigError("--ray runs a sweep; --merge joins finished ones: give one of them")
+        require_ray()  # before any work: the extra may be missing
     if args.merge:
         df = merge(args.merge, args.out)
     else:
@@ -293,8 +315,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
                           batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers,
                           reconstruct=not args.no_reconstruct, calib_images=args.calib_images,
-                          distill=args.distill, steps=args.steps)
-        df = sweep(cfg)
+                          distill=args.distill, steps=args.steps, device=args.device)
+        if args.ray is not None:
+            rc = RayConfig(address=None if args.ray == "local" else args.ray, cpus_per_point=args.cpus_per_point,
+                           gpus_per_point=args.gpus_per_point, local_cpus=args.ray_cpus, shared=args.ray_shared)
+            df = ray_sweep(cfg, rc)
+        else:
+            df = sweep(cfg)
     print(markdown(df))
     print(f"wrote {Path(args.out) / 'results.csv'}, results.md, map_vs_ratio.png, map_vs_latency.png")
     return 0
@@ -325,7 +352,19 @@ def _add_sweep(sub) -> None:
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where points are fine-tuned: cpu, 0, 0,1 (Ultralytics' device)")
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="join the results of these sweep folders")
+    g = p.add_argument_group("on a Ray cluster (pip install \"yoloprune[ray]\")")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run each point as a Ray task: alone, on a local Ray instance started here; 'auto' or "
+                        "host:port joins a running cluster (default: off)")
+    g.add_argument("--cpus-per-point", type=_positive_float, default=1.0, help="Ray CPUs each point requests")
+    g.add_argument("--gpus-per-point", type=_nonnegative_float, default=0.0,
+                   help="Ray GPUs each point requests; points are fine-tuned on them")
+    g.add_argument("--ray-cpus", type=_positive_int, default=None,
+                   help="CPUs of the local Ray instance (default: all of this machine's)")
+    g.add_argument("--ray-shared", action="store_true",
+                   help="every node sees --model and --data at the same paths: ship nothing through Ray")
     p.add_argument("--out", required=True, help="output folder (rows already there are kept, not recomputed)")
     p.set_defaults(func=_cmd_sweep)
 

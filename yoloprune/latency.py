@@ -36,6 +36,22 @@ def torch_latency(model: nn.Module, imgsz: int, runs: int = 20) -> float:
         model.train(was_training)
 
 
+def machine() -> dict[str, str]:
+    """The host name and CPU model of this machine, recorded beside latencies measured on it."""
+    import platform
+    import socket
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "cpu": cpu}
+
+
 def ort_session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 

@@ -24,13 +24,14 @@ from yoloprune.errors import ConfigError, UnsupportedModelError
 from yoloprune.evaluate import Evaluator
 from yoloprune.export import export_onnx
 from yoloprune.importance import names as criteria
-from yoloprune.latency import paired_onnx_latency
+from yoloprune.latency import machine, paired_onnx_latency
 from yoloprune.reconstruct import record
 
 KEY = ["method", "ratio", "finetune_epochs"]
 
 COLUMNS = [*KEY, "status", "map50_95", "map50", "ultralytics_map50_95", "params", "params_ratio", "gflops",
-           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "blocks_removed", "seconds"]
+           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "blocks_removed", "seconds", "host", "cpu"]
+FAILED = "failed"  # status prefix of a point that raised on a worker: retried when the sweep runs again
 
 
 def sweep_methods() -> tuple[str, ...]:
@@ -51,6 +52,7 @@ class SweepConfig:
     workers: int = 2
     latency_runs: int = 30
     latency_threads: int = 1  # onnxruntime intra-op threads: 1 is the small-device case and steadiest when shared
+    device: str = "cpu"  # where fine-tuning runs (Ultralytics device string)
     round_to: int = 8  # keep pruned widths multiples of this (8 suits CPU kernels)
     keep_models: bool = True  # keep each row's checkpoint under out/models
     compensate: bool = True  # calibrate on train images: mean compensation (and data-aware criteria)
@@ -101,7 +103,22 @@ def _key(method: str, ratio: float, ft: int) -> tuple:
 
 
 def done_keys(df: pd.DataFrame) -> set[tuple]:
-    return {_key(m, r, f) for m, r, f in zip(df["method"], df["ratio"], df["finetune_epochs"], strict=True)}
+    """Keys of finished rows: ok or refused. A failed row (an error on a cluster worker) is run again."""
+    failed = df["status"].astype(str).str.startswith(FAILED) if "status" in df.columns else [False] * len(df)
+    return {_key(m, r, f) for m, r, f, bad in zip(df["method"], df["ratio"], df["finetune_epochs"], failed,
+                                                    strict=True) if not bad}
+
+
+def todo(cfg: SweepConfig, df: pd.DataFrame) -> list[tuple[str, float, int]]:
+    """The sweep's points that have no finished row in ``df``."""
+    done = done_keys(df)
+    return [j for j in cfg.jobs() if _key(*j) not in done]
+
+
+def tag(job: tuple) -> str:
+    """File stem of a point's checkpoint and run folder: l1-0.3, l1-0.3-ft10."""
+    method, ratio, ft = job
+    return f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
 
 
 def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -174,7 +191,8 @@ def _draw(ax, df: pd.DataFrame, x: str, y: str, label_ratios: bool) -> None:
         ax.scatter(refused["ratio"], [0] * len(refused), marker="x", color="red", label="refused (see results.md)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def plot(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
@@ -237,26 +255,26 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
 
     method, ratio, ft = job
     t0 = time.perf_counter()
-    row = {"method": method, "ratio": ratio, "finetune_epochs": ft}
+    row = {"method": method, "ratio": ratio, "finetune_epochs": ft, **machine()}
     try:
         model, n_blocks = _prune_copy(base, method, ratio, cfg, base_stats.get("calibration"),
                                       base_stats.get("reference"))
     except (ConfigError, UnsupportedModelError) as e:  # above bn's safe maximum, a layer emptied...: recorded
         return {**row, "status": f"refused: {e}"}
-    tag = f"{method}-{ratio:g}" + (f"-ft{ft}" if ft else "")
-    ckpt = work / f"{tag}.pt"
+    name = tag(job)
+    ckpt = work / f"{name}.pt"
     sources.save_checkpoint(model, ckpt, base_stats.get("ckpt"), meta={"sweep": {"method": method, "ratio": ratio},
-                                                                    **sources.source_meta(cfg.model)})
+                                                                    **base_stats["meta"]})
     if ft:
-        tuned = work / f"{tag}.tuned.pt"
+        tuned = work / f"{name}.tuned.pt"
         train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
-                          batch=cfg.batch, workers=cfg.workers, finetune=True,
-                          project=str(work.parent / "runs"), name=tag,
+                          batch=cfg.batch, workers=cfg.workers, finetune=True, device=cfg.device,
+                          project=str(work.parent / "runs"), name=name,
                           teacher=cfg.model if cfg.distill else None))
         tuned.replace(ckpt)
         model, _ = sources.load_model(ckpt)
     res = evaluator(model)
-    onnx = export_onnx(ckpt, work / f"{tag}.onnx", cfg.imgsz)
+    onnx = export_onnx(ckpt, work / f"{name}.onnx", cfg.imgsz)
     base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
     params = sum(p.numel() for p in model.parameters())
     gfl = sources.gflops(model, cfg.imgsz)
@@ -267,7 +285,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
             "speedup": base_lat / lat, "blocks_removed": n_blocks, "seconds": time.perf_counter() - t0}
 
 
-def _reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
+def reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
     """Ratio 0 without fine-tuning is the unpruned model whatever the method: reuse a finished such row."""
     method, ratio, ft = job
     if ratio != 0 or ft or "status" not in df.columns:
@@ -293,42 +311,72 @@ def _check_recipe(cfg: SweepConfig, out: Path, df: pd.DataFrame) -> None:
         atomic_write_text(path, json.dumps(cfg.recipe(), indent=1))
 
 
-def sweep(cfg: SweepConfig) -> pd.DataFrame:
-    """Run the missing rows of the sweep and return the whole table (also written under ``cfg.out``)."""
+def prepare(cfg: SweepConfig, tmp: Path, calibration=None, meta: dict | None = None) -> tuple:
+    """What every point of a sweep shares: the base model, its figures (params, GFLOPs, its ONNX export under
+    ``tmp`` for paired latency), the calibration images and the base's recorded activations, and the evaluator.
+    A cluster worker is handed the driver's ``calibration`` images and source ``meta``, so that its rows equal
+    the local sweep's. Returns (base, base_stats, evaluator)."""
+    base, base_ckpt = sources.load_model(cfg.model)
+    evaluator = Evaluator(cfg.data, cfg.split, imgsz=cfg.imgsz, batch=cfg.batch)
+    evaluator.spec.check_model(base)
+    stats = {"ckpt": {k: base_ckpt[k] for k in ("opt", "git", "train_args") if k in base_ckpt},  # kept in rows
+             "meta": sources.source_meta(cfg.model) if meta is None else meta,
+             "params": sum(p.numel() for p in base.parameters()), "gflops": sources.gflops(base, cfg.imgsz),
+             "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
+    if cfg.compensate:  # the unpruned model is recorded once on the calibration images, for every row
+        stats["calibration"] = (calibration_images(cfg.data, cfg.imgsz, cfg.calib_images) if calibration is None
+                                else calibration)
+        stats["reference"] = record(base, stats["calibration"], sources.trace_model(base).bn_after)
+    return base, stats, evaluator
+
+
+def title(cfg: SweepConfig) -> str:
+    return f"{Path(cfg.model).name} on {Path(cfg.data).stem} {cfg.split}, {cfg.imgsz} px"
+
+
+def start(cfg: SweepConfig) -> tuple[pd.DataFrame, list[tuple]]:
+    """Check the settings against the output folder; return its finished rows and the points still to run."""
     cfg.validate()
     out = Path(cfg.out)
     df = read_results(out)
     _check_recipe(cfg, out, df)
-    todo = [j for j in cfg.jobs() if _key(*j) not in done_keys(df)]
-    title = f"{Path(cfg.model).name} on {Path(cfg.data).stem} {cfg.split}, {cfg.imgsz} px"
-    if not todo:
-        write_results(combine([df]), out, title)
-        return combine([df])
-    base, base_ckpt = sources.load_model(cfg.model)
-    evaluator = Evaluator(cfg.data, cfg.split, imgsz=cfg.imgsz, batch=cfg.batch)
-    evaluator.spec.check_model(base)
-    work = out / "models"
-    work.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(len(todo))
-    with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
-        base_stats = {"ckpt": {k: base_ckpt[k] for k in ("opt", "git", "train_args") if k in base_ckpt},  # kept
-                      "params": sum(p.numel() for p in base.parameters()), "gflops": sources.gflops(base, cfg.imgsz),
-                      "onnx": export_onnx(base, Path(tmp) / "base.onnx", cfg.imgsz)}
-        if cfg.compensate:  # the unpruned model is recorded once on the calibration images, for every row
-            base_stats["calibration"] = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
-            base_stats["reference"] = record(base, base_stats["calibration"], sources.trace_model(base).bn_after)
-        for job in todo:
-            row = _reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
-            df = combine([df, pd.DataFrame([row])])
-            write_results(df, out, title)  # after every row: a killed sweep loses at most the row in flight
-            progress.step(f"{job[0]} ratio {job[1]:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
-                                                            if row["status"] == "ok" else row["status"]))
+    return df, todo(cfg, df)
+
+
+def add_row(df: pd.DataFrame, row: dict, cfg: SweepConfig, progress: _Progress) -> pd.DataFrame:
+    """Put a finished point into the table and write the table and plots (atomically): a killed sweep loses at
+    most the points in flight."""
+    df = combine([df, pd.DataFrame([row])])
+    write_results(df, cfg.out, title(cfg))
+    progress.step(f"{row['method']} ratio {row['ratio']:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
+                                                               if row["status"] == "ok" else row["status"]))
+    return df
+
+
+def finish(df: pd.DataFrame, cfg: SweepConfig) -> pd.DataFrame:
     if cfg.finetune_epochs:
-        write_results(df, out, title + f", fine-tuned {cfg.finetune_epochs} epochs")
+        write_results(df, cfg.out, title(cfg) + f", fine-tuned {cfg.finetune_epochs} epochs")
     if not cfg.keep_models:
-        for f in work.glob("*"):
+        for f in (Path(cfg.out) / "models").glob("*"):
             f.unlink()
     return df
+
+
+def sweep(cfg: SweepConfig) -> pd.DataFrame:
+    """Run the missing rows of the sweep and return the whole table (also written under ``cfg.out``)."""
+    df, jobs = start(cfg)
+    if not jobs:
+        write_results(combine([df]), cfg.out, title(cfg))
+        return combine([df])
+    work = Path(cfg.out) / "models"
+    work.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(len(jobs))
+    with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
+        base, base_stats, evaluator = prepare(cfg, Path(tmp))
+        for job in jobs:
+            row = reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
+            df = add_row(df, row, cfg, progress)
+    return finish(df, cfg)
 
 
 def merge(dirs: list[str | Path], out: str | Path) -> pd.DataFrame:

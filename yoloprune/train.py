@@ -3,7 +3,9 @@ sparsity training for network slimming.
 
 Ultralytics' trainer rebuilds its model from the yaml and copies over only shape-matching weights, which would
 undo pruning. ``PrunedDetectionTrainer`` instead hands the trainer the pruned model from the checkpoint file
-itself, so every process (and each DDP worker) rebuilds the same pruned architecture from the path alone.
+itself. For multi-GPU runs, Ultralytics' DDP launcher pickles the trainer's class, arguments, model and callbacks
+(cloudpickle) and each worker rebuilds the trainer from them: the pruned module itself travels, settings that are
+not Ultralytics arguments (the slimming penalty) travel as attributes of the class, and callbacks are added once.
 ``SparseDetectionTrainer`` adds the slimming penalty between gradient clipping and the optimizer step, through a
 step pre-hook on the trainer's own optimizer (a torch API); nothing in Ultralytics is patched or copied.
 """
@@ -103,7 +105,12 @@ class PrunedDetectionTrainer(DetectionTrainer):
     def __init__(self, cfg=None, overrides=None, _callbacks=None):
         kwargs = {"cfg": cfg} if cfg is not None else {}
         super().__init__(overrides=overrides, _callbacks=_callbacks, **kwargs)
-        self.add_callback("on_pretrain_routine_end", PrunedDetectionTrainer._start_projectors)
+        self.add_callback_once("on_pretrain_routine_end", PrunedDetectionTrainer._start_projectors)
+
+    def add_callback_once(self, event: str, fn) -> None:
+        """A DDP worker's trainer is built with the launching trainer's callbacks, ours among them."""
+        if fn not in self.callbacks[event]:
+            self.add_callback(event, fn)
 
     def _start_projectors(self) -> None:
         """Distillation: fit the projectors on calibration images before the first step (see ``fit_projectors``)."""
@@ -169,21 +176,30 @@ def fit_projectors(dm, images: torch.Tensor) -> int:
 class SparseDetectionTrainer(PrunedDetectionTrainer):
     """Sparsity training for network slimming: ``grad(gamma) += sr * sign(gamma)`` on prunable BN channels.
 
-    ``sr`` and ``sr_decay`` come in the overrides beside Ultralytics' own arguments and are taken out before the
-    trainer validates them. |gamma| statistics go into results.csv each epoch, and a before/after histogram of
-    |gamma| is written to ``<run>/gamma_hist.png``.
+    ``sr`` and ``sr_decay`` are class attributes (see ``configured``); given in the overrides beside Ultralytics'
+    own arguments they win, and are taken out before the trainer validates them. |gamma| statistics go into
+    results.csv each epoch, and a before/after histogram of |gamma| is written to ``<run>/gamma_hist.png``.
     """
+
+    sr: float = 1e-4
+    sr_decay: bool = False
+
+    @classmethod
+    def configured(cls, sr: float, sr_decay: bool = False) -> type:
+        """A subclass that carries the penalty. Ultralytics' DDP workers rebuild the trainer from its pickled class
+        and its Ultralytics arguments only, so a setting held anywhere else would fall back to the default."""
+        return type(cls.__name__, (cls,), {"sr": float(sr), "sr_decay": bool(sr_decay), "__module__": cls.__module__})
 
     def __init__(self, cfg=None, overrides=None, _callbacks=None):
         overrides = dict(overrides or {})
-        self.sr = float(overrides.pop("sr", 1e-4))
-        self.sr_decay = bool(overrides.pop("sr_decay", False))
+        self.sr = float(overrides.pop("sr", self.sr))
+        self.sr_decay = bool(overrides.pop("sr_decay", self.sr_decay))
         self.bn_masks: dict = {}
         self.gammas_before = None
         kwargs = {"cfg": cfg} if cfg is not None else {}
         super().__init__(overrides=overrides, _callbacks=_callbacks, **kwargs)
-        self.add_callback("on_pretrain_routine_end", SparseDetectionTrainer._start)
-        self.add_callback("on_train_end", SparseDetectionTrainer._finish)
+        self.add_callback_once("on_pretrain_routine_end", SparseDetectionTrainer._start)
+        self.add_callback_once("on_train_end", SparseDetectionTrainer._finish)
 
     def _start(self) -> None:
         net = unwrap_model(self.model)
@@ -270,8 +286,9 @@ def train(cfg: TrainConfig) -> Path:
         spec.check_model(teacher)
     overrides = cfg.overrides()
     overrides["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
+    base = SparseDetectionTrainer.configured(cfg.sr, cfg.sr_decay) if cfg.sr else PrunedDetectionTrainer
     if own_trainer:
-        trainer = adapter.trainer_class(bool(cfg.sr))(overrides=overrides)
+        trainer = adapter.trainer_class(base)(overrides=overrides)
         trainer.add_callback("on_pretrain_routine_start", _announce)
         trainer.add_callback("on_fit_epoch_end", _epoch_line)
         trainer.train()
@@ -280,7 +297,7 @@ def train(cfg: TrainConfig) -> Path:
         yolo = YOLO(cfg.model)
         yolo.add_callback("on_pretrain_routine_start", _announce)
         yolo.add_callback("on_fit_epoch_end", _epoch_line)
-        yolo.train(trainer=SparseDetectionTrainer if cfg.sr else PrunedDetectionTrainer, **overrides)
+        yolo.train(trainer=base, **overrides)
         save_dir = yolo.trainer.save_dir
     # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be
     # its least sparse epoch, so the sparse model is the final one.

@@ -7,8 +7,9 @@ An adapter is a module. It provides ``check(model)``, ``save(model, path, ckpt, 
 ``num_classes(model)``, ``validator_class()``, ``export_onnx(model, ckpt, out, imgsz, dynamic, simplify)``,
 ``NMS_IOU`` and ``OUTPUT_CHANNEL_AXIS``; it may override the defaults that the Ultralytics adapter supplies for the
 rest (``residual_blocks``, ``fixed_layers``, ``fix_widths``, ``trace_model``, ``gflops``, ...), which only rely on
-torch and Ultralytics' block classes. A source other than Ultralytics also provides ``trainer_class(sparse)``
-(Ultralytics models train through ``YOLO.train``). ``load_model`` below picks the adapter from the file.
+torch and Ultralytics' block classes. A source other than Ultralytics also provides ``trainer_class(base)``, its
+trainer on yoloprune's fine-tuning or sparsity trainer ``base`` (Ultralytics models train through
+``YOLO.train``). ``load_model`` below picks the adapter from the file.
 Everything outside ``sources`` calls the functions below.
 """
 

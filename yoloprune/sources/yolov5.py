@@ -486,10 +486,10 @@ def validator_class():
     return YOLOv5Validator
 
 
-def trainer_class(sparse: bool = False):
+def trainer_class(base: type):
     from yoloprune.sources.yolov5_train import trainer_class as cls
 
-    return cls(sparse)
+    return cls(base)
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:

@@ -97,11 +97,8 @@ class YOLOv5Validator(DetectionValidator):
         return super().postprocess(torch.cat((y[..., :4], scores), -1).transpose(1, 2))
 
 
-def trainer_class(sparse: bool = False):
-    """The trainer class for original YOLOv5 models (plain fine-tuning or sparsity training)."""
-    from yoloprune.train import PrunedDetectionTrainer, SparseDetectionTrainer
-
-    base = SparseDetectionTrainer if sparse else PrunedDetectionTrainer
+def trainer_class(base: type):
+    """The trainer class for original YOLOv5 models, on ``base``: yoloprune's fine-tuning or sparsity trainer."""
 
     class YOLOv5Trainer(base):
         def setup_model(self):
