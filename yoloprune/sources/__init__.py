@@ -77,6 +77,17 @@ def trace_model(model: nn.Module):
     return _op("trace_model", model)(model)
 
 
+def contract_outputs(model: nn.Module, out: Any) -> list:
+    """The tensors of ``model``'s eval-mode output that are its contract: predictions (and a segmentation model's
+    mask prototypes, a classifier's logits), without the raw feature maps some heads return beside them."""
+    return _op("contract_outputs", model)(out)
+
+
+def task(model: nn.Module) -> str:
+    """The model's task: detect, segment, pose, obb or classify."""
+    return _op("task", model)(model)
+
+
 def max_stride(model: nn.Module) -> int:
     return _op("max_stride", model)(model)
 

@@ -476,6 +476,10 @@ def head_output_convs(model: nn.Module) -> set[str]:
     return {f"model.{i}.m.{j}" for j in range(len(model.model[-1].m))}
 
 
+def task(model: nn.Module) -> str:
+    return "detect"  # segmentation and classification checkpoints are refused on loading
+
+
 def num_classes(model: nn.Module) -> int:
     return int(model.model[-1].nc)
 

@@ -1,0 +1,115 @@
+"""Every Ultralytics task prunes: segment, pose, obb and classify models of every family Ultralytics ships a yaml
+for (detection is covered in test_prune.py). The task's contract outputs (boxes, scores, mask coefficients and
+prototypes, keypoints, angles, class logits) keep their shapes, and masked == removed == compacted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_masked_equals_removed_equals_compacted, build, contract
+
+import yoloprune as yp
+from yoloprune import sources
+from yoloprune.errors import CheckpointError
+
+NC = 3  # few classes keep the heads small
+# (yaml, task); the two large ones (yolov9c/e-seg, ResNet classifiers: 26-58M params) are slow on 2 CPU cores
+_FAST = [
+    ("yolov8n-seg.yaml", "segment"), ("yolov8n-seg-p6.yaml", "segment"), ("yolo11n-seg.yaml", "segment"),
+    ("yolo12n-seg.yaml", "segment"), ("yolo26n-seg.yaml", "segment"),
+    ("yolov8n-pose.yaml", "pose"), ("yolov8n-pose-p6.yaml", "pose"), ("yolo11n-pose.yaml", "pose"),
+    ("yolo12n-pose.yaml", "pose"), ("yolo26n-pose.yaml", "pose"),
+    ("yolov8n-obb.yaml", "obb"), ("yolo11n-obb.yaml", "obb"), ("yolo12n-obb.yaml", "obb"), ("yolo26n-obb.yaml", "obb"),
+    ("yolov8n-cls.yaml", "classify"), ("yolo11n-cls.yaml", "classify"), ("yolo12n-cls.yaml", "classify"),
+    ("yolo26n-cls.yaml", "classify"),
+]
+_SLOW = [("yolov9c-seg.yaml", "segment"), ("yolov8-cls-resnet50.yaml", "classify")]
+FAMILIES = [pytest.param(y, t, id=y.removesuffix(".yaml")) for y, t in _FAST] + [
+    pytest.param(y, t, id=y.removesuffix(".yaml"), marks=pytest.mark.slow) for y, t in _SLOW]
+
+
+def _image(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
+    size = 2 * sources.max_stride(model)
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _contract_widths(model: torch.nn.Module) -> dict[str, int]:
+    """Output width of every layer that writes the task's contract (head output convs, Proto output, Linear)."""
+    mods = dict(model.named_modules())
+    return {n: (mods[n].out_features if isinstance(mods[n], torch.nn.Linear) else mods[n].out_channels)
+            for n in sources.head_output_convs(model)}
+
+
+def _train_outputs(model: torch.nn.Module, x: torch.Tensor) -> list[tuple]:
+    """Shapes of what the training forward returns (the loss's inputs), without the head's input feature maps."""
+    def flat(o):
+        if isinstance(o, torch.Tensor):
+            return [tuple(o.shape)]
+        if isinstance(o, dict):
+            return [s for k, v in o.items() if k != "feats" for s in flat(v)]
+        return [s for v in o for s in flat(v)] if isinstance(o, (list, tuple)) else []
+    model.train()
+    try:
+        with torch.no_grad():
+            return flat(model(x))
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize(("yaml", "task"), FAMILIES)
+def test_masked_equals_removed_equals_compacted(yaml, task):
+    model = build(yaml, NC)
+    assert sources.task(model) == task
+    err = assert_masked_equals_removed_equals_compacted(lambda: build(yaml, NC), 0.3, _image(model))
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize(("yaml", "task"), FAMILIES)
+def test_prune_keeps_the_task_contract(yaml, task):
+    model = build(yaml, NC)
+    x = _image(model)
+    before, widths = contract(model, x), _contract_widths(model)
+    train_before = _train_outputs(model, x)
+    report = yp.prune(model, ratio=0.5, imgsz=x.shape[-1])
+    assert report.after.params < 0.75 * report.before.params
+    assert report.after.gflops < report.before.gflops
+    assert [t.shape for t in contract(model, x)] == [t.shape for t in before]
+    assert _contract_widths(model) == widths  # mask coefficients, prototypes, keypoints, angles, logits: all kept
+    assert _train_outputs(model, x) == train_before  # the loss still gets what it reads (YOLO26's training heads too)
+    assert all(torch.isfinite(t).all() for t in contract(model, x))
+
+
+def test_contract_outputs_name_each_task_head():
+    seg = build("yolov8n-seg.yaml", NC)
+    head = seg.model[-1]
+    names = sources.head_output_convs(seg)
+    assert {f"model.22.cv4.{i}.2" for i in range(3)} <= names and "model.22.proto.cv3.conv" in names
+    out = contract(seg, _image(seg))
+    assert [tuple(t.shape[:2]) for t in out] == [(1, 4 + NC + head.nm), (1, head.nm)]  # predictions, prototypes
+    cls = build("yolov8n-cls.yaml", NC)
+    assert "model.9.linear" in sources.head_output_convs(cls)
+    probs, logits = contract(cls, _image(cls))
+    assert probs.shape == logits.shape == (1, NC) and torch.allclose(probs, logits.softmax(1))
+
+
+@pytest.mark.parametrize(("yaml", "branch", "reads"), [
+    ("yolo26n-pose.yaml", "model.23.cv4_sigma.0", "model.23.cv4_kpts.0"),
+    ("yolo26n-seg.yaml", "model.23.proto.semseg.0.conv", "model.23.proto.feat_fuse.conv"),
+], ids=["pose26-sigma", "proto26-semseg"])
+def test_yolo26_training_heads_are_coupled_not_left_behind(yaml, branch, reads):
+    """Pose26's keypoint-sigma convs and Proto26's semantic head run only in training: the trace runs them beside
+    the pass, so that their input channels prune together with what they read (here: with the inference layer that
+    reads the same tensor), and freezes their outputs."""
+    graph = sources.trace_model(build(yaml, NC))
+    unit = next(u for u in graph.units if any((m.module, m.dim, m.index) == (branch, 1, 0) for m in u.members))
+    assert not unit.frozen and any((m.module, m.dim, m.index) == (reads, 1, 0) for m in unit.members)
+    last = {"pose": "model.23.cv4_sigma.0", "seg": "model.23.proto.semseg.2"}[yaml.split("-")[1].split(".")[0]]
+    out = next(u for u in graph.units if any((m.module, m.dim) == (last, 0) for m in u.members))
+    assert "training-only output" in out.frozen
+
+
+@pytest.mark.parametrize("yaml", ["yolo26-depth.yaml", "yoloe-11-seg.yaml", "yolov8-worldv2.yaml"])
+def test_other_tasks_and_open_vocabulary_models_are_refused(yaml):
+    with pytest.raises(CheckpointError, match="detect, segment, pose, obb and classify") as e:
+        sources.load_model(yaml)
+    assert "\n" not in str(e.value)
