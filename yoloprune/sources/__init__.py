@@ -5,7 +5,7 @@
 
 An adapter is a module. It provides ``check(model)``, ``save(model, path, ckpt, meta)``, ``head_output_convs(model)``,
 ``num_classes(model)``, ``validator_class()``, ``export_onnx(model, ckpt, out, imgsz, dynamic, simplify)``,
-``NMS_IOU`` and ``OUTPUT_CHANNEL_AXIS``; it may override the defaults that the Ultralytics adapter supplies for the
+``NMS_IOU`` and ``output_layout(model)``; it may override the defaults that the Ultralytics adapter supplies for the
 rest (``residual_blocks``, ``fixed_layers``, ``fix_widths``, ``trace_model``, ``gflops``, ...), which only rely on
 torch and Ultralytics' block classes. A source other than Ultralytics also provides ``trainer_class(sparse)``
 (Ultralytics models train through ``YOLO.train``). ``load_model`` below picks the adapter from the file.
@@ -121,9 +121,9 @@ def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynam
     return _op("export_onnx", model)(model, ckpt, out, imgsz, dynamic, simplify)
 
 
-def output_channel_axis(model: nn.Module) -> int:
-    """Axis of the exported output that holds box coordinates and scores."""
-    return _op("OUTPUT_CHANNEL_AXIS", model)
+def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
+    """Per exported output: its channel axis and which channels are pixel coordinates (see the adapters)."""
+    return _op("output_layout", model)(model)
 
 
 def nms_iou(model: nn.Module) -> float:

@@ -299,7 +299,24 @@ def is_wrapper(obj: Any) -> bool:
     return isinstance(obj, Model)
 save = save_checkpoint
 NMS_IOU = 0.7  # Ultralytics' validator default
-OUTPUT_CHANNEL_AXIS = 1  # (batch, 4 + classes, anchors)
+
+
+def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
+    """Per exported output: the axis that holds its channels, and which of them are pixel coordinates (box, and a
+    pose model's keypoint x and y); the others (scores, class index, mask coefficients, angle, keypoint visibility,
+    prototypes, class probabilities) are compared absolutely. A head exports ``(B, 4 + nc + extra, anchors)``, or
+    ``(B, max_det, 6 + extra)`` ([box, score, class, extra]) when end-to-end; a Segment adds its prototypes; a
+    classifier exports ``(B, nc)`` probabilities."""
+    head = model.model[-1]
+    if isinstance(head, Classify):
+        return [(1, [])]
+    e2e = bool(getattr(head, "end2end", False))
+    axis, extra = (-1, 6) if e2e else (1, 4 + head.nc)
+    pixels = list(range(4))
+    if isinstance(head, Pose):
+        ndim = head.kpt_shape[1]
+        pixels += [extra + k * ndim + j for k in range(head.kpt_shape[0]) for j in (0, 1)]
+    return [(axis, pixels)] + ([(1, [])] if isinstance(head, Segment) else [])
 
 
 def validator_class():

@@ -467,7 +467,11 @@ def _type_name(name: str, m) -> str:
 
 
 NMS_IOU = 0.6  # the original repository's val.py default
-OUTPUT_CHANNEL_AXIS = -1  # (batch, anchors x cells, 5 + classes)
+
+
+def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
+    """One output, (batch, anchors x cells, 5 + classes): box in pixels, then objectness and class scores."""
+    return [(-1, [0, 1, 2, 3])]
 
 
 def head_output_convs(model: nn.Module) -> set[str]:
