@@ -118,3 +118,57 @@ def tiny_project(root, n_train: int, n_val: int, ratio: float = 0.0):
     if ratio:
         yp.prune(model, ratio=ratio, imgsz=128)
     return data, save_checkpoint(model, root / "model.pt")
+
+
+_COLOURS = [(40, 40, 220), (40, 200, 40), (220, 60, 40)]  # BGR per class
+
+
+def tiny_task_data(root, task: str, n_train: int = 4, n_val: int = 4, size: int = 64, nc: int = 3):
+    """A tiny seeded Ultralytics-format dataset for ``task`` under ``root``: one or two filled shapes per image on
+    a noisy background, labelled as polygons (segment), four-corner oriented boxes (obb), boxes with 4 corner
+    keypoints (pose, kpt_shape [4, 3]), or class folders (classify). Returns the data yaml (classify: the folder)."""
+    import cv2
+    import numpy as np
+    import yaml
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            img = rng.integers(90, 140, (size, size, 3), dtype=np.uint8)
+            lines, first = [], None
+            for k in range(int(rng.integers(1, 3))):
+                c = i % nc if task == "classify" and k == 0 else int(rng.integers(nc))
+                first = c if first is None else first
+                w, h = rng.uniform(0.25, 0.5, 2) * size * (2 if task == "classify" and k == 0 else 1)
+                cx, cy = rng.uniform(0.3, 0.7, 2) * size
+                angle = float(rng.uniform(0, 90)) if task == "obb" else 0.0
+                corners = cv2.boxPoints(((cx, cy), (w, h), angle))
+                cv2.fillPoly(img, [corners.astype(np.int32)], _COLOURS[c])
+                pts = np.clip(corners / size, 0, 1)
+                x0, y0, x1, y1 = pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
+                if task == "pose":
+                    kpts = " ".join(f"{x:.5f} {y:.5f} 2" for x, y in pts)
+                    lines.append(f"{c} {(x0 + x1) / 2:.5f} {(y0 + y1) / 2:.5f} {x1 - x0:.5f} {y1 - y0:.5f} {kpts}")
+                else:
+                    lines.append(f"{c} " + " ".join(f"{v:.5f}" for v in pts.flatten()))
+            if task == "classify":
+                d = root / split / f"c{first}"
+                d.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(d / f"{split}{i}.png"), img)
+                continue
+            for kind in ("images", "labels"):
+                (root / kind / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img)
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    if task == "classify":
+        for split in ("train", "val"):
+            for c in range(nc):
+                (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)  # every class folder exists
+        return root
+    spec = {"path": str(root), "train": "images/train", "val": "images/val", "names": {c: f"c{c}" for c in range(nc)}}
+    if task == "pose":
+        spec |= {"kpt_shape": [4, 3], "flip_idx": [1, 0, 3, 2]}
+    path = root.parent / f"{root.name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

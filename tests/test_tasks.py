@@ -178,3 +178,153 @@ def test_cli_prunes_compacts_sparsifies_and_describes_each_task(yaml, tmp_path, 
     p_params = sum(q.numel() for q in sources.load_model(pruned)[0].parameters())
     assert p_params < 0.8 * params
     assert sum(q.numel() for q in sources.load_model(compacted)[0].parameters()) == p_params  # nothing more was zero
+
+
+# -- evaluation per task, on tiny generated data ----------------------------------------------------------------
+_VAL = {"segment": "yolov8n-seg.yaml", "pose": "yolo11n-pose.yaml", "obb": "yolo11n-obb.yaml",
+        "classify": "yolo11n-cls.yaml"}
+
+
+def _task_model(yaml: str) -> torch.nn.Module:
+    """A seeded model of the yaml's task for the tiny data: 3 classes, pose with 4 keypoints of 3 values."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from yoloprune.sources.ultralytics import build_model
+
+    cfg = yaml_model_load(yaml)
+    if "-pose" in yaml:
+        cfg["kpt_shape"] = [4, 3]
+    torch.manual_seed(0)
+    return build_model(cfg, nc=NC).eval()
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    from conftest import tiny_task_data
+
+    root = tmp_path_factory.mktemp("tasks")
+    return {task: tiny_task_data(root / task, task) for task in _VAL}
+
+
+@pytest.fixture(scope="module")
+def pruned_ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pruned")
+    out = {}
+    for task, yaml in _VAL.items():
+        model = _task_model(yaml)
+        yp.prune(model, ratio=0.3, imgsz=64)
+        out[task] = sources.save_checkpoint(model, root / f"{task}.pt")
+    return out
+
+
+@pytest.mark.parametrize("task", list(_VAL))
+def test_val_reports_the_tasks_own_metric_as_its_validator_does(task, task_data, pruned_ckpts):
+    """The Evaluator runs the task's Ultralytics validator and reports its metric; the numbers are those of a plain
+    ``YOLO(path).val`` run on the same data (pycocotools, for masks, is checked against exact ground truth below)."""
+    from ultralytics import YOLO
+
+    res = yp.evaluate(str(pruned_ckpts[task]), str(task_data[task]), imgsz=64, batch=4)
+    names = {"segment": ("mask mAP50-95", "mask mAP50"), "pose": ("pose mAP50-95", "pose mAP50"),
+             "obb": ("OBB mAP50-95", "OBB mAP50"), "classify": ("top-1 accuracy", "top-5 accuracy")}[task]
+    assert (res.metric, res.metric50) == names and res.coco == (task == "segment") and res.images == 4
+    direct = YOLO(str(pruned_ckpts[task])).val(data=str(task_data[task]), imgsz=64, batch=4, device="cpu", plots=False,
+                                               workers=0, verbose=False, project=str(pruned_ckpts[task].parent),
+                                               conf=0.001, iou=0.7)
+    key = {"segment": "metrics/mAP50-95(M)", "pose": "metrics/mAP50-95(P)", "obb": "metrics/mAP50-95(B)",
+           "classify": "metrics/accuracy_top1"}[task]
+    assert res.ultralytics_map50_95 == pytest.approx(direct.results_dict[key], abs=1e-5)
+    if task == "classify":
+        assert res.map50 == 1.0 and 0 <= res.map50_95 <= 1  # 3 classes: the true one is always in the top 5
+    assert names[0] in res.table()
+
+
+def test_mask_map_of_the_ground_truth_itself_is_one(task_data):
+    """pycocotools' mask mAP over the COCO ground truth made from polygon labels: the labels as predictions score
+    1, a shifted copy less."""
+    from pycocotools import mask as mask_utils
+
+    from yoloprune.coco import yolo_split_to_coco
+    from yoloprune.evaluate import coco_map
+
+    root = task_data["segment"].parent / "segment"
+    gt = yolo_split_to_coco(root / "images/val", root / "labels/val", [f"c{c}" for c in range(NC)])
+    assert all(len(a["segmentation"][0]) >= 8 for a in gt["annotations"])
+
+    def predictions(shift: float) -> list[dict]:
+        out = []
+        for a in gt["annotations"]:
+            im = gt["images"][a["image_id"]]
+            poly = [[v + shift for v in a["segmentation"][0]]]
+            rle = mask_utils.merge(mask_utils.frPyObjects(poly, im["height"], im["width"]))
+            rle["counts"] = rle["counts"].decode()
+            out.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
+                        "segmentation": rle})
+        return out
+
+    assert coco_map(gt, predictions(0), "segm")[:2] == (1.0, 1.0)
+    assert coco_map(gt, predictions(4), "segm")[0] < 0.8
+
+
+@pytest.mark.parametrize("task", ["segment", "pose"])
+def test_pruned_checkpoint_predicts_and_validates_in_a_fresh_process_without_yoloprune(task, task_data, pruned_ckpts):
+    import subprocess
+    import sys
+    import textwrap
+
+    ckpt, data = pruned_ckpts[task], task_data[task]
+    probe = textwrap.dedent(f"""
+        import os, sys
+        os.environ["YOLO_OFFLINE"] = "1"
+        import numpy as np
+        from ultralytics import YOLO
+        m = YOLO({str(ckpt)!r})
+        assert m.task == {task!r}, m.task
+        res = m.predict(np.full((64, 64, 3), 120, np.uint8), imgsz=64, conf=0.0, verbose=False)[0]
+        extra = res.masks if {task!r} == "segment" else res.keypoints
+        assert extra is not None and len(extra) == len(res.boxes) > 0
+        shape = tuple(extra.data.shape[1:])
+        metrics = m.val(data={str(data)!r}, imgsz=64, batch=4, device="cpu", plots=False, workers=0, verbose=False,
+                        project={str(ckpt.parent / "fresh")!r})
+        assert "yoloprune" not in sys.modules, "the checkpoint pulled yoloprune in"
+        key = "metrics/mAP50-95(M)" if {task!r} == "segment" else "metrics/mAP50-95(P)"
+        print(shape, metrics.results_dict[key], sum(p.numel() for p in m.model.parameters()))
+    """)
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                       cwd=str(ckpt.parent))
+    assert p.returncode == 0, p.stderr[-2000:]
+    shape, value, params = p.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert 0 <= float(value) <= 1
+    assert int(params) < 0.8 * sum(q.numel() for q in _task_model(_VAL[task]).parameters())
+    if task == "pose":
+        assert shape == "(4, 3)"  # 4 keypoints of (x, y, visibility)
+    else:
+        assert shape == "(64, 64)"  # a mask per detection, at the image size
+
+
+def test_val_cli_prints_and_writes_the_tasks_metric(task_data, pruned_ckpts, tmp_path, capsys):
+    import json
+
+    from yoloprune.cli import main
+
+    out = tmp_path / "val.json"
+    assert main(["val", "--model", str(pruned_ckpts["classify"]), "--data", str(task_data["classify"]),
+                 "--imgsz", "64", "--json", str(out)]) == 0
+    assert "top-1 accuracy" in capsys.readouterr().out
+    got = json.loads(out.read_text())
+    assert got["metric"] == "top-1 accuracy" and got["map50"] == 1.0
+    assert main(["val", "--model", str(pruned_ckpts["segment"]), "--data", str(task_data["classify"]),
+                 "--imgsz", "64"]) == 2  # a classification folder for a segmentation model: one line, exit 2
+    assert "segment model" in capsys.readouterr().err
+
+
+def test_sweep_of_a_segmentation_model_names_its_metric(task_data, pruned_ckpts, tmp_path):
+    from yoloprune.sweep import SweepConfig, read_results, sweep
+
+    model = sources.save_checkpoint(_task_model(_VAL["segment"]), tmp_path / "seg.pt")
+    df = sweep(SweepConfig(model=str(model), data=str(task_data["segment"]), out=str(tmp_path / "s"),
+                           ratios=[0.0, 0.4], imgsz=64, batch=4, workers=0, latency_runs=2, calib_images=4))
+    assert set(df["status"]) == {"ok"} and set(df["metric"]) == {"mask mAP50-95"}
+    assert df.set_index("ratio").loc[0.4, "params_ratio"] < 0.7
+    assert read_results(tmp_path / "s")["metric"].tolist() == ["mask mAP50-95"] * 2
+    md = (tmp_path / "s" / "results.md").read_text().splitlines()
+    assert "| metric | map50_95 |" in md[0] and "mask mAP50-95" in md[2]

@@ -113,8 +113,23 @@ def num_classes(model: nn.Module) -> int:
 
 
 def validator_class(model: nn.Module):
-    """The Ultralytics validator subclass that runs ``model`` (inference, NMS, COCO JSON)."""
-    return _op("validator_class", model)()
+    """The Ultralytics validator (subclass) of ``model``'s task that runs it (inference, NMS, metrics, JSON)."""
+    return _op("validator_class", model)(model)
+
+
+def task_metrics(model: nn.Module) -> tuple[str, str, str, str]:
+    """(primary metric name, secondary metric name, the validator's keys for them) for ``model``'s task."""
+    return _ultralytics.TASK_METRICS[task(model)]
+
+
+def metric_names(kind: str) -> tuple[str, str]:
+    """The names of a task's primary and secondary metric: ("mask mAP50-95", "mask mAP50") for segment, ..."""
+    return _ultralytics.TASK_METRICS[kind][:2]
+
+
+def secondary_metric(primary: str) -> str:
+    """The secondary metric that goes with a primary one ("top-5 accuracy" with "top-1 accuracy", ...)."""
+    return next((m[1] for m in _ultralytics.TASK_METRICS.values() if m[0] == primary), primary)
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:

@@ -131,7 +131,8 @@ def as_dict(args: Any) -> dict:
 def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
     """Write an Ultralytics-format checkpoint atomically: FP16 model, no EMA or optimizer, train_args kept.
 
-    The file loads with plain ``ultralytics.YOLO(path)``; it pickles only Ultralytics and torch classes.
+    The file loads with plain ``ultralytics.YOLO(path)`` as a model of its task; it pickles only Ultralytics and torch
+    classes.
     """
     ckpt = ckpt or {}
     model = copy.deepcopy(model).cpu().half().eval()
@@ -146,7 +147,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None
         "ema": None,
         "updates": None,
         "optimizer": None,
-        "train_args": as_dict(ckpt.get("train_args") or getattr(model, "args", None)),
+        # the task too: Ultralytics' loader takes it from here (a missing one reads as "detect")
+        "train_args": {**as_dict(ckpt.get("train_args") or getattr(model, "args", None)), "task": task(model)},
         "train_metrics": ckpt.get("train_metrics"),
         "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__},
     }
@@ -319,10 +321,43 @@ def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
     return [(axis, pixels)] + ([(1, [])] if isinstance(head, Segment) else [])
 
 
-def validator_class():
-    from ultralytics.models.yolo.detect import DetectionValidator
+def validator_class(model: nn.Module | None = None):
+    """The Ultralytics validator of the model's task (DetectionValidator, SegmentationValidator, ...)."""
+    from ultralytics.models import yolo
 
-    return DetectionValidator
+    kind = task(model) if model is not None else "detect"
+    return {"detect": yolo.detect.DetectionValidator, "segment": _segmentation_validator(),
+            "pose": yolo.pose.PoseValidator, "obb": yolo.obb.OBBValidator,
+            "classify": yolo.classify.ClassificationValidator}[kind]
+
+
+def _segmentation_validator():
+    """Ultralytics' SegmentationValidator, except that writing COCO JSON (masks as RLE, its own encoder) does not ask
+    pip for faster-coco-eval, which only its COCO/LVIS scoring uses: yoloprune scores with pycocotools, offline."""
+    from ultralytics.models.yolo.segment import SegmentationValidator
+    from ultralytics.utils import ops
+
+    class Validator(SegmentationValidator):
+        def init_metrics(self, model: nn.Module) -> None:
+            save_json, self.args.save_json = self.args.save_json, False
+            try:
+                super().init_metrics(model)
+            finally:
+                self.args.save_json = save_json
+            if save_json:
+                self.process = ops.process_mask_native  # as the parent chooses for JSON: masks at image size
+
+    return Validator
+
+
+# Per task: the names of the primary and secondary metric, and the keys of the validator's results that hold them.
+TASK_METRICS: dict[str, tuple[str, str, str, str]] = {
+    "detect": ("mAP50-95", "mAP50", "metrics/mAP50-95(B)", "metrics/mAP50(B)"),
+    "segment": ("mask mAP50-95", "mask mAP50", "metrics/mAP50-95(M)", "metrics/mAP50(M)"),
+    "pose": ("pose mAP50-95", "pose mAP50", "metrics/mAP50-95(P)", "metrics/mAP50(P)"),
+    "obb": ("OBB mAP50-95", "OBB mAP50", "metrics/mAP50-95(B)", "metrics/mAP50(B)"),
+    "classify": ("top-1 accuracy", "top-5 accuracy", "metrics/accuracy_top1", "metrics/accuracy_top5"),
+}
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:

@@ -488,7 +488,7 @@ def num_classes(model: nn.Module) -> int:
     return int(model.model[-1].nc)
 
 
-def validator_class():
+def validator_class(model: nn.Module | None = None):
     from yoloprune.sources.yolov5_train import YOLOv5Validator
 
     return YOLOv5Validator
