@@ -328,3 +328,28 @@ def test_sweep_of_a_segmentation_model_names_its_metric(task_data, pruned_ckpts,
     assert read_results(tmp_path / "s")["metric"].tolist() == ["mask mAP50-95"] * 2
     md = (tmp_path / "s" / "results.md").read_text().splitlines()
     assert "| metric | map50_95 |" in md[0] and "mask mAP50-95" in md[2]
+
+
+@pytest.mark.parametrize("task", list(_VAL))
+def test_finetune_keeps_the_pruned_architecture_in_the_tasks_trainer(task, task_data, pruned_ckpts, tmp_path):
+    from yoloprune.train import TrainConfig, train
+
+    before, _ = sources.load_model(pruned_ckpts[task])
+    out = train(TrainConfig(model=str(pruned_ckpts[task]), data=str(task_data[task]), out=str(tmp_path / "ft.pt"),
+                            epochs=1, imgsz=64, batch=4, workers=0, finetune=True, project=str(tmp_path), name="ft",
+                            sr=1e-3 if task == "segment" else 0.0))  # seg: sparsity training, on its own trainer
+    after, ckpt = sources.load_model(out)
+    assert type(after) is type(before) and ckpt["train_args"]["task"] == task
+    shapes = {k: v.shape for k, v in before.state_dict().items()}
+    assert {k: v.shape for k, v in after.state_dict().items()} == shapes  # every pruned width kept
+    changed = [k for k, v in after.state_dict().items() if v.is_floating_point() and k.endswith(".weight")
+               and not torch.allclose(v.float(), before.state_dict()[k].float())]
+    assert changed, "one epoch of training changed no weight"
+
+
+def test_sparsity_training_of_a_classifier_is_refused_in_one_line(task_data, pruned_ckpts, tmp_path):
+    from yoloprune.train import TrainConfig, train
+
+    with pytest.raises(yp.ConfigError, match="classify"):
+        train(TrainConfig(model=str(pruned_ckpts["classify"]), data=str(task_data["classify"]), out=str(tmp_path / "x"),
+                          epochs=1, imgsz=64, batch=4, workers=0, sr=1e-3, project=str(tmp_path)))

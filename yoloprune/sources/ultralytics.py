@@ -350,6 +350,15 @@ def _segmentation_validator():
     return Validator
 
 
+def trainer_base(kind: str) -> type:
+    """Ultralytics' own trainer of a task (DetectionTrainer, SegmentationTrainer, PoseTrainer, ...)."""
+    from ultralytics.models import yolo
+
+    return {"detect": yolo.detect.DetectionTrainer, "segment": yolo.segment.SegmentationTrainer,
+            "pose": yolo.pose.PoseTrainer, "obb": yolo.obb.OBBTrainer,
+            "classify": yolo.classify.ClassificationTrainer}[kind]
+
+
 # Per task: the names of the primary and secondary metric, and the keys of the validator's results that hold them.
 TASK_METRICS: dict[str, tuple[str, str, str, str]] = {
     "detect": ("mAP50-95", "mAP50", "metrics/mAP50-95(B)", "metrics/mAP50(B)"),
