@@ -109,7 +109,8 @@ def test_yolo26_training_heads_are_coupled_not_left_behind(yaml, branch, reads):
     assert "training-only output" in out.frozen
 
 
-@pytest.mark.parametrize("yaml", ["yolo26-depth.yaml", "yoloe-11-seg.yaml", "yolov8-worldv2.yaml"])
+@pytest.mark.parametrize("yaml", ["yolo26-depth.yaml", "yolo26-sem.yaml", "yoloe-11-seg.yaml", "yolov8-worldv2.yaml",
+                                  "rtdetr-l.yaml"])
 def test_other_tasks_and_open_vocabulary_models_are_refused(yaml):
     with pytest.raises(CheckpointError, match="detect, segment, pose, obb and classify") as e:
         sources.load_model(yaml)

@@ -87,7 +87,8 @@ def build_model(cfg: str | Path | dict, nc: int | None = None) -> nn.Module:
     kind, head = guess_model_task(d), str(d["head"][-1][-2]) if d.get("head") else ""
     cls = next((c for c, t in TASKS.items() if t == kind), None)
     if cls is None or any(w in head for w in _OPEN_VOCABULARY):
-        raise CheckpointError(f"{d.get('yaml_file', cfg)} describes a {kind} model with a {head} head; "
+        raise CheckpointError(f"{d.get('yaml_file', cfg)} describes " + (f"a {kind} model" if kind else "a model")
+                              + f" with a {head} head; "
                               "yoloprune prunes Ultralytics detect, segment, pose, obb and classify models")
     return check_model(cls(copy.deepcopy(d), nc=nc, verbose=False), str(d.get("yaml_file", "model yaml")))
 
