@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from yoloprune.sources.ultralytics import DetectionModel  # noqa: E402
 
 FAMILIES = ["yolov5nu.yaml", "yolov8n.yaml", "yolo11n.yaml"]
-_CACHE: dict[str, DetectionModel] = {}
+_CACHE: dict[tuple[str, int | None], torch.nn.Module] = {}
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -30,12 +30,15 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def build(yaml: str) -> DetectionModel:
-    """A fresh copy of a randomly initialised (seeded) detector; built once per session per yaml."""
-    if yaml not in _CACHE:
+def build(yaml: str, nc: int | None = None) -> torch.nn.Module:
+    """A fresh copy of a randomly initialised (seeded) model of the yaml's task (a detector for ``yolov8n.yaml``, a
+    SegmentationModel for ``yolov8n-seg.yaml``, ...); built once per session per yaml and class count."""
+    from yoloprune.sources.ultralytics import build_model
+
+    if (yaml, nc) not in _CACHE:
         torch.manual_seed(0)
-        _CACHE[yaml] = randomize_bn(DetectionModel(yaml, verbose=False)).eval()
-    return copy.deepcopy(_CACHE[yaml])
+        _CACHE[(yaml, nc)] = randomize_bn(build_model(yaml, nc=nc)).eval()
+    return copy.deepcopy(_CACHE[(yaml, nc)])
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -49,32 +52,52 @@ def head_out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)[0]
 
 
-def assert_masked_equals_removed_equals_compacted(make, ratio: float, x: torch.Tensor) -> None:
+def contract(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every output that is the model's contract, in eval mode: a detector's predictions, a segmentation model's
+    predictions and mask prototypes, a classifier's probabilities and logits."""
+    from yoloprune import sources
+
+    model.eval()
+    with torch.no_grad():
+        return sources.contract_outputs(model, model(x))
+
+
+def max_rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """The worst relative error over corresponding outputs (each on its own scale)."""
+    assert len(a) == len(b)
+    return max(rel_err(u, v) for u, v in zip(a, b, strict=True))
+
+
+def assert_masked_equals_removed_equals_compacted(make, ratio: float, x: torch.Tensor) -> float:
     """Plan l1 at ``ratio`` on ``make()``: zeroing the planned channels (mask), removing them (apply) and compacting
-    the masked model must all give the same outputs, the last two with the same parameter count."""
+    the masked model must all give the same outputs (every contract output), the last two with the same parameter
+    count. Returns the worst relative error seen."""
     import yoloprune as yp
     from yoloprune.prune import _trace, apply
 
     model = make()
-    full = head_out(model, x)
+    full = contract(model, x)
     p = yp.plan(model, _trace(model), yp.PruneConfig(ratio=ratio, method="l1"))
     assert len(p.remove) > 0
     yp.mask(model, p)
-    masked = head_out(model, x)
-    assert rel_err(masked, full) > 1e-3, "masking must change the output, or the test proves nothing"
+    masked = contract(model, x)
+    assert max_rel_err(masked, full) > 1e-3, "masking must change the output, or the test proves nothing"
 
     removed = make()
     yp.mask(removed, p)
     apply(removed, p)
-    assert rel_err(head_out(removed, x), masked) < 1e-5
+    errs = [max_rel_err(contract(removed, x), masked)]
+    assert errs[0] < 1e-5
 
     params_masked = sum(q.numel() for q in model.parameters())
     report = yp.compact(model)
     assert report.removed_units == len(p.remove)
-    assert rel_err(head_out(model, x), masked) < 1e-5
+    errs.append(max_rel_err(contract(model, x), masked))
+    assert errs[1] < 1e-5
     assert sum(q.numel() for q in model.parameters()) < params_masked
     assert sum(q.numel() for q in model.parameters()) == sum(q.numel() for q in removed.parameters())
-    assert head_out(model, x).shape == full.shape
+    assert [t.shape for t in contract(model, x)] == [t.shape for t in full]
+    return max(errs)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -95,3 +118,57 @@ def tiny_project(root, n_train: int, n_val: int, ratio: float = 0.0):
     if ratio:
         yp.prune(model, ratio=ratio, imgsz=128)
     return data, save_checkpoint(model, root / "model.pt")
+
+
+_COLOURS = [(40, 40, 220), (40, 200, 40), (220, 60, 40)]  # BGR per class
+
+
+def tiny_task_data(root, task: str, n_train: int = 4, n_val: int = 4, size: int = 64, nc: int = 3):
+    """A tiny seeded Ultralytics-format dataset for ``task`` under ``root``: one or two filled shapes per image on
+    a noisy background, labelled as polygons (segment), four-corner oriented boxes (obb), boxes with 4 corner
+    keypoints (pose, kpt_shape [4, 3]), or class folders (classify). Returns the data yaml (classify: the folder)."""
+    import cv2
+    import numpy as np
+    import yaml
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            img = rng.integers(90, 140, (size, size, 3), dtype=np.uint8)
+            lines, first = [], None
+            for k in range(int(rng.integers(1, 3))):
+                c = i % nc if task == "classify" and k == 0 else int(rng.integers(nc))
+                first = c if first is None else first
+                w, h = rng.uniform(0.25, 0.5, 2) * size * (2 if task == "classify" and k == 0 else 1)
+                cx, cy = rng.uniform(0.3, 0.7, 2) * size
+                angle = float(rng.uniform(0, 90)) if task == "obb" else 0.0
+                corners = cv2.boxPoints(((cx, cy), (w, h), angle))
+                cv2.fillPoly(img, [corners.astype(np.int32)], _COLOURS[c])
+                pts = np.clip(corners / size, 0, 1)
+                x0, y0, x1, y1 = pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
+                if task == "pose":
+                    kpts = " ".join(f"{x:.5f} {y:.5f} 2" for x, y in pts)
+                    lines.append(f"{c} {(x0 + x1) / 2:.5f} {(y0 + y1) / 2:.5f} {x1 - x0:.5f} {y1 - y0:.5f} {kpts}")
+                else:
+                    lines.append(f"{c} " + " ".join(f"{v:.5f}" for v in pts.flatten()))
+            if task == "classify":
+                d = root / split / f"c{first}"
+                d.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(d / f"{split}{i}.png"), img)
+                continue
+            for kind in ("images", "labels"):
+                (root / kind / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img)
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    if task == "classify":
+        for split in ("train", "val"):
+            for c in range(nc):
+                (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)  # every class folder exists
+        return root
+    spec = {"path": str(root), "train": "images/train", "val": "images/val", "names": {c: f"c{c}" for c in range(nc)}}
+    if task == "pose":
+        spec |= {"kpt_shape": [4, 3], "flip_idx": [1, 0, 3, 2]}
+    path = root.parent / f"{root.name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -40,12 +40,12 @@ def _bad_files(tmp_path, ckpt):
     trunc.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     plain = tmp_path / "tensor.pt"
     torch.save({"weights": torch.zeros(3)}, plain)
-    from ultralytics.nn.tasks import ClassificationModel
+    from ultralytics.nn.tasks import DepthModel
 
-    cls = tmp_path / "cls.pt"
-    torch.save({"model": ClassificationModel("yolov8n-cls.yaml", verbose=False)}, cls)
+    depth = tmp_path / "depth.pt"  # a task yoloprune does not prune (classifiers, since issue 14, it does)
+    torch.save({"model": DepthModel("yolo26n-depth.yaml", verbose=False)}, depth)
     return {"missing": tmp_path / "nope.pt", "empty": empty, "text": text, "truncated": trunc,
-            "no-model": plain, "classifier": cls}
+            "no-model": plain, "depth": depth}
 
 
 def test_bad_checkpoints_exit_2_with_one_line(tmp_path, ckpt, capsys):

@@ -13,20 +13,35 @@ def image_files(images_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMG_SUFFIXES)
 
 
-def read_yolo_labels(label_file: Path) -> list[tuple[int, float, float, float, float]]:
-    """Rows of (class, cx, cy, w, h) normalised; a missing file means no objects."""
+def _rows(label_file: Path) -> list[tuple[int, list[float]]]:
     if not label_file.exists():
         return []
     rows = []
     for line in label_file.read_text().splitlines():
         if line.strip():
-            c, *xywh = line.split()
-            rows.append((int(c), *map(float, xywh)))
+            c, *values = line.split()
+            rows.append((int(c), [float(v) for v in values]))
     return rows
 
 
-def yolo_split_to_coco(images_dir: str | Path, labels_dir: str | Path, names: list[str] | tuple[str, ...]) -> dict:
-    """COCO detection ground truth for one split. Image ids follow sorted file order; boxes are in pixels."""
+def _box_and_polygon(values: list[float], kpt_shape) -> tuple[tuple[float, float, float, float], list[float] | None]:
+    """(cx, cy, w, h) of a label row, and its polygon (x1, y1, ...) when the row is one (segment, oriented box)."""
+    if kpt_shape or len(values) < 6:
+        return tuple(values[:4]), None
+    xs, ys = values[0::2], values[1::2]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    return ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), values
+
+
+def read_yolo_labels(label_file: Path, kpt_shape=None) -> list[tuple[int, float, float, float, float]]:
+    """Rows of (class, cx, cy, w, h) normalised (a polygon's enclosing box); a missing file means no objects."""
+    return [(c, *_box_and_polygon(v, kpt_shape)[0]) for c, v in _rows(label_file)]
+
+
+def yolo_split_to_coco(images_dir: str | Path, labels_dir: str | Path, names: list[str] | tuple[str, ...],
+                       kpt_shape=None) -> dict:
+    """COCO ground truth for one split: boxes in pixels (a polygon's enclosing box), and the polygon itself as the
+    segmentation when a label is one. Image ids follow sorted file order."""
     images, annotations = [], []
     for img_id, img_path in enumerate(image_files(images_dir)):
         img = cv2.imread(str(img_path), cv2.IMREAD_UNCHANGED)
@@ -34,9 +49,13 @@ def yolo_split_to_coco(images_dir: str | Path, labels_dir: str | Path, names: li
             raise ValueError(f"cannot decode image {img_path}")
         h, w = img.shape[:2]
         images.append({"id": img_id, "file_name": img_path.name, "width": w, "height": h})
-        for c, cx, cy, bw, bh in read_yolo_labels(Path(labels_dir) / f"{img_path.stem}.txt"):
+        for c, values in _rows(Path(labels_dir) / f"{img_path.stem}.txt"):
+            (cx, cy, bw, bh), poly = _box_and_polygon(values, kpt_shape)
             x, y, pw, ph = (cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h
-            annotations.append({"id": len(annotations) + 1, "image_id": img_id, "category_id": c,
-                                "bbox": [x, y, pw, ph], "area": pw * ph, "iscrowd": 0})
+            ann = {"id": len(annotations) + 1, "image_id": img_id, "category_id": c, "bbox": [x, y, pw, ph],
+                   "area": pw * ph, "iscrowd": 0}
+            if poly is not None:
+                ann["segmentation"] = [[v * (w if i % 2 == 0 else h) for i, v in enumerate(poly)]]
+            annotations.append(ann)
     categories = [{"id": i, "name": n} for i, n in enumerate(names)]
     return {"images": images, "annotations": annotations, "categories": categories}

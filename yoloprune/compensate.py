@@ -23,13 +23,14 @@ _CONSUMERS = (nn.Conv2d, nn.Linear)
 
 def calibration_images(source: str | Path, imgsz: int = 320, n: int = CALIB_IMAGES) -> torch.Tensor:
     """Up to ``n`` calibration images, letterboxed as the validator does: (n, 3, imgsz, imgsz). ``source`` is a
-    data yaml (its first train images) or a folder of images; no labels are read."""
+    data yaml or a classification dataset folder (its first train images), or a folder of images; no labels are
+    read."""
     from yoloprune.data import image_folder, letterboxed_files, letterboxed_images
     from yoloprune.errors import ConfigError
 
     if n < 1:
         raise ConfigError(f"the number of calibration images must be >= 1, got {n}")
-    if Path(source).is_dir():
+    if Path(source).is_dir() and not (Path(source) / "train").is_dir():  # a folder of images, not a dataset
         return torch.from_numpy(letterboxed_files(image_folder(source, n), imgsz))
     return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))
 

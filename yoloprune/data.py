@@ -1,4 +1,8 @@
-"""Read and check an Ultralytics data yaml before any evaluation: every broken input becomes one DataError."""
+"""Read and check an Ultralytics dataset before any evaluation: every broken input becomes one DataError.
+
+A data yaml with labels of boxes (``class cx cy w h``), polygons (``class x1 y1 x2 y2 x3 y3 ...``: segmentation,
+and oriented boxes as four corners) or, when the yaml names a ``kpt_shape``, boxes with keypoints (pose); or a
+classification folder (``split/class/image``)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ class DataSpec:
     yaml: Path  # absolute
     root: Path
     names: list[str]
-    splits: dict[str, Path]  # split -> images dir
+    splits: dict[str, Path]  # split -> images dir (a classification split: its folder of class folders)
+    kpt_shape: tuple[int, int] | None = None  # pose data: keypoints per object, values per keypoint
+    classify: bool = False  # a classification folder: the class is the image's folder, no label files
 
     def images(self, split: str) -> Path:
         return self.splits[split]
@@ -26,15 +32,31 @@ class DataSpec:
     def labels(self, split: str) -> Path:
         return _labels_dir(self.splits[split])
 
+    def files(self, split: str) -> list[Path]:
+        """The split's image files, sorted (a classification split's: class by class)."""
+        if self.classify:
+            return [f for d in sorted(x for x in self.splits[split].iterdir() if x.is_dir()) for f in image_files(d)]
+        return image_files(self.splits[split])
+
+    @property
+    def kind(self) -> str:
+        return "a classification folder" if self.classify else "pose data" if self.kpt_shape else "box/polygon data"
+
     def annotations(self, split: str) -> Path | None:
         return self.splits[split].parent.parent / "annotations" / f"instances_{split}.json"
 
     def check_model(self, model) -> None:
+        from yoloprune import sources
         from yoloprune.sources import num_classes
 
         nc = num_classes(model)
         if nc != len(self.names):
             raise DataError(f"model predicts {nc} classes but {self.yaml} has {len(self.names)}")
+        task = sources.task(model)
+        kpt = tuple(getattr(model.model[-1], "kpt_shape", ())) if task == "pose" else None
+        if (task == "classify") != self.classify or (task == "pose") != bool(self.kpt_shape) or kpt != self.kpt_shape:
+            raise DataError(f"{self.yaml} is {self.kind}" + (f" with kpt_shape {list(self.kpt_shape)}" if self.kpt_shape
+                            else "") + f"; the model is a {task} model" + (f" with kpt_shape {list(kpt)}" if kpt else ""))
 
 
 def _labels_dir(images: Path) -> Path:
@@ -55,8 +77,11 @@ def _names(raw, path: Path) -> list[str]:
 
 
 def load_data(path: str | Path, split: str) -> DataSpec:
-    """Parse the yaml and check ``split``: folders exist, labels are valid, images decode."""
+    """Parse the yaml (or read a classification folder) and check ``split``: folders exist, labels are valid,
+    images decode."""
     path = Path(path).resolve()
+    if path.is_dir():
+        return _classification_folder(path, split)
     if not path.is_file():
         raise DataError(f"data yaml not found: {path}")
     try:
@@ -71,8 +96,35 @@ def load_data(path: str | Path, split: str) -> DataSpec:
     splits = {k: (root / raw[k]).resolve() for k in ("train", "val", "test") if isinstance(raw.get(k), str)}
     if split not in splits:
         raise DataError(f"{path}: no '{split}' split")
-    spec = DataSpec(path, root, names, splits)
+    spec = DataSpec(path, root, names, splits, _kpt_shape(raw.get("kpt_shape"), path))
     _check_split(spec, split)
+    return spec
+
+
+def _kpt_shape(raw, path: Path) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, int) for v in raw) and raw[0] > 0
+            and raw[1] in (2, 3)):
+        raise DataError(f"{path}: kpt_shape must be [keypoints, 2 or 3], got {raw!r}")
+    return raw[0], raw[1]
+
+
+def _classification_folder(root: Path, split: str) -> DataSpec:
+    """A classification dataset: ``root/split/class/image``; classes are the train split's folders, sorted."""
+    splits = {k: root / k for k in ("train", "val", "test") if (root / k).is_dir()}
+    if split not in splits:
+        raise DataError(f"{root}: no '{split}' folder (a classification dataset holds split/class/image)")
+    names = sorted(d.name for d in splits.get("train", splits[split]).iterdir() if d.is_dir())
+    if not names:
+        raise DataError(f"{splits[split]}: no class folders")
+    spec = DataSpec(root, root, names, splits, classify=True)
+    for d in sorted(x for x in splits[split].iterdir() if x.is_dir()):
+        if d.name not in names:
+            raise DataError(f"{d}: class folder not in the train split's classes")
+        for img in image_files(d):
+            if cv2.imread(str(img), cv2.IMREAD_UNCHANGED) is None:
+                raise DataError(f"cannot decode image {img}")
     return spec
 
 
@@ -88,31 +140,51 @@ def _check_split(spec: DataSpec, split: str) -> None:
     for img in files:
         if cv2.imread(str(img), cv2.IMREAD_UNCHANGED) is None:
             raise DataError(f"cannot decode image {img}")
-        _check_label_file(labels / f"{img.stem}.txt", len(spec.names))
+        _check_label_file(labels / f"{img.stem}.txt", len(spec.names), spec.kpt_shape)
 
 
-def _check_label_file(path: Path, nc: int) -> None:
+def _check_label_file(path: Path, nc: int, kpt_shape: tuple[int, int] | None = None) -> None:
     if not path.exists():
         return  # an image without objects
+    form = "class cx cy w h" + (f" and {kpt_shape[0]} keypoints of {kpt_shape[1]}" if kpt_shape else
+                                "' or 'class x1 y1 x2 y2 x3 y3 ... (a polygon)")
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split()
         try:
-            c, x, y, w, h = int(fields[0]), *map(float, fields[1:])
+            c, values = int(fields[0]), [float(v) for v in fields[1:]]
         except (ValueError, TypeError, IndexError):
-            raise DataError(f"{path}:{n}: expected 'class cx cy w h', got {line.strip()!r}") from None
-        if len(fields) != 5:
-            raise DataError(f"{path}:{n}: expected 5 values, got {len(fields)}")
+            raise DataError(f"{path}:{n}: expected '{form}', got {line.strip()!r}") from None
         if not 0 <= c < nc:
             raise DataError(f"{path}:{n}: class id {c} out of range [0, {nc})")
+        why = _label_problem(values, kpt_shape)
+        if why:
+            raise DataError(f"{path}:{n}: {why}")
+
+
+def _label_problem(values: list[float], kpt_shape: tuple[int, int] | None) -> str | None:
+    """What is wrong with one label line's numbers (after the class id), or None."""
+    count = 4 + (kpt_shape[0] * kpt_shape[1] if kpt_shape else 0)
+    if kpt_shape or len(values) < 6:  # a box, with keypoints for pose data
+        if len(values) != count:
+            return f"expected {count + 1} values, got {len(values) + 1}"
+        x, y, w, h = values[:4]
         if not (0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1):
-            raise DataError(f"{path}:{n}: box {x} {y} {w} {h} outside the normalised range")
+            return f"box {x} {y} {w} {h} outside the normalised range"
+        points = [v for i, v in enumerate(values[4:]) if i % kpt_shape[1] < 2] if kpt_shape else []
+    elif len(values) % 2:
+        return f"a polygon needs x y pairs, got {len(values)} numbers"
+    else:
+        points = values
+    if not all(0 <= v <= 1 for v in points):
+        return "point outside the normalised range"
+    return None
 
 
 def letterboxed_images(data: str | Path, split: str, n: int, imgsz: int) -> np.ndarray:
     """Up to ``n`` images of ``split``, letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
-    return letterboxed_files(image_files(load_data(data, split).images(split))[:n], imgsz)
+    return letterboxed_files(load_data(data, split).files(split)[:n], imgsz)
 
 
 def letterboxed_files(files: list[Path], imgsz: int) -> np.ndarray:

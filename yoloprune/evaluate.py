@@ -1,8 +1,10 @@
-"""mAP with pycocotools against COCO ground truth, next to the Ultralytics validator's own mAP.
+"""mAP with pycocotools against COCO ground truth, next to the Ultralytics validator's own metric, per task.
 
-One pass of Ultralytics' DetectionValidator does the inference and NMS; its COCO-format predictions are then scored
-by pycocotools against the split's COCO JSON. ``Evaluator`` checks the data once and keeps its validator (and so
-its dataloader), so a sweep evaluates many models without reloading the data.
+One pass of the task's Ultralytics validator (detection, segmentation, pose, OBB, classification) does the inference
+and NMS and reports the task's metric. For boxes and masks its COCO-format predictions are also scored by pycocotools
+against the split's COCO JSON (polygon labels give the masks), and that is the reported mAP; pose (OKS), OBB (rotated
+IoU) and classification (top-1 / top-5) report the validator's own. ``Evaluator`` checks the data once and keeps its
+validators (and so their dataloaders), so a sweep evaluates many models without reloading the data.
 """
 
 from __future__ import annotations
@@ -27,20 +29,26 @@ class EvalResult:
     map50: float
     ultralytics_map50_95: float
     ultralytics_map50: float
-    per_class: dict[str, float]  # class name -> COCO AP50-95
+    per_class: dict[str, float]  # class name -> COCO AP50-95 (empty where pycocotools does not apply)
     images: int
     seconds: float
+    metric: str = "mAP50-95"  # what map50_95 holds: "mask mAP50-95", "pose mAP50-95", "top-1 accuracy", ...
+    metric50: str = "mAP50"  # what map50 holds: "mask mAP50", "top-5 accuracy", ...
+    coco: bool = True  # map50_95 / map50 come from pycocotools (else from the validator)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
-        rows = [f"{'':24}{'mAP50-95':>10}{'mAP50':>10}",
-                f"{'pycocotools':24}{self.map50_95:>10.4f}{self.map50:>10.4f}",
-                f"{'ultralytics validator':24}{self.ultralytics_map50_95:>10.4f}{self.ultralytics_map50:>10.4f}",
-                "per-class AP50-95 (pycocotools): " + ", ".join(f"{k} {v:.4f}" for k, v in self.per_class.items()),
-                f"{self.images} images in {self.seconds:.1f} s"]
-        return "\n".join(rows)
+        w = max(10, len(self.metric), len(self.metric50)) + 2
+        rows = [f"{'':24}{self.metric:>{w}}{self.metric50:>{w}}"]
+        if self.coco:
+            rows.append(f"{'pycocotools':24}{self.map50_95:>{w}.4f}{self.map50:>{w}.4f}")
+        rows.append(f"{'ultralytics validator':24}{self.ultralytics_map50_95:>{w}.4f}{self.ultralytics_map50:>{w}.4f}")
+        if self.per_class:
+            rows.append(f"per-class {self.metric.replace('mAP', 'AP')} (pycocotools): "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in self.per_class.items()))
+        return "\n".join([*rows, f"{self.images} images in {self.seconds:.1f} s"])
 
 
 def _coco(dataset: dict):
@@ -53,17 +61,18 @@ def _coco(dataset: dict):
     return coco
 
 
-def coco_map(gt: dict, predictions: list[dict]) -> tuple[float, float, list[float]]:
-    """(mAP50-95, mAP50, per-category AP50-95) of COCO-format predictions. No predictions score 0."""
+def coco_map(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> tuple[float, float, list[float]]:
+    """(mAP50-95, mAP50, per-category AP50-95) of COCO-format predictions (boxes, or masks with ``"segm"``).
+    No predictions score 0."""
     from pycocotools.cocoeval import COCOeval
 
     cats = [c["id"] for c in gt["categories"]]
     if not predictions:
         return 0.0, 0.0, [0.0] * len(cats)
-    coco_gt = _coco(gt)
+    coco_gt = _coco(copy.deepcopy(gt))  # pycocotools turns polygons into RLE in place: keep the caller's as it was
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(predictions)
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -75,16 +84,19 @@ def coco_map(gt: dict, predictions: list[dict]) -> tuple[float, float, list[floa
     return float(max(ev.stats[0], 0.0)), float(max(ev.stats[1], 0.0)), per_class
 
 
+_COCO_IOU = {"detect": "bbox", "segment": "segm"}  # tasks pycocotools scores, and how
+
+
 class Evaluator:
-    """Evaluate detectors on one split of one dataset; the data is checked and loaded once. ``iou`` is the NMS
+    """Evaluate models on one split of one dataset; the data is checked and loaded once. ``iou`` is the NMS
     IoU threshold; by default each source's own validation setting (Ultralytics 0.7, original YOLOv5 0.6)."""
 
     def __init__(self, data: str | Path, split: str = "val", imgsz: int = 320, batch: int = 16,
                  conf: float = 0.001, iou: float | None = None) -> None:
         self.spec: DataSpec = load_data(data, split)
         self.split, self.imgsz, self.batch, self.conf, self.iou = split, imgsz, batch, conf, iou
-        self.gt = self._ground_truth()
-        self._ids = {Path(im["file_name"]).stem: im["id"] for im in self.gt["images"]}
+        self.gt = None if self.spec.classify else self._ground_truth()
+        self._ids = {Path(im["file_name"]).stem: im["id"] for im in (self.gt or {}).get("images", [])}
         self._tmp = tempfile.TemporaryDirectory(prefix="yoloprune-val-")
         self._validators: dict = {}
 
@@ -92,16 +104,18 @@ class Evaluator:
         ann = self.spec.annotations(self.split)
         if ann is not None and ann.exists():
             return json.loads(ann.read_text())
-        return yolo_split_to_coco(self.spec.images(self.split), self.spec.labels(self.split), self.spec.names)
+        return yolo_split_to_coco(self.spec.images(self.split), self.spec.labels(self.split), self.spec.names,
+                                  self.spec.kpt_shape)
 
     def _validator_for(self, net):
-        """One validator (and so one dataloader) per validator class, i.e. per model source."""
+        """One validator (and so one dataloader) per validator class, i.e. per model source and task."""
         cls = sources.validator_class(net)
         if cls not in self._validators:
             iou = sources.nms_iou(net) if self.iou is None else self.iou
             args = {"data": str(self.spec.yaml), "split": self.split, "imgsz": self.imgsz, "batch": self.batch,
-                    "conf": self.conf, "iou": iou, "save_json": True, "plots": False, "verbose": False,
-                    "project": self._tmp.name, "name": "val", "exist_ok": True, "device": "cpu", "workers": 0}
+                    "conf": self.conf, "iou": iou, "save_json": sources.task(net) in _COCO_IOU, "plots": False,
+                    "verbose": False, "project": self._tmp.name, "name": "val", "exist_ok": True, "device": "cpu",
+                    "workers": 0}
             self._validators[cls] = cls(args=args)
         return self._validators[cls]
 
@@ -111,24 +125,46 @@ class Evaluator:
         t0 = time.perf_counter()
         validator = self._validator_for(net)
         stats = validator(model=copy.deepcopy(net).float().eval())  # AutoBackend fuses its model in place
-        preds = [self._to_gt_ids(p) for p in validator.jdict]
-        m, m50, per = coco_map(self.gt, preds)
-        return EvalResult(
-            map50_95=m, map50=m50,
-            ultralytics_map50_95=float(stats["metrics/mAP50-95(B)"]),
-            ultralytics_map50=float(stats["metrics/mAP50(B)"]),
-            per_class=dict(zip(self.spec.names, per, strict=True)),
-            images=len(self.gt["images"]), seconds=time.perf_counter() - t0,
-        )
+        metric, metric50, key, key50 = sources.task_metrics(net)
+        ours, ours50 = float(stats[key]), float(stats[key50])
+        iou_type = _COCO_IOU.get(sources.task(net))
+        if iou_type:
+            preds = [self._to_gt_ids(p) for p in validator.jdict]
+            m, m50, per = coco_map(self.gt, preds, iou_type)
+            per_class = dict(zip(self.spec.names, per, strict=True))
+        else:
+            m, m50, per_class = ours, ours50, {}
+        images = len(self.gt["images"]) if self.gt else len(self.spec.files(self.split))
+        return EvalResult(map50_95=m, map50=m50, ultralytics_map50_95=ours, ultralytics_map50=ours50,
+                          per_class=per_class, images=images, seconds=time.perf_counter() - t0,
+                          metric=metric, metric50=metric50, coco=iou_type is not None)
 
     def _to_gt_ids(self, p: dict) -> dict:
         # Ultralytics numbers non-COCO categories from 1 and names images by file stem
-        return {"image_id": self._ids[Path(p["file_name"]).stem], "category_id": int(p["category_id"]) - 1,
-                "bbox": p["bbox"], "score": p["score"]}
+        out = {"image_id": self._ids[Path(p["file_name"]).stem], "category_id": int(p["category_id"]) - 1,
+               "bbox": p["bbox"], "score": p["score"]}
+        if "segmentation" in p:
+            out["segmentation"] = p["segmentation"]
+        return out
+
+
+DETECTION_METRICS = sources.metric_names("detect")
+
+
+def metric_names(table) -> tuple[str, str]:
+    """What a results table's ``map50_95`` and ``map50`` columns hold, from its ``metric`` column (a sweep of a
+    segmentation model holds mask mAPs, of a classifier top-1 / top-5 accuracy); detection's mAPs by default."""
+    if "metric" not in getattr(table, "columns", ()):
+        return DETECTION_METRICS
+    found = sorted({str(m) for m in table["metric"].dropna()})
+    if len(found) > 1:
+        return " / ".join(found), " / ".join(sources.secondary_metric(m) for m in found)
+    return (found[0], sources.secondary_metric(found[0])) if found else DETECTION_METRICS
 
 
 def evaluate(model, data: str | Path, split: str = "val", **options) -> EvalResult:
-    """COCO mAP (pycocotools) and the Ultralytics validator's mAP of ``model`` on ``split`` of ``data``."""
+    """The task's metric of ``model`` on ``split`` of ``data``: COCO mAP (pycocotools) for boxes and masks, and the
+    Ultralytics validator's own (mAP, pose mAP, OBB mAP, top-1 / top-5) beside it."""
     return Evaluator(data, split, **options)(model)
 
 

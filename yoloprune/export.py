@@ -55,7 +55,7 @@ class ExportResult:
     def table(self) -> str:
         rows = [f"exported {self.path} ({self.size_bytes / 1e6:.2f} MB)",
                 f"onnxruntime vs PyTorch on {self.images} {self.inputs}: max error {self.max_rel_err:.2e} "
-                "(boxes / image size, scores absolute)",
+                "(pixel coordinates / image size, the rest absolute)",
                 f"onnxruntime CPU latency, batch 1, 1 thread (median): {self.latency_s * 1e3:.2f} ms"]
         if self.baseline_latency_s:
             rows.append(f"unpruned baseline: {self.baseline_latency_s * 1e3:.2f} ms "
@@ -81,24 +81,28 @@ def _images(data: str | None, split: str, n: int, imgsz: int) -> list[np.ndarray
 
 @torch.no_grad()
 def parity(onnx_path: str | Path, model, inputs: list[np.ndarray]) -> float:
-    """Worst error of the exported head output against PyTorch's, on the scale each part lives on: box coordinates
-    (the first 4 channels, in pixels) relative to the image size, scores (objectness, class probabilities in [0, 1])
-    absolute. So tiny class scores of a weak model are not judged by a relative error, and a tampered weight, which
-    moves boxes by pixels or scores by more than 1e-3, still fails."""
+    """Worst error of the exported outputs against PyTorch's, on the scale each channel lives on: pixel coordinates
+    (boxes, keypoints) relative to the image size, everything else (scores, class index, mask coefficients and
+    prototypes, angles, class probabilities) absolute. So tiny class scores of a weak model are not judged by a
+    relative error, and a tampered weight, which moves boxes by pixels or scores by more than 1e-3, still fails."""
     net, _ = sources.load_model(model)
     net = net.float().eval()
-    axis = sources.output_channel_axis(net)  # where boxes and scores lie: (B, 4 + nc, N) or (B, N, 5 + nc)
+    layout = sources.output_layout(net)  # per output: channel axis, pixel channels
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
     worst = 0.0
     for x in inputs:
-        ref = net(torch.from_numpy(x))
-        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
-        got = sess.run(None, {name: x})[0]
-        if got.shape != ref.shape:
-            raise ParityError(f"{onnx_path}: output shape {got.shape} differs from PyTorch's {ref.shape}")
-        diff = np.moveaxis(np.abs(got - ref), axis, -1)
-        worst = max(worst, float(diff[..., :4].max()) / max(x.shape[-2:]), float(diff[..., 4:].max()))
+        refs = [t.numpy() for t in sources.contract_outputs(net, net(torch.from_numpy(x)))]
+        gots = sess.run(None, {name: x})
+        if len(gots) != len(layout):
+            raise ParityError(f"{onnx_path}: {len(gots)} outputs where the model's task exports {len(layout)}")
+        for (axis, pixels), ref, got in zip(layout, refs, gots, strict=False):
+            if got.shape != ref.shape:
+                raise ParityError(f"{onnx_path}: output shape {got.shape} differs from PyTorch's {ref.shape}")
+            diff = np.moveaxis(np.abs(got - ref), axis, -1)
+            scale = np.ones(diff.shape[-1], dtype=np.float32)
+            scale[pixels] = max(x.shape[-2:])
+            worst = max(worst, float((diff / scale).max()))
     return worst
 
 
@@ -107,7 +111,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     path = export_onnx(cfg.model, cfg.out, cfg.imgsz, cfg.dynamic, cfg.simplify)
     err = parity(path, cfg.model, _images(cfg.data, cfg.split, cfg.images, cfg.imgsz))
     if not err <= cfg.tolerance:
-        raise ParityError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (boxes / image size, scores absolute), "
+        raise ParityError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (pixel coordinates / image size, the rest absolute), "
                           f"above {cfg.tolerance:g}")
     with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
         paths = [path] + ([export_onnx(cfg.baseline, Path(tmp) / "baseline.onnx", cfg.imgsz)] if cfg.baseline else [])

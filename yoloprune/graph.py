@@ -448,18 +448,47 @@ _HANDLERS = {
 _PARAM_LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)
 
 
+@dataclass(frozen=True)
+class Branch:
+    """A training-only module that inference skips (a loss's auxiliary head): it reads the input
+    (``at="input"``) or the output (``at="output"``) of module ``reads``. The trace runs it there, so that its
+    input channels are coupled with what it reads, and freezes its outputs, which are that loss's contract."""
+
+    module: str
+    reads: str
+    at: str = "output"
+
+
+def _branch_hooks(model: nn.Module, branches: tuple[Branch, ...], side: list) -> list:
+    """Hooks that run each branch on what it reads during the traced forward pass, collecting its outputs."""
+    hooks = []
+    for b in branches:
+        run = model.get_submodule(b.module)
+        reads = model.get_submodule(b.reads)
+        if b.at == "input":
+            hooks.append(reads.register_forward_pre_hook(lambda _m, args, run=run: side.append(run(args[0]))))
+        else:
+            hooks.append(reads.register_forward_hook(lambda _m, _a, out, run=run: side.append(run(out))))
+    return hooks
+
+
 def trace(model: nn.Module, example: torch.Tensor | None = None, imgsz: int = 64,
-          outputs: Callable[[Any], list[torch.Tensor]] | None = None) -> Graph:
+          outputs: Callable[[Any], list[torch.Tensor]] | None = None, branches: tuple[Branch, ...] = (),
+          unused: tuple[str, ...] = ()) -> Graph:
     """Trace one forward pass and return the coupling graph. The model's mode and state are left as they were.
 
     ``outputs`` picks from the model's return value the tensors whose channels are its contract (they are
-    frozen); by default every returned tensor.
+    frozen); by default every returned tensor. ``branches`` are training-only modules run beside the pass (their
+    outputs frozen too); ``unused`` names modules (and their children) that read no traced channel at all, such as
+    a loss's own network, which the pass may skip.
     """
     was_training = model.training
     if example is None:
         p = next(model.parameters())
         example = torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device)
     tracer = _Tracer(model)
+    side: list[torch.Tensor] = []
+    hooks = _branch_hooks(model, branches, side)
     model.eval()
     try:
         with torch.no_grad(), tracer:
@@ -467,9 +496,12 @@ def trace(model: nn.Module, example: torch.Tensor | None = None, imgsz: int = 64
             tracer._set(x, tracer.uf.new(x.shape[1], frozen="network input"))
             out = model(x)
         tracer._freeze_all((outputs or _flat_outputs)(out), [], "network output")
+        tracer._freeze_all(side, [], "training-only output")
     finally:
         model.train(was_training)
-    return _build_graph(model, tracer)
+        for h in hooks:
+            h.remove()
+    return _build_graph(model, tracer, unused)
 
 
 def _flat_outputs(out) -> list[torch.Tensor]:
@@ -482,9 +514,10 @@ def _flat_outputs(out) -> list[torch.Tensor]:
     return []
 
 
-def _build_graph(model: nn.Module, tr: _Tracer) -> Graph:
+def _build_graph(model: nn.Module, tr: _Tracer, unused: tuple[str, ...] = ()) -> Graph:
     types = {name: type(m) for name, m in model.named_modules()}
-    missed = [n for n, m in model.named_modules() if isinstance(m, _PARAM_LEAVES) and n not in tr.visited]
+    missed = [n for n, m in model.named_modules() if isinstance(m, _PARAM_LEAVES) and n not in tr.visited
+              and not any(n == u or n.startswith(u + ".") for u in unused)]
     if missed:
         raise UnsupportedModelError(
             f"{len(missed)} layer(s) were not reached by the traced forward pass (e.g. {missed[0]}); "
@@ -508,4 +541,4 @@ def _build_graph(model: nn.Module, tr: _Tracer) -> Graph:
     return Graph(list(by_root.values()), types, tr.bn_source, dict(tr.frozen_ops))
 
 
-__all__ = ["Graph", "Member", "Unit", "trace"]
+__all__ = ["Branch", "Graph", "Member", "Unit", "trace"]

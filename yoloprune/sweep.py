@@ -21,7 +21,7 @@ from yoloprune import sources
 from yoloprune.atomic import atomic_write_bytes, atomic_write_text
 from yoloprune.compensate import CALIB_IMAGES, calibration_images
 from yoloprune.errors import ConfigError, UnsupportedModelError
-from yoloprune.evaluate import Evaluator
+from yoloprune.evaluate import DETECTION_METRICS, Evaluator, metric_names
 from yoloprune.export import export_onnx
 from yoloprune.importance import names as criteria
 from yoloprune.latency import machine, paired_onnx_latency
@@ -30,7 +30,8 @@ from yoloprune.reconstruct import record
 KEY = ["method", "ratio", "finetune_epochs"]
 
 COLUMNS = [*KEY, "status", "map50_95", "map50", "ultralytics_map50_95", "params", "params_ratio", "gflops",
-           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "blocks_removed", "seconds", "host", "cpu"]
+           "gflops_ratio", "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "blocks_removed", "seconds", "metric",
+           "host", "cpu"]
 FAILED = "failed"  # status prefix of a point that raised on a worker: retried when the sweep runs again
 
 
@@ -147,6 +148,8 @@ def markdown(df: pd.DataFrame) -> str:
             "ckpt_mb", "onnx_mb", "latency_ms", "speedup"]
     if "blocks_removed" in df.columns and (df["blocks_removed"].fillna(0) > 0).any():
         cols.append("blocks_removed")
+    if metric_names(df) != DETECTION_METRICS:  # map50_95 / map50 hold another task's metric: say which
+        cols.insert(cols.index("map50_95"), "metric")
     view = df[[c for c in cols if c in df.columns]].copy()
     if "status" in df.columns and (df["status"] != "ok").any():
         view["note"] = ["" if st == "ok" else str(st).split(":")[0] + " (reason in results.csv)" for st in df["status"]]
@@ -209,7 +212,7 @@ def plot(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
         for ax, y in zip(axes, ys, strict=True):
             _draw(ax, df, x, y, label_ratios=x != "ratio")
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(y.replace("map", "mAP").replace("_", "-"))
+            ax.set_ylabel(dict(zip(("map50_95", "map50"), metric_names(df), strict=True))[y])
         if title:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
@@ -278,7 +281,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
     params = sum(p.numel() for p in model.parameters())
     gfl = sources.gflops(model, cfg.imgsz)
-    return {**row, "status": "ok", "map50_95": res.map50_95, "map50": res.map50,
+    return {**row, "status": "ok", "metric": res.metric, "map50_95": res.map50_95, "map50": res.map50,
             "ultralytics_map50_95": res.ultralytics_map50_95, "params": params,
             "params_ratio": params / base_stats["params"], "gflops": gfl, "gflops_ratio": gfl / base_stats["gflops"],
             "ckpt_mb": ckpt.stat().st_size / 1e6, "onnx_mb": onnx.stat().st_size / 1e6, "latency_ms": lat * 1e3,

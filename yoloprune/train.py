@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -97,10 +98,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
     def get_model(self, cfg=None, weights=None, verbose=True):
         if Path(str(self.args.model)).suffix in (".yaml", ".yml"):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        model, _ = load_model(self.args.model)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+        return _trainable(self.args.model)
 
     def __init__(self, cfg=None, overrides=None, _callbacks=None):
         kwargs = {"cfg": cfg} if cfg is not None else {}
@@ -171,6 +169,40 @@ def fit_projectors(dm, images: torch.Tensor) -> int:
         last.bias.copy_(c.to(last.bias))
         done += 1
     return done
+
+
+def _trainable(path) -> torch.nn.Module:
+    """The checkpoint's own (pruned) model, every parameter trainable."""
+    model, _ = load_model(path)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+class PrunedClassificationTrainer(ClassificationTrainer):
+    """ClassificationTrainer whose model is the checkpoint's own (pruned) module, as PrunedDetectionTrainer."""
+
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        if Path(str(self.args.model)).suffix in (".yaml", ".yml"):
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        return _trainable(self.args.model)
+
+
+def trainer_class(kind: str, chosen: type | None = None) -> type:
+    """The trainer for a model of task ``kind`` that keeps its architecture: ``chosen`` (PrunedDetectionTrainer, the
+    default, or a configured SparseDetectionTrainer) over the task's own Ultralytics trainer (SegmentationTrainer,
+    PoseTrainer, OBBTrainer), or PrunedClassificationTrainer (no sparsity training: its penalty rides on the
+    detection trainer)."""
+    chosen = chosen or PrunedDetectionTrainer
+    sparse = issubclass(chosen, SparseDetectionTrainer)
+    base = sources.ultralytics.trainer_base(kind)
+    if base is DetectionTrainer:
+        return chosen
+    if issubclass(base, DetectionTrainer):
+        return type(chosen.__name__.replace("Detection", base.__name__.removesuffix("Trainer")), (chosen, base), {})
+    if sparse:
+        raise ConfigError(f"sparsity training (train-sparse) is offered for detection-head models, not {kind} models")
+    return PrunedClassificationTrainer
 
 
 class SparseDetectionTrainer(PrunedDetectionTrainer):
@@ -261,13 +293,14 @@ def _epoch_line(trainer) -> None:
     done, total = trainer.epoch + 1, trainer.epochs
     elapsed = time.time() - getattr(trainer, "train_time_start", time.time())
     losses = trainer.tloss if isinstance(trainer.tloss, dict) else {}
-    val = (trainer.metrics or {}).get("metrics/mAP50-95(B)")
+    name, _, key, _ = sources.ultralytics.TASK_METRICS.get(trainer.args.task, sources.ultralytics.TASK_METRICS["detect"])
+    val = (trainer.metrics or {}).get(key)
     if done > total:  # Ultralytics' final validation of best.pt reports as one epoch past the end
         if val is not None:
-            print(f"best.pt: val mAP50-95 {float(val):.4f}", flush=True)
+            print(f"best.pt: val {name} {float(val):.4f}", flush=True)
         return
     print(f"epoch {done}/{total}  " + "  ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
-          + (f"  val mAP50-95 {float(val):.4f}" if val is not None else "")
+          + (f"  val {name} {float(val):.4f}" if val is not None else "")
           + f"  {elapsed / 60:.1f} min, ~{elapsed / done * max(total - done, 0) / 60:.1f} min left", flush=True)
 
 
@@ -297,7 +330,9 @@ def train(cfg: TrainConfig) -> Path:
         yolo = YOLO(cfg.model)
         yolo.add_callback("on_pretrain_routine_start", _announce)
         yolo.add_callback("on_fit_epoch_end", _epoch_line)
-        yolo.train(trainer=base, **overrides)
+        if cfg.teacher and yolo.task == "classify":
+            raise ConfigError("distillation (--teacher) is offered for detection-head models, not classifiers")
+        yolo.train(trainer=trainer_class(yolo.task, base), **overrides)
         save_dir = yolo.trainer.save_dir
     # Sparsity training trades accuracy for small gammas on purpose: the trainer's best.pt (highest mAP) would be
     # its least sparse epoch, so the sparse model is the final one.

@@ -5,7 +5,7 @@
 
 An adapter is a module. It provides ``check(model)``, ``save(model, path, ckpt, meta)``, ``head_output_convs(model)``,
 ``num_classes(model)``, ``validator_class()``, ``export_onnx(model, ckpt, out, imgsz, dynamic, simplify)``,
-``NMS_IOU`` and ``OUTPUT_CHANNEL_AXIS``; it may override the defaults that the Ultralytics adapter supplies for the
+``NMS_IOU`` and ``output_layout(model)``; it may override the defaults that the Ultralytics adapter supplies for the
 rest (``residual_blocks``, ``fixed_layers``, ``fix_widths``, ``trace_model``, ``gflops``, ...), which only rely on
 torch and Ultralytics' block classes. A source other than Ultralytics also provides ``trainer_class(base)``, its
 trainer on yoloprune's fine-tuning or sparsity trainer ``base`` (Ultralytics models train through
@@ -78,6 +78,17 @@ def trace_model(model: nn.Module):
     return _op("trace_model", model)(model)
 
 
+def contract_outputs(model: nn.Module, out: Any) -> list:
+    """The tensors of ``model``'s eval-mode output that are its contract: predictions (and a segmentation model's
+    mask prototypes, a classifier's logits), without the raw feature maps some heads return beside them."""
+    return _op("contract_outputs", model)(out)
+
+
+def task(model: nn.Module) -> str:
+    """The model's task: detect, segment, pose, obb or classify."""
+    return _op("task", model)(model)
+
+
 def max_stride(model: nn.Module) -> int:
     return _op("max_stride", model)(model)
 
@@ -103,17 +114,32 @@ def num_classes(model: nn.Module) -> int:
 
 
 def validator_class(model: nn.Module):
-    """The Ultralytics validator subclass that runs ``model`` (inference, NMS, COCO JSON)."""
-    return _op("validator_class", model)()
+    """The Ultralytics validator (subclass) of ``model``'s task that runs it (inference, NMS, metrics, JSON)."""
+    return _op("validator_class", model)(model)
+
+
+def task_metrics(model: nn.Module) -> tuple[str, str, str, str]:
+    """(primary metric name, secondary metric name, the validator's keys for them) for ``model``'s task."""
+    return _ultralytics.TASK_METRICS[task(model)]
+
+
+def metric_names(kind: str) -> tuple[str, str]:
+    """The names of a task's primary and secondary metric: ("mask mAP50-95", "mask mAP50") for segment, ..."""
+    return _ultralytics.TASK_METRICS[kind][:2]
+
+
+def secondary_metric(primary: str) -> str:
+    """The secondary metric that goes with a primary one ("top-5 accuracy" with "top-1 accuracy", ...)."""
+    return next((m[1] for m in _ultralytics.TASK_METRICS.values() if m[0] == primary), primary)
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool, simplify: bool) -> Path:
     return _op("export_onnx", model)(model, ckpt, out, imgsz, dynamic, simplify)
 
 
-def output_channel_axis(model: nn.Module) -> int:
-    """Axis of the exported output that holds box coordinates and scores."""
-    return _op("OUTPUT_CHANNEL_AXIS", model)
+def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
+    """Per exported output: its channel axis and which channels are pixel coordinates (see the adapters)."""
+    return _op("output_layout", model)(model)
 
 
 def nms_iou(model: nn.Module) -> float:

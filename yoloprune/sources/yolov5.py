@@ -467,7 +467,11 @@ def _type_name(name: str, m) -> str:
 
 
 NMS_IOU = 0.6  # the original repository's val.py default
-OUTPUT_CHANNEL_AXIS = -1  # (batch, anchors x cells, 5 + classes)
+
+
+def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
+    """One output, (batch, anchors x cells, 5 + classes): box in pixels, then objectness and class scores."""
+    return [(-1, [0, 1, 2, 3])]
 
 
 def head_output_convs(model: nn.Module) -> set[str]:
@@ -476,11 +480,15 @@ def head_output_convs(model: nn.Module) -> set[str]:
     return {f"model.{i}.m.{j}" for j in range(len(model.model[-1].m))}
 
 
+def task(model: nn.Module) -> str:
+    return "detect"  # segmentation and classification checkpoints are refused on loading
+
+
 def num_classes(model: nn.Module) -> int:
     return int(model.model[-1].nc)
 
 
-def validator_class():
+def validator_class(model: nn.Module | None = None):
     from yoloprune.sources.yolov5_train import YOLOv5Validator
 
     return YOLOv5Validator
