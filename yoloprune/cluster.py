@@ -170,8 +170,25 @@ def _unpruned(job: tuple) -> bool:
     return job[1] == 0 and not job[2] and job[0] != "unstructured"
 
 
+def _reachable(address: str, timeout: float = 10.0) -> bool:
+    """Whether something listens at host:port. Ray itself keeps retrying an unreachable head for minutes."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return True  # "auto", ray://...: Ray's own resolution decides
+    try:
+        socket.create_connection((host.removeprefix("ray://"), int(port)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _connect(ray, rc: RayConfig) -> None:
     """Join the cluster (or start the local instance), or fail in one line."""
+    if rc.address and not _reachable(rc.address):
+        raise ConfigError(f"cannot join the Ray cluster at {rc.address}: nothing answers there (start it with "
+                          "`ray start --head`, or give --ray alone for a local instance)")
     try:
         ray.init(address=rc.address, num_cpus=rc.local_cpus, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, OSError, ray.exceptions.RayError) as e:
