@@ -73,7 +73,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     from yoloprune.teabud import TeaBudConfig, generate
 
     cfg = TeaBudConfig(out=Path(args.out), seed=args.seed, n_train=args.n_train, n_val=args.n_val,
-                       n_test=args.n_test, imgsz=args.imgsz)
+                       n_test=args.n_test, imgsz=args.imgsz, task=args.task)
     print(f"data yaml: {generate(cfg)}")
     return 0
 
@@ -420,6 +420,8 @@ def _add_make_data(sub) -> None:
     p.add_argument("--n-val", type=int, default=100)
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--imgsz", type=_positive_int, default=320)
+    p.add_argument("--task", choices=("detect", "segment", "pose"), default="detect",
+                   help="labels: boxes; + instance polygons; + the picking point (stem base) as a keypoint")
     p.set_defaults(func=_cmd_make_data)
 
 

@@ -20,6 +20,8 @@ from yoloprune.atomic import atomic_write_bytes, atomic_write_text
 
 CLASSES: tuple[str, ...] = ("bud", "bud_leaf")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+TASKS: tuple[str, ...] = ("detect", "segment", "pose")
+KPT_SHAPE = (1, 3)  # pose labels: one keypoint, the picking point, with visibility
 _SS = 2  # supersampling factor
 
 
@@ -33,6 +35,7 @@ class TeaBudConfig:
     n_val: int = 100
     n_test: int = 100
     imgsz: int = 320
+    task: str = "detect"  # detect: boxes; segment: + instance polygons; pose: + the picking point (see below)
 
     def counts(self) -> dict[str, int]:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
@@ -42,6 +45,19 @@ class TeaBudConfig:
 class _Obj:
     cls: int  # -1 for distractors and occluders
     mask: np.ndarray  # bool, supersampled canvas
+    pick: tuple[float, float] | None = None  # picking point (the stem's base), supersampled canvas
+
+
+@dataclass(eq=False)
+class Label:
+    """One labelled object, in output pixels: its visible box, the outline of its visible pixels (a polygon of
+    points on the boundary pixels, all inside the box) and its picking point (x, y, v): v = 2 visible, 1 hidden
+    under a leaf but inside the box, 0 unlabelled (outside the visible box; x = y = 0, Ultralytics' convention)."""
+
+    cls: int
+    box: tuple[float, float, float, float]
+    polygon: np.ndarray  # (N, 2), N >= 3
+    keypoint: tuple[float, float, int]
 
 
 def _hsv_to_bgr(h: float, s: float, v: float) -> np.ndarray:
@@ -155,8 +171,9 @@ def _bud(canvas, rng, bx, by, length, ang, hue) -> np.ndarray:
     return mask
 
 
-def _shoot(canvas, rng, x, y, cls: int, scale: float) -> np.ndarray:
-    """Draw a labelled shoot (bud or bud with 1-2 young leaves) with its stem; return its full mask."""
+def _shoot(canvas, rng, x, y, cls: int, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """Draw a labelled shoot (bud or bud with 1-2 young leaves) with its stem; return its full mask and the stem's
+    base, where a picker cuts."""
     ang = rng.uniform(-np.pi, np.pi)
     bud_len = rng.uniform(14, 30) * scale if cls == 0 else rng.uniform(14, 28) * scale
     hue = rng.uniform(28, 45)  # light green to yellow-green
@@ -173,7 +190,7 @@ def _shoot(canvas, rng, x, y, cls: int, scale: float) -> np.ndarray:
             leaf_len = bud_len * rng.uniform(0.8, 1.4)
             full |= _young_leaf(canvas, rng, x, y, leaf_len, ang + side * rng.uniform(0.45, 1.0), hue)
     full |= _bud(canvas, rng, x, y, bud_len, ang, hue)
-    return full
+    return full, (sx, sy)
 
 
 def _lighting(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -206,11 +223,36 @@ def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _visible_boxes(objs: list[_Obj], cover: np.ndarray, imgsz: int) -> list[tuple[int, float, float, float, float]]:
-    """Tight boxes (pixels, output scale) of what remains visible of each labelled object after occlusion."""
-    boxes = []
+def _outline(small: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The largest outer contour of a visible mask (output pixels): boundary pixel centres, so inside the box. A
+    shoot cut in pieces by an occluder keeps its largest piece's outline; fewer than 3 points give the box."""
+    contours, _ = cv2.findContours(small.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    best = max(contours, key=cv2.contourArea).reshape(-1, 2) if contours else np.empty((0, 2))
+    if len(best) < 3:
+        x1, y1, x2, y2 = box
+        return np.array([[x1, y1], [x2 - 1, y1], [x2 - 1, y2 - 1], [x1, y2 - 1]], np.float64)
+    return best.astype(np.float64)
+
+
+def _picking_point(obj: _Obj, cover: np.ndarray, box: tuple[float, float, float, float]) -> tuple[float, float, int]:
+    """The stem base in output pixels with its visibility, or (0, 0, 0) when it lies outside the visible box."""
+    px, py = obj.pick
+    x, y = px / _SS, py / _SS
+    x1, y1, x2, y2 = box
+    if not (x1 <= x <= x2 and y1 <= y <= y2):
+        return 0.0, 0.0, 0
+    h, w = cover.shape
+    hidden = cover[min(max(int(py), 0), h - 1), min(max(int(px), 0), w - 1)]
+    return x, y, 1 if hidden else 2
+
+
+def _visible_labels(objs: list[_Obj], cover: np.ndarray, imgsz: int) -> list[Label]:
+    """Tight boxes (pixels, output scale) of what remains visible of each labelled object after occlusion, with
+    the outline of those pixels and the picking point."""
+    labels = []
     for obj in reversed(objs):
         vis = obj.mask & ~cover
+        hidden_by = cover.copy()
         cover |= obj.mask
         if obj.cls < 0 or vis.sum() < 0.3 * obj.mask.sum():
             continue
@@ -218,12 +260,13 @@ def _visible_boxes(objs: list[_Obj], cover: np.ndarray, imgsz: int) -> list[tupl
         ys, xs = np.nonzero(small)
         if len(xs) == 0 or xs.max() - xs.min() + 1 < 3 or ys.max() - ys.min() + 1 < 3:
             continue
-        boxes.append((obj.cls, float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
-    return boxes[::-1]
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        labels.append(Label(obj.cls, box, _outline(small, box), _picking_point(obj, hidden_by, box)))
+    return labels[::-1]
 
 
-def render_scene(rng: np.random.Generator, imgsz: int = 320) -> tuple[np.ndarray, list[tuple]]:
-    """Render one scene. Returns (BGR uint8 image, [(cls, x1, y1, x2, y2), ...] in output pixels)."""
+def render_scene(rng: np.random.Generator, imgsz: int = 320) -> tuple[np.ndarray, list[Label]]:
+    """Render one scene. Returns (BGR uint8 image, its labels in output pixels)."""
     size, scale = imgsz * _SS, _SS * imgsz / 320
     canvas = np.empty((size, size, 3), np.float32)
     canvas[:] = _hsv_to_bgr(rng.uniform(40, 60), rng.uniform(120, 220), rng.uniform(15, 45))
@@ -241,26 +284,35 @@ def render_scene(rng: np.random.Generator, imgsz: int = 320) -> tuple[np.ndarray
             objs.append(_Obj(-1, leaf))
         else:
             cls = 0 if r < 0.52 else 1
-            objs.append(_Obj(cls, _shoot(canvas, rng, cx, cy, cls, scale)))
+            objs.append(_Obj(cls, *_shoot(canvas, rng, cx, cy, cls, scale)))
     cover = np.zeros((size, size), bool)
     for _ in range(int(rng.integers(0, 4))):  # front leaves partially occluding shoots
         cx, cy = centers[rng.integers(len(centers))] + rng.normal(0, 60 * scale, 2)
         cover |= _mature_leaf(canvas, rng, float(cx), float(cy), 0.6 * scale)
     canvas = _lighting(canvas, rng)
     img = cv2.resize(np.clip(canvas, 0, 255), (imgsz, imgsz), interpolation=cv2.INTER_AREA)
-    return _degrade(img, rng), _visible_boxes(objs, cover, imgsz)
+    return _degrade(img, rng), _visible_labels(objs, cover, imgsz)
 
 
-def _yolo_lines(boxes: list[tuple], imgsz: int) -> str:
+def _yolo_lines(labels: list[Label], imgsz: int, task: str = "detect") -> str:
+    """Ultralytics label rows: ``cls cx cy w h`` (detect), ``cls x1 y1 x2 y2 ...`` (segment), ``cls cx cy w h px py
+    v`` (pose), normalised."""
     rows = []
-    for cls, x1, y1, x2, y2 in boxes:
+    for lab in labels:
+        x1, y1, x2, y2 = lab.box
         cx, cy, w, h = (x1 + x2) / 2 / imgsz, (y1 + y2) / 2 / imgsz, (x2 - x1) / imgsz, (y2 - y1) / imgsz
-        rows.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        if task == "segment":
+            rows.append(f"{lab.cls} " + " ".join(f"{v / imgsz:.6f}" for v in lab.polygon.reshape(-1)))
+        elif task == "pose":
+            px, py, v = lab.keypoint
+            rows.append(f"{lab.cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {px / imgsz:.6f} {py / imgsz:.6f} {v}")
+        else:
+            rows.append(f"{lab.cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     return "".join(r + "\n" for r in rows)
 
 
-def render_image(seed: int, split: str, index: int, imgsz: int = 320) -> tuple[bytes, list[tuple]]:
-    """Deterministic JPEG bytes and boxes for image `index` of `split`."""
+def render_image(seed: int, split: str, index: int, imgsz: int = 320) -> tuple[bytes, list[Label]]:
+    """Deterministic JPEG bytes and labels for image `index` of `split`."""
     rng = np.random.default_rng((seed, SPLITS.index(split), index))
     img, boxes = render_scene(rng, imgsz)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 92))])
@@ -278,18 +330,23 @@ def generate(cfg: TeaBudConfig) -> Path:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            jpg, boxes = render_image(cfg.seed, split, i, cfg.imgsz)
+            jpg, labels = render_image(cfg.seed, split, i, cfg.imgsz)
             atomic_write_bytes(root / "images" / split / f"{split}_{i:04d}.jpg", jpg)
-            atomic_write_text(root / "labels" / split / f"{split}_{i:04d}.txt", _yolo_lines(boxes, cfg.imgsz))
+            atomic_write_text(root / "labels" / split / f"{split}_{i:04d}.txt",
+                              _yolo_lines(labels, cfg.imgsz, cfg.task))
         if split != "train" and n:
-            coco = yolo_split_to_coco(root / "images" / split, root / "labels" / split, CLASSES)
+            coco = yolo_split_to_coco(root / "images" / split, root / "labels" / split, CLASSES,
+                                      KPT_SHAPE if cfg.task == "pose" else None)
             atomic_write_text(root / "annotations" / f"instances_{split}.json", json.dumps(coco))
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
+    what = {"detect": "detection", "segment": "instance segmentation", "pose": "picking-point (pose)"}[cfg.task]
     yaml_text = (
-        "# Tea-bud-style detection data written by `yoloprune make-data`; paths are relative to this file.\n"
+        f"# Tea-bud-style {what} data written by `yoloprune make-data`; paths are relative to this file.\n"
         f"# seed: {cfg.seed}\n"
         f"train: {root.name}/images/train\nval: {root.name}/images/val\ntest: {root.name}/images/test\n"
-        f"names:\n{names}"
+        + ("# one keypoint: the picking point, the base of the shoot's stem (x, y, visibility)\n"
+           f"kpt_shape: {list(KPT_SHAPE)}\nflip_idx: [0]\n" if cfg.task == "pose" else "")
+        + f"names:\n{names}"
     )
     yaml_path = root.parent / f"{root.name}.yaml"
     atomic_write_text(yaml_path, yaml_text)
