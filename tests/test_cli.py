@@ -163,8 +163,9 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     model = Path(__file__).parent / "fixtures" / "yolov5n-original-repo.pt"
     proc = subprocess.Popen([sys.executable, "-m", "yoloprune", "sweep", "--model", str(model), "--data", str(data),
                              "--ratios", "0,0.1,0.2,0.3,0.4,0.5", "--imgsz", "64", "--out", str(tmp_path / "s")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120  # interrupt once the sweep has started (a loaded machine imports slowly)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job's
+    deadline = time.time() + 120  # shell ignores SIGINT for its children; the user's terminal does not  # interrupt once the sweep has started (a loaded machine imports slowly)
     while not (tmp_path / "s" / "sweep.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1)

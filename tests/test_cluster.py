@@ -58,6 +58,21 @@ def test_local_ray_instance_gives_the_local_sweeps_rows(project, tmp_path):
     assert sum(p.numel() for p in pruned.parameters()) == remote["params"].iloc[1]
 
 
+def test_unreachable_cluster_is_one_line_and_exit_2(project, tmp_path):
+    pytest.importorskip("ray")
+    root, data = project
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "yoloprune", "sweep", "--model", str(root / "model.pt"), "--data",
+                        str(data), "--out", str(tmp_path / "o"), "--ratios", "0.3", "--imgsz", "64",
+                        "--calib-images", "1", "--ray", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith(f"yoloprune: error: cannot join the Ray cluster at 127.0.0.1:{port}")
+    assert r.stderr.count("\n") == 1, r.stderr
+
+
 def _ray(*args, env, check=True):
     cli = Path(sys.executable).with_name("ray")
     return subprocess.run([str(cli), *args], env=env, check=check, capture_output=True, text=True, timeout=180)
@@ -102,21 +117,6 @@ def test_killed_driver_resumes_with_only_the_missing_points(project, tmp_path):
     finally:
         _ray("stop", "--force", env=env, check=False)
         shutil.rmtree(short, ignore_errors=True)
-
-
-def test_unreachable_cluster_is_one_line_and_exit_2(project, tmp_path, capsys):
-    pytest.importorskip("ray")
-    from yoloprune.cli import main
-
-    root, data = project
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["sweep", "--model", str(root / "model.pt"), "--data", str(data), "--out", str(tmp_path / "o"),
-            "--ratios", "0.3", "--imgsz", "64", "--calib-images", "1", "--ray", f"127.0.0.1:{port}"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"yoloprune: error: cannot join the Ray cluster at 127.0.0.1:{port}") and err.count("\n") == 1
 
 
 def test_ray_flag_without_the_extra_is_one_line_and_exit_2(tmp_path):
