@@ -73,9 +73,9 @@ def test_unreachable_cluster_is_one_line_and_exit_2(project, tmp_path):
     assert r.stderr.count("\n") == 1, r.stderr
 
 
-def _ray(*args, env, check=True):
+def _ray(*args, env):
     cli = Path(sys.executable).with_name("ray")
-    return subprocess.run([str(cli), *args], env=env, check=check, capture_output=True, text=True, timeout=180)
+    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=180)
 
 
 @pytest.mark.slow
@@ -89,8 +89,7 @@ def test_killed_driver_resumes_with_only_the_missing_points(project, tmp_path):
         port = s.getsockname()[1]
     short = tempfile.mkdtemp(prefix="yp-")  # Ray's unix sockets live under TMPDIR: pytest's paths are too long
     env = {**os.environ, "TMPDIR": short, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    started = _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=env,
-                   check=False)
+    started = _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=env)
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "yoloprune", "sweep", "--model", str(root / "model.pt"), "--data", str(data),
@@ -115,7 +114,7 @@ def test_killed_driver_resumes_with_only_the_missing_points(project, tmp_path):
         kept = done[done["ratio"] == first["ratio"].iloc[0]]
         pd.testing.assert_series_equal(kept["seconds"].reset_index(drop=True), first["seconds"])  # not rerun
     finally:
-        _ray("stop", "--force", env=env, check=False)
+        _ray("stop", "--force", env=env)
         shutil.rmtree(short, ignore_errors=True)
 
 

@@ -109,10 +109,15 @@ def bundle_data(cfg: SweepConfig) -> bytes:
     return buf.getvalue()
 
 
+def _staging(key: str) -> Path:
+    """This node's folder for one sweep's shipped files and base exports, under the temp folder."""
+    return Path(tempfile.gettempdir()) / "yoloprune-ray" / key
+
+
 def _stage(key: str, model_name: str, model: bytes, data: bytes) -> Path:
     """Unpack the shipped model and data once per node, under the temp folder, named by their hash. A folder is
     complete when it appears: it is written under another name and renamed into place."""
-    root = Path(tempfile.gettempdir()) / "yoloprune-ray" / key
+    root = _staging(key)
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +145,7 @@ def run_point(cfg: SweepConfig, job: tuple, key: str, model: bytes | None, data:
         root = _stage(key, Path(cfg.model).name, model, data)
         cfg = dataclasses.replace(cfg, model=str(root / Path(cfg.model).name), data=str(root / "data" / "data.yaml"))
     else:
-        root = Path(tempfile.gettempdir()) / "yoloprune-ray" / key
+        root = _staging(key)
         root.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, device=device)
     state = (key, json.dumps(cfg.recipe(), sort_keys=True))
@@ -266,5 +271,5 @@ def ray_sweep(cfg: SweepConfig, rc: RayConfig) -> pd.DataFrame:
         if started:
             ray.shutdown()
             if rc.address is None:  # a local instance staged its files on this machine
-                shutil.rmtree(Path(tempfile.gettempdir()) / "yoloprune-ray" / key, ignore_errors=True)
+                shutil.rmtree(_staging(key), ignore_errors=True)
     return finish(df, cfg)

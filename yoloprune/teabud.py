@@ -234,15 +234,21 @@ def _outline(small: np.ndarray, box: tuple[float, float, float, float]) -> np.nd
     return best.astype(np.float64)
 
 
-def _picking_point(obj: _Obj, cover: np.ndarray, box: tuple[float, float, float, float]) -> tuple[float, float, int]:
+def _covered(pick: tuple[float, float] | None, cover: np.ndarray) -> bool:
+    """Whether something in front covers the picking point (supersampled canvas, clamped to it)."""
+    if pick is None:
+        return False
+    h, w = cover.shape
+    return bool(cover[min(max(int(pick[1]), 0), h - 1), min(max(int(pick[0]), 0), w - 1)])
+
+
+def _picking_point(pick: tuple[float, float], hidden: bool, box: tuple[float, float, float, float]
+                   ) -> tuple[float, float, int]:
     """The stem base in output pixels with its visibility, or (0, 0, 0) when it lies outside the visible box."""
-    px, py = obj.pick
-    x, y = px / _SS, py / _SS
+    x, y = pick[0] / _SS, pick[1] / _SS
     x1, y1, x2, y2 = box
     if not (x1 <= x <= x2 and y1 <= y <= y2):
         return 0.0, 0.0, 0
-    h, w = cover.shape
-    hidden = cover[min(max(int(py), 0), h - 1), min(max(int(px), 0), w - 1)]
     return x, y, 1 if hidden else 2
 
 
@@ -252,7 +258,7 @@ def _visible_labels(objs: list[_Obj], cover: np.ndarray, imgsz: int) -> list[Lab
     labels = []
     for obj in reversed(objs):
         vis = obj.mask & ~cover
-        hidden_by = cover.copy()
+        hidden = _covered(obj.pick, cover)  # by what lies in front: occluders and later objects
         cover |= obj.mask
         if obj.cls < 0 or vis.sum() < 0.3 * obj.mask.sum():
             continue
@@ -261,7 +267,7 @@ def _visible_labels(objs: list[_Obj], cover: np.ndarray, imgsz: int) -> list[Lab
         if len(xs) == 0 or xs.max() - xs.min() + 1 < 3 or ys.max() - ys.min() + 1 < 3:
             continue
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        labels.append(Label(obj.cls, box, _outline(small, box), _picking_point(obj, hidden_by, box)))
+        labels.append(Label(obj.cls, box, _outline(small, box), _picking_point(obj.pick, hidden, box)))
     return labels[::-1]
 
 

@@ -92,13 +92,21 @@ class TrainConfig:
         return {**o, **self.extra}
 
 
-class PrunedDetectionTrainer(DetectionTrainer):
-    """DetectionTrainer whose model is the checkpoint's own (pruned) module, not one rebuilt from its yaml."""
+class CheckpointModel:
+    """Trainer mixin: the model is the checkpoint's own (pruned) module, every parameter trainable, not one rebuilt
+    from its yaml (a yaml still builds a fresh model)."""
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         if Path(str(self.args.model)).suffix in (".yaml", ".yml"):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        return _trainable(self.args.model)
+        model, _ = load_model(self.args.model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+
+class PrunedDetectionTrainer(CheckpointModel, DetectionTrainer):
+    """DetectionTrainer whose model is the checkpoint's own (pruned) module, not one rebuilt from its yaml."""
 
     def __init__(self, cfg=None, overrides=None, _callbacks=None):
         kwargs = {"cfg": cfg} if cfg is not None else {}
@@ -171,21 +179,8 @@ def fit_projectors(dm, images: torch.Tensor) -> int:
     return done
 
 
-def _trainable(path) -> torch.nn.Module:
-    """The checkpoint's own (pruned) model, every parameter trainable."""
-    model, _ = load_model(path)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
-
-
-class PrunedClassificationTrainer(ClassificationTrainer):
+class PrunedClassificationTrainer(CheckpointModel, ClassificationTrainer):
     """ClassificationTrainer whose model is the checkpoint's own (pruned) module, as PrunedDetectionTrainer."""
-
-    def get_model(self, cfg=None, weights=None, verbose=True):
-        if Path(str(self.args.model)).suffix in (".yaml", ".yml"):
-            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        return _trainable(self.args.model)
 
 
 def trainer_class(kind: str, chosen: type | None = None) -> type:
