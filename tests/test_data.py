@@ -80,6 +80,13 @@ def test_task_datasets_load_with_ultralytics(task, tmp_path):
         else:
             assert item["masks"].shape[-2:] == (80, 80) and item["masks"].sum() > 0 or len(item["cls"]) == 0
     assert n > 0 and len(ds) == 3
+    if task == "pose":  # the picking point's OKS sigma reaches Ultralytics, and the COCO ground truth has keypoints
+        from yoloprune.teabud import KPT_OKS_SIGMA
+
+        assert info["kpt_oks_sigmas"] == [KPT_OKS_SIGMA]
+        gt = json.loads((tmp_path / "tb" / "annotations" / "instances_val.json").read_text())
+        assert gt["annotations"] and all(len(a["keypoints"]) == 3 for a in gt["annotations"])
+        assert sum(a["num_keypoints"] for a in gt["annotations"]) >= 0.5 * len(gt["annotations"])
 
 
 

@@ -227,7 +227,7 @@ def test_val_reports_the_tasks_own_metric_as_its_validator_does(task, task_data,
     res = yp.evaluate(str(pruned_ckpts[task]), str(task_data[task]), imgsz=64, batch=4)
     names = {"segment": ("mask mAP50-95", "mask mAP50"), "pose": ("pose mAP50-95", "pose mAP50"),
              "obb": ("OBB mAP50-95", "OBB mAP50"), "classify": ("top-1 accuracy", "top-5 accuracy")}[task]
-    assert (res.metric, res.metric50) == names and res.coco == (task == "segment") and res.images == 4
+    assert (res.metric, res.metric50) == names and res.coco == (task in ("segment", "pose")) and res.images == 4
     direct = YOLO(str(pruned_ckpts[task])).val(data=str(task_data[task]), imgsz=64, batch=4, device="cpu", plots=False,
                                                workers=0, verbose=False, project=str(pruned_ckpts[task].parent),
                                                conf=0.001, iou=0.7)
@@ -264,6 +264,35 @@ def test_mask_map_of_the_ground_truth_itself_is_one(task_data):
 
     assert coco_map(gt, predictions(0), "segm")[:2] == (1.0, 1.0)
     assert coco_map(gt, predictions(4), "segm")[0] < 0.8
+
+
+def test_keypoint_map_is_oks_with_the_given_sigmas(task_data):
+    """pycocotools' keypoint mAP over the COCO ground truth made from pose labels: the labels as predictions score 1,
+    a copy with every point 2 px off scores less, and less still with a tighter sigma; a hidden (v=0) point is read
+    as unlabelled. The object area is Ultralytics' (0.53 of the box)."""
+    from yoloprune.coco import POSE_AREA, _keypoints, yolo_split_to_coco
+    from yoloprune.evaluate import coco_map
+
+    root = task_data["pose"].parent / "pose"
+    gt = yolo_split_to_coco(root / "images/val", root / "labels/val", [f"c{c}" for c in range(NC)], (4, 3))
+    a = gt["annotations"][0]
+    assert len(a["keypoints"]) == 12 and a["num_keypoints"] == 4
+    assert a["area"] == pytest.approx(POSE_AREA * a["bbox"][2] * a["bbox"][3])
+    xs, ys = a["keypoints"][0::3], a["keypoints"][1::3]  # the corners span the box
+    assert (min(xs), min(ys)) == pytest.approx((a["bbox"][0], a["bbox"][1]), abs=1e-3)
+
+    def predictions(shift: float) -> list[dict]:
+        return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
+                 "keypoints": [v + shift if i % 3 < 2 else v for i, v in enumerate(a["keypoints"])]}
+                for a in gt["annotations"]]
+
+    assert coco_map(gt, predictions(0), "keypoints", sigmas=[0.1] * 4)[:2] == (1.0, 1.0)
+    loose = coco_map(gt, predictions(2), "keypoints", sigmas=[0.2] * 4)[0]
+    tight = coco_map(gt, predictions(2), "keypoints", sigmas=[0.05] * 4)[0]
+    assert tight < loose < 1.0 and tight < 0.5
+
+    row = [0.5, 0.5, 0.2, 0.2, 0.1, 0.2, 1, 0.3, 0.4, 0]  # a box, a point under a leaf (v=1), an unlabelled one
+    assert _keypoints(row, (2, 3), 100, 50) == {"keypoints": [10.0, 10.0, 1, 0.0, 0.0, 0], "num_keypoints": 1}
 
 
 @pytest.mark.parametrize("task", ["segment", "pose"])

@@ -38,10 +38,26 @@ def read_yolo_labels(label_file: Path, kpt_shape=None) -> list[tuple[int, float,
     return [(c, *_box_and_polygon(v, kpt_shape)[0]) for c, v in _rows(label_file)]
 
 
+# Ultralytics' pose validator takes an object's area as 0.53 of its box (COCO's keypoint areas are person-mask areas)
+POSE_AREA = 0.53
+
+
+def _keypoints(values: list[float], kpt_shape, w: int, h: int) -> dict:
+    """COCO ``keypoints`` (x, y, v per point, pixels) of a pose label row; a point of two values counts as visible."""
+    n, dims = kpt_shape
+    pts = [values[4 + i * dims:4 + (i + 1) * dims] for i in range(n)]
+    flat = []
+    for p in pts:
+        v = int(p[2]) if dims == 3 else 2
+        flat += [p[0] * w, p[1] * h, v] if v else [0.0, 0.0, 0]
+    return {"keypoints": flat, "num_keypoints": sum(1 for v in flat[2::3] if v > 0)}
+
+
 def yolo_split_to_coco(images_dir: str | Path, labels_dir: str | Path, names: list[str] | tuple[str, ...],
                        kpt_shape=None) -> dict:
-    """COCO ground truth for one split: boxes in pixels (a polygon's enclosing box), and the polygon itself as the
-    segmentation when a label is one. Image ids follow sorted file order."""
+    """COCO ground truth for one split: boxes in pixels (a polygon's enclosing box), the polygon itself as the
+    segmentation when a label is one, and keypoints (area: ``POSE_AREA`` of the box, as Ultralytics' pose
+    validator) when ``kpt_shape`` is given. Image ids follow sorted file order."""
     images, annotations = [], []
     for img_id, img_path in enumerate(image_files(images_dir)):
         img = cv2.imread(str(img_path), cv2.IMREAD_UNCHANGED)
@@ -54,6 +70,8 @@ def yolo_split_to_coco(images_dir: str | Path, labels_dir: str | Path, names: li
             x, y, pw, ph = (cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h
             ann = {"id": len(annotations) + 1, "image_id": img_id, "category_id": c, "bbox": [x, y, pw, ph],
                    "area": pw * ph, "iscrowd": 0}
+            if kpt_shape:
+                ann |= _keypoints(values, kpt_shape, w, h) | {"area": POSE_AREA * pw * ph}
             if poly is not None:
                 ann["segmentation"] = [[v * (w if i % 2 == 0 else h) for i, v in enumerate(poly)]]
             annotations.append(ann)

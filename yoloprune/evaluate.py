@@ -61,9 +61,12 @@ def _coco(dataset: dict):
     return coco
 
 
-def coco_map(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> tuple[float, float, list[float]]:
-    """(mAP50-95, mAP50, per-category AP50-95) of COCO-format predictions (boxes, or masks with ``"segm"``).
-    No predictions score 0."""
+def coco_map(gt: dict, predictions: list[dict], iou_type: str = "bbox", sigmas=None,
+             max_dets: int = 100) -> tuple[float, float, list[float]]:
+    """(mAP50-95, mAP50, per-category AP50-95) of COCO-format predictions: boxes, masks (``"segm"``) or
+    ``"keypoints"`` (OKS with ``sigmas``, one per keypoint), at most ``max_dets`` per image (pycocotools' default
+    for boxes; its keypoint default of 20 would cut a dense tea canopy short). No predictions score 0."""
+    import numpy as np
     from pycocotools.cocoeval import COCOeval
 
     cats = [c["id"] for c in gt["categories"]]
@@ -73,18 +76,21 @@ def coco_map(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> tuple
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(predictions)
         ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.maxDets = [max_dets]
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    precision = ev.eval["precision"]  # [iou, recall, category, area, max_dets]
-    per_class = []
-    for k in range(len(cats)):
-        p = precision[:, :, k, 0, -1]
-        per_class.append(float(p[p > -1].mean()) if (p > -1).any() else 0.0)
-    return float(max(ev.stats[0], 0.0)), float(max(ev.stats[1], 0.0)), per_class
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # [iou, recall, category], all areas, max_dets
+
+    def mean(p) -> float:  # as COCOeval.summarize: over the cells that have ground truth
+        return float(p[p > -1].mean()) if (p > -1).any() else 0.0
+
+    per_class = [mean(precision[:, :, k]) for k in range(len(cats))]
+    return mean(precision), mean(precision[0]), per_class
 
 
-_COCO_IOU = {"detect": "bbox", "segment": "segm"}  # tasks pycocotools scores, and how
+_COCO_IOU = {"detect": "bbox", "segment": "segm", "pose": "keypoints"}  # tasks pycocotools scores, and how
 
 
 class Evaluator:
@@ -103,7 +109,9 @@ class Evaluator:
     def _ground_truth(self) -> dict:
         ann = self.spec.annotations(self.split)
         if ann is not None and ann.exists():
-            return json.loads(ann.read_text())
+            gt = json.loads(ann.read_text())
+            if not self.spec.kpt_shape or all("keypoints" in a for a in gt.get("annotations", [])):
+                return gt  # (pose data whose JSON holds boxes only is read from its labels)
         return yolo_split_to_coco(self.spec.images(self.split), self.spec.labels(self.split), self.spec.names,
                                   self.spec.kpt_shape)
 
@@ -130,7 +138,7 @@ class Evaluator:
         iou_type = _COCO_IOU.get(sources.task(net))
         if iou_type:
             preds = [self._to_gt_ids(p) for p in validator.jdict]
-            m, m50, per = coco_map(self.gt, preds, iou_type)
+            m, m50, per = coco_map(self.gt, preds, iou_type, sigmas=getattr(validator, "sigma", None))
             per_class = dict(zip(self.spec.names, per, strict=True))
         else:
             m, m50, per_class = ours, ours50, {}
@@ -143,8 +151,9 @@ class Evaluator:
         # Ultralytics numbers non-COCO categories from 1 and names images by file stem
         out = {"image_id": self._ids[Path(p["file_name"]).stem], "category_id": int(p["category_id"]) - 1,
                "bbox": p["bbox"], "score": p["score"]}
-        if "segmentation" in p:
-            out["segmentation"] = p["segmentation"]
+        for key in ("segmentation", "keypoints"):
+            if key in p:
+                out[key] = p[key]
         return out
 
 
@@ -163,7 +172,7 @@ def metric_names(table) -> tuple[str, str]:
 
 
 def evaluate(model, data: str | Path, split: str = "val", **options) -> EvalResult:
-    """The task's metric of ``model`` on ``split`` of ``data``: COCO mAP (pycocotools) for boxes and masks, and the
+    """The task's metric of ``model`` on ``split`` of ``data``: COCO mAP (pycocotools) for boxes, masks and keypoints, and the
     Ultralytics validator's own (mAP, pose mAP, OBB mAP, top-1 / top-5) beside it."""
     return Evaluator(data, split, **options)(model)
 
