@@ -383,3 +383,55 @@ def test_sparsity_training_of_a_classifier_is_refused_in_one_line(task_data, pru
     with pytest.raises(yp.ConfigError, match="classify"):
         train(TrainConfig(model=str(pruned_ckpts["classify"]), data=str(task_data["classify"]), out=str(tmp_path / "x"),
                           epochs=1, imgsz=64, batch=4, workers=0, sr=1e-3, project=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def pruned_from_source(tmp_path_factory):
+    """Unpruned seg and pose models and copies pruned from them whose metadata records them as the source."""
+    from yoloprune.sources.ultralytics import source_meta
+
+    root = tmp_path_factory.mktemp("from-source")
+    out = {}
+    for task in ("segment", "pose"):
+        base = sources.save_checkpoint(_task_model(_VAL[task]), root / f"{task}-base.pt")
+        report = yp.prune(str(base), ratio=0.3, imgsz=64)
+        out[task] = base, sources.save_checkpoint(report.model, root / f"{task}.pt", report.ckpt, source_meta(str(base)))
+    return out
+
+
+@pytest.mark.parametrize("task", ["segment", "pose"])
+def test_distilled_finetune_of_a_task_model_keeps_widths_and_drops_the_teacher(task, task_data, pruned_from_source,
+                                                                               tmp_path):
+    """Distillation from the recorded source through the task's own trainer: the distillation loss is trained and
+    the output is the plain task model at its pruned widths, without teacher or projectors."""
+    from yoloprune.train import TrainConfig, default_teacher, train
+
+    base, pruned = pruned_from_source[task]
+    assert default_teacher(str(pruned)) == str(base.resolve())
+    before, _ = sources.load_model(pruned)
+    out = train(TrainConfig(model=str(pruned), data=str(task_data[task]), out=str(tmp_path / "kd.pt"), epochs=1,
+                            imgsz=64, batch=4, workers=0, finetune=True, teacher=str(base), project=str(tmp_path),
+                            name="kd"))
+    assert "train/dis_loss" in (tmp_path / "kd" / "results.csv").read_text().splitlines()[0]
+    after, ckpt = sources.load_model(out)
+    assert type(after) is type(before) and ckpt["train_args"]["task"] == task
+    assert not any("teacher" in n or "projector" in n for n in after.state_dict())
+    assert {k: v.shape for k, v in after.state_dict().items()} == {k: v.shape for k, v in before.state_dict().items()}
+    assert ckpt["yoloprune"]["distilled_from"] == str(base.resolve())
+
+
+def test_iterative_pruning_of_a_pose_model_reaches_its_target_and_reports_pose_map(task_data, pruned_from_source,
+                                                                                  tmp_path):
+    from yoloprune.iterative import IterativeConfig, iterative_prune
+    from yoloprune.sources.ultralytics import gflops
+
+    base, _ = pruned_from_source["pose"]
+    out = tmp_path / "it.pt"
+    df = iterative_prune(IterativeConfig(model=str(base), data=str(task_data["pose"]), out=str(out),
+                                         target_gflops=0.6, steps=2, epochs=1, imgsz=64, batch=4, workers=0,
+                                         calib_images=4))
+    assert list(df["step"]) == [0, 1, 2] and set(df["metric"]) == {"pose mAP50-95"}
+    model, _ = sources.load_model(out)
+    assert sources.task(model) == "pose" and tuple(model.model[-1].kpt_shape) == (4, 3)
+    got = gflops(model, 64) / gflops(sources.load_model(base)[0], 64)
+    assert 0.5 < got <= 0.6 + 1e-6, got

@@ -230,7 +230,7 @@ def _add_iterative(sub) -> None:
     p.add_argument("--round-to", type=_positive_int, default=ROUND_TO, help="keep widths multiples of N")
     p.add_argument("--distill", action="store_true", help="fine-tune with the original model as the teacher")
     p.add_argument("--max-map-drop", type=float, default=None,
-                   help="stop when val mAP50-95 falls more than this below the original's (e.g. 0.02)")
+                   help="stop when the val metric (mAP50-95; a task model's own) falls more than this below the original's (e.g. 0.02)")
     p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
                    help="calibration images per step")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")

@@ -2,9 +2,10 @@
 (mean compensation and least-squares reconstruction) and then briefly fine-tuned (distilled from the original
 model with ``distill``), so that later steps choose channels in a model that has already recovered.
 
-Each step writes a row (GFLOPs, params, val mAP before and after its fine-tune, time) to ``<out>.steps.csv`` and
-``.md`` beside the output model. With ``max_map_drop``, the run stops at the first step whose fine-tuned val mAP50-95
-falls more than that below the original's, and the output is the last step that stayed within it.
+Each step writes a row (GFLOPs, params, the task's val metric before and after its fine-tune, time, the metric's
+name) to ``<out>.steps.csv`` and ``.md`` beside the output model. With ``max_map_drop``, the run stops at the first
+step whose fine-tuned val metric (mAP50-95 for detectors) falls more than that below the original's, and the output
+is the last step that stayed within it.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _steps_table(rows: list[dict], out: Path) -> None:
 def _progress(i: int, n: int, row: dict) -> None:
     bar = "#" * round(20 * i / n)
     print(f"[{bar:<20}] step {i}/{n}: GFLOPs x{row['gflops_ratio']:.3f}, params x{row['params_ratio']:.3f}, "
-          f"val mAP50-95 {row['map50_95_pruned']:.4f} pruned -> {row['map50_95']:.4f} after "
+          f"val {row['metric']} {row['map50_95_pruned']:.4f} pruned -> {row['map50_95']:.4f} after "
           f"{row['epochs']} epoch(s), {row['seconds']:.0f}s", file=sys.stderr, flush=True)
 
 
@@ -93,11 +94,12 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     evaluator.spec.check_model(original)
     calib = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images)
     gflops0, params0 = sources.gflops(original, cfg.imgsz), sum(p.numel() for p in original.parameters())
-    map0 = evaluator(original).map50_95
+    first = evaluator(original)
+    map0, metric = first.map50_95, first.metric  # the task's metric: mAP50-95, pose mAP50-95, top-1 accuracy, ...
     target = cfg.target_gflops or one_step_gflops(original, PruneConfig(ratio=cfg.ratio, method=cfg.method,
                                                                          round_to=cfg.round_to, imgsz=cfg.imgsz))
     rows: list[dict] = [{"step": 0, "gflops_ratio": 1.0, "params_ratio": 1.0, "map50_95_pruned": map0,
-                         "map50_95": map0, "epochs": 0, "seconds": 0.0}]
+                         "map50_95": map0, "epochs": 0, "seconds": 0.0, "metric": metric}]
     meta = sources.source_meta(cfg.model)
     with tempfile.TemporaryDirectory(prefix="yoloprune-iter-") as tmp:
         current, kept = Path(cfg.model), None
@@ -118,7 +120,7 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
             row = {"step": i, "gflops_ratio": sources.gflops(model, cfg.imgsz) / gflops0,
                    "params_ratio": sum(p.numel() for p in model.parameters()) / params0,
                    "map50_95_pruned": pruned_map, "map50_95": evaluator(model).map50_95, "epochs": cfg.epochs,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0, "metric": metric}
             rows.append(row)
             _progress(i, cfg.steps, row)
             if cfg.max_map_drop is not None and map0 - row["map50_95"] > cfg.max_map_drop:
@@ -128,7 +130,7 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
             kept, current = step, step
         if kept is None:
             raise ConfigError(f"the first step already fell more than {cfg.max_map_drop} below the original "
-                              f"mAP50-95 {map0:.4f}; nothing written (try more steps or epochs)")
+                              f"{metric} {map0:.4f}; nothing written (try more steps or epochs)")
         out = Path(cfg.out)
         atomic_write(out, lambda t: shutil.copyfile(kept, t))
     _steps_table(rows, out)
