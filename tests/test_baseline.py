@@ -28,6 +28,29 @@ def test_val_on_shipped_baseline_matches_recorded_figure(name, tmp_path):
 
 
 @pytest.mark.slow
+def test_shipped_picking_point_model_reproduces_its_keypoint_map(tmp_path):
+    """The pose model on a freshly generated val split (the same images; keypoint labels and OKS sigma 0.1):
+    pycocotools' OKS mAP and Ultralytics' pose mAP as recorded, and a pruned copy keeps its task and kpt_shape."""
+    from yoloprune import sources
+    from yoloprune.teabud import TeaBudConfig, generate
+
+    data = generate(TeaBudConfig(out=tmp_path / "tb", n_train=0, n_val=100, n_test=0, task="pose"))
+    recorded = json.loads((WEIGHTS / "teabud-yolov8n-pose.val.json").read_text())
+    out = tmp_path / "val.json"
+    model = WEIGHTS / "teabud-yolov8n-pose.pt"
+    assert main(["val", "--model", str(model), "--data", str(data), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["metric"] == "pose mAP50-95" and got["coco"] and got["images"] == 100
+    assert got["map50_95"] == pytest.approx(recorded["map50_95"], abs=0.005)
+    assert got["ultralytics_map50_95"] == pytest.approx(recorded["ultralytics_map50_95"], abs=0.005)
+    pruned = tmp_path / "p.pt"
+    assert main(["prune", "--model", str(model), "--ratio", "0.3", "--out", str(pruned)]) == 0
+    net, _ = sources.load_model(pruned)
+    assert sources.task(net) == "pose" and tuple(net.model[-1].kpt_shape) == (1, 3)
+    assert sum(q.numel() for q in net.parameters()) < 0.7 * sum(q.numel() for q in sources.load_model(model)[0].parameters())
+
+
+@pytest.mark.slow
 def test_pruning_the_baseline_costs_accuracy_monotonically(tmp_path):
     """Pruning more of the trained detector (no fine-tune) never gains mAP by much and loses it at high ratios."""
     import yoloprune as yp
