@@ -23,8 +23,13 @@ offline_runtime()  # before Ultralytics is imported: no hub checks, no font down
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import markdown_table
 
 import yoloprune as yp
 from yoloprune.atomic import atomic_write_text
@@ -116,15 +121,13 @@ def latency(bench: Bench, runs: int) -> None:
 def table(bench: Bench) -> str:
     cols = ["ratio", "recipe", "val", "val_ultralytics", "test", "test_ultralytics", "params", "gflops_ratio",
             "speedup", "train_min"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in sorted(bench.rows.values(), key=lambda r: (r["train_min"] > 0, r["ratio"], r["recipe"])):
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.4f}" if c.startswith(("val", "test")) else f"{v / 1e6:.2f}M" if c == "params"
-                         else f"{v:.3g}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(c: str, v) -> str:
+        return (f"{v:.4f}" if c.startswith(("val", "test")) else f"{v / 1e6:.2f}M" if c == "params"
+                else f"{v:.3g}" if isinstance(v, float) else str(v))
+
+    rows = sorted(bench.rows.values(), key=lambda r: (r["train_min"] > 0, r["ratio"], r["recipe"]))
+    return markdown_table(rows, cols, cell)
 
 
 def main() -> None:

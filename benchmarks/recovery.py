@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import markdown_table  # noqa: E402
+
 import yoloprune as yp  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
 from yoloprune.compensate import calibration_images  # noqa: E402
@@ -162,15 +164,13 @@ def latency(bench: Bench, runs: int) -> None:
 def table(bench: Bench) -> str:
     cols = ["family", "target", "recipe", "val_map50_95", "val_map50", "test_map50_95", "test_map50", "params",
             "gflops", "speedup", "train_min"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in sorted(bench.rows.values(), key=lambda r: (r["family"], -r["target"], r["recipe"])):
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.4f}" if c.endswith(("50_95", "50")) else f"{v:,}" if c == "params"
-                         else f"{v:.3g}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(c: str, v) -> str:
+        return (f"{v:.4f}" if c.endswith(("50_95", "50")) else f"{v:,}" if c == "params"
+                else f"{v:.3g}" if isinstance(v, float) else str(v))
+
+    rows = sorted(bench.rows.values(), key=lambda r: (r["family"], -r["target"], r["recipe"]))
+    return markdown_table(rows, cols, cell)
 
 
 def main() -> None:
