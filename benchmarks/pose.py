@@ -22,14 +22,13 @@ from yoloprune.cli import offline_runtime
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table
+from common import WorkFolder, markdown_table
 
 import yoloprune as yp
 from yoloprune.atomic import atomic_write_text
@@ -45,25 +44,17 @@ IMGSZ = 320
 BASE = ROOT / "weights" / "teabud-yolov8n-pose.pt"
 
 
-class Bench:
+class Bench(WorkFolder):
     def __init__(self, work: Path, epochs: int) -> None:
-        self.work, self.epochs = work, epochs
-        (work / "models").mkdir(parents=True, exist_ok=True)
+        super().__init__(work)
+        self.epochs = epochs
         self.data = work / "teabud-pose.yaml"
         if not self.data.exists():
             generate(TeaBudConfig(out=work / "teabud-pose", task="pose"))
-        self.rows_path = work / "rows.json"
-        self.rows = json.loads(self.rows_path.read_text()) if self.rows_path.exists() else {}
         self.val = yp.Evaluator(str(self.data), "val", imgsz=IMGSZ)
         self.test = yp.Evaluator(str(self.data), "test", imgsz=IMGSZ)
         self.calib = calibration_images(str(self.data), IMGSZ)
         self.g0 = gflops(load_model(BASE)[0], IMGSZ)
-
-    def path(self, key: str) -> Path:
-        return self.work / "models" / f"{key}.pt"
-
-    def done(self, key: str) -> bool:
-        return key in self.rows and self.path(key).exists()
 
     def record(self, key: str, ratio: float, recipe: str, seconds: float) -> None:
         model, _ = load_model(self.path(key))
@@ -73,7 +64,7 @@ class Bench:
                           "val50": v.map50, "test": t.map50_95, "test_ultralytics": t.ultralytics_map50_95,
                           "test50": t.map50, "params": sum(p.numel() for p in model.parameters()), "gflops": g,
                           "gflops_ratio": g / self.g0, "train_min": seconds / 60}
-        atomic_write_text(self.rows_path, json.dumps(self.rows, indent=1))
+        self.save()
         print(f"{key}: val {v.map50_95:.4f} test {t.map50_95:.4f} GFLOPs x{g / self.g0:.3f} ({seconds / 60:.1f} min)",
               flush=True)
 
@@ -115,7 +106,7 @@ def latency(bench: Bench, runs: int) -> None:
     base = lat[keys.index("unpruned")]
     for k, s in zip(keys, lat, strict=True):
         bench.rows[k] |= {"latency_ms": s * 1e3, "speedup": base / s}
-    atomic_write_text(bench.rows_path, json.dumps(bench.rows, indent=1))
+    bench.save()
 
 
 def table(bench: Bench) -> str:

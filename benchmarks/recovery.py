@@ -26,14 +26,13 @@ from yoloprune.cli import offline_runtime
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table  # noqa: E402
+from common import WorkFolder, markdown_table  # noqa: E402
 
 import yoloprune as yp  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
@@ -50,18 +49,13 @@ V8, V5 = ROOT / "weights" / "teabud-yolov8n.pt", ROOT / "weights" / "teabud-yolo
 DATA = ROOT / "data" / "teabud.yaml"
 
 
-class Bench:
+class Bench(WorkFolder):
     def __init__(self, work: Path, epochs: int) -> None:
-        self.work, self.epochs = work, epochs
-        (work / "models").mkdir(parents=True, exist_ok=True)
-        self.rows_path = work / "rows.json"
-        self.rows = json.loads(self.rows_path.read_text()) if self.rows_path.exists() else {}
+        super().__init__(work)
+        self.epochs = epochs
         self.val = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ)
         self.test = yp.Evaluator(str(DATA), "test", imgsz=IMGSZ)
         self.calib = calibration_images(str(DATA), IMGSZ)
-
-    def done(self, key: str) -> bool:
-        return key in self.rows and (self.work / "models" / f"{key}.pt").exists()
 
     def record(self, key: str, family: str, target: float, recipe: str, ckpt: Path, seconds: float,
                base: Path) -> None:
@@ -73,12 +67,9 @@ class Bench:
                           "params": sum(p.numel() for p in model.parameters()),
                           "gflops": gflops(model, IMGSZ), "gflops_ratio": gflops(model, IMGSZ) / g0,
                           "train_min": seconds / 60}
-        atomic_write_text(self.rows_path, json.dumps(self.rows, indent=1))
+        self.save()
         print(f"{key}: val {v.map50_95:.4f} test {t.map50_95:.4f} GFLOPs x{self.rows[key]['gflops_ratio']:.3f} "
               f"({seconds / 60:.1f} min)", flush=True)
-
-    def path(self, key: str) -> Path:
-        return self.work / "models" / f"{key}.pt"
 
     def finetune(self, src: Path, key: str, teacher: Path | None, family: str, target: float, recipe: str,
                  base: Path) -> None:
@@ -158,7 +149,7 @@ def latency(bench: Bench, runs: int) -> None:
         for k, s in zip(keys, lat, strict=True):
             bench.rows[k]["latency_ms"] = s * 1e3
             bench.rows[k]["speedup"] = base / s
-    atomic_write_text(bench.rows_path, json.dumps(bench.rows, indent=1))
+    bench.save()
 
 
 def table(bench: Bench) -> str:
