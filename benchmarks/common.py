@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from yoloprune.atomic import atomic_write_text
@@ -27,10 +26,3 @@ class WorkFolder:
 
     def save(self) -> None:
         atomic_write_text(self.rows_path, json.dumps(self.rows, indent=1))
-
-
-def markdown_table(rows: Iterable[dict], cols: list[str], cell: Callable[[str, object], str]) -> str:
-    """A Markdown table of ``rows`` (dicts) over ``cols``; ``cell(column, value)`` formats each value (missing: '')."""
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(c, r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)

@@ -17,7 +17,7 @@ Prune time (trace, calibration, plan, surgery, reconstruction) is the median ove
 
 from __future__ import annotations
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import yoloprune as yp
+from yoloprune.api import load_model
 from yoloprune.atomic import atomic_write_text
-from yoloprune.compensate import calibration_images
-from yoloprune.sources.ultralytics import load_model
+from yoloprune.data.images import calibration_images
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "teabud.yaml"
@@ -62,10 +62,10 @@ def main() -> None:
                 refit, recal, steps = RECIPES[recipe]
                 times = []
                 for r in (float(x) for x in args.ratios.split(",")):
-                    cfg = yp.PruneConfig(ratio=r, method=method, imgsz=IMGSZ, calibration=calib, round_to=8,
+                    cfg = yp.PruneConfig(ratio=r, method=method, imgsz=IMGSZ, round_to=8,
                                          reconstruct=refit, recalibrate_bn=recal, steps=steps)
                     start = time.perf_counter()
-                    report = yp.prune(copy.deepcopy(base), config=cfg)
+                    report = yp.prune(copy.deepcopy(base), config=cfg, calibration=calib)
                     times.append(time.perf_counter() - start)
                     v, t = val(report.model).map50_95, test(report.model).map50_95
                     row = (f"| {fam} | {method} | {recipe} | {r:g} | {report.after.params:,} | "

@@ -17,7 +17,7 @@ in alternation with the unpruned model; the speed-up is the ratio of medians. Fi
 
 from __future__ import annotations
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
@@ -28,16 +28,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WorkFolder, markdown_table
+from common import WorkFolder
 
 import yoloprune as yp
+from yoloprune.api import gflops, load_model, save_checkpoint
 from yoloprune.atomic import atomic_write_text
-from yoloprune.compensate import calibration_images
-from yoloprune.export import export_onnx
-from yoloprune.latency import paired_onnx_latency
-from yoloprune.sources.ultralytics import gflops, load_model, save_checkpoint, source_meta
-from yoloprune.teabud import TeaBudConfig, generate
-from yoloprune.train import TrainConfig, train
+from yoloprune.data.images import calibration_images
+from yoloprune.data.teabud import TeaBudConfig, generate
+from yoloprune.sources import source_meta
+from yoloprune.workflows.export import export_onnx
+from yoloprune.workflows.latency import paired_onnx_latency
+from yoloprune.workflows.tables import markdown_table
+from yoloprune.workflows.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320
@@ -72,7 +74,7 @@ class Bench(WorkFolder):
         key = f"{ratio:g}-{'recon' if reconstruct else 'meancomp'}"
         if not self.done(key):
             report = yp.prune(str(BASE), config=yp.PruneConfig(ratio=ratio, method="l1", imgsz=IMGSZ, round_to=8,
-                                                               calibration=self.calib, reconstruct=reconstruct))
+                                                               reconstruct=reconstruct), calibration=self.calib)
             save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(BASE)))
             self.record(key, ratio, "l1 + reconstruction" if reconstruct else "l1 mean-comp", 0.0)
         return self.path(key)

@@ -11,7 +11,7 @@ that gives no result within --limit seconds on a model is reported as such.
 
 from __future__ import annotations
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
@@ -22,18 +22,20 @@ import statistics
 import time
 
 import torch
+from ultralytics.nn.modules import Detect
+from ultralytics.nn.tasks import DetectionModel
 
 from yoloprune import PruneConfig
-from yoloprune.prune import _trace, apply, plan
-from yoloprune.sources.ultralytics import DetectionModel, detect_heads
+from yoloprune.api import apply, trace_model
+from yoloprune.engine.plan import plan
 
 FAMILIES = ["yolov5nu", "yolov5su", "yolov8n", "yolov8s", "yolo11n", "yolo11s"]
 IMGSZ = 320
 
 
 def _yoloprune(model: torch.nn.Module) -> None:
-    graph = _trace(model)
-    apply(model, plan(model, graph, PruneConfig(ratio=0.5, method="l1")))
+    graph = trace_model(model)
+    apply(model, plan(model, graph, PruneConfig(ratio=0.5, method="l1", round_to=1)))
 
 
 def _torch_pruning(model: torch.nn.Module) -> None:
@@ -41,7 +43,7 @@ def _torch_pruning(model: torch.nn.Module) -> None:
 
     example = torch.randn(1, 3, IMGSZ, IMGSZ)
     ignored = []
-    for head in detect_heads(model):
+    for head in (m for m in model.modules() if isinstance(m, Detect)):
         ignored += [seq[-1] for seq in (*head.cv2, *head.cv3)] + [head.dfl]
         for name in ("one2one_cv2", "one2one_cv3"):
             ignored += [seq[-1] for seq in (getattr(head, name, None) or [])]

@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()
 
-from yoloprune.cluster import RayConfig, ray_sweep
-from yoloprune.latency import machine
-from yoloprune.sweep import SweepConfig, sweep
+from yoloprune.workflows.cluster import RayConfig, ray_sweep
+from yoloprune.workflows.latency import machine
+from yoloprune.workflows.sweep import SweepConfig, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SAME = ["map50_95", "map50", "params", "gflops"]

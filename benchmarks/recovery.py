@@ -21,7 +21,7 @@ kept in ``--work`` (rows.json, models/), so a killed run resumes where it stoppe
 
 from __future__ import annotations
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
@@ -32,16 +32,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WorkFolder, markdown_table  # noqa: E402
+from common import WorkFolder  # noqa: E402
 
 import yoloprune as yp  # noqa: E402
+from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
-from yoloprune.compensate import calibration_images  # noqa: E402
-from yoloprune.export import export_onnx  # noqa: E402
-from yoloprune.iterative import IterativeConfig, iterative_prune  # noqa: E402
-from yoloprune.latency import paired_onnx_latency  # noqa: E402
-from yoloprune.sources.ultralytics import gflops, load_model, save_checkpoint, source_meta  # noqa: E402
-from yoloprune.train import TrainConfig, train  # noqa: E402
+from yoloprune.data.images import calibration_images  # noqa: E402
+from yoloprune.sources import source_meta  # noqa: E402
+from yoloprune.workflows.export import export_onnx  # noqa: E402
+from yoloprune.workflows.iterative import IterativeConfig, iterative_prune  # noqa: E402
+from yoloprune.workflows.latency import paired_onnx_latency  # noqa: E402
+from yoloprune.workflows.tables import markdown_table  # noqa: E402
+from yoloprune.workflows.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320
@@ -84,7 +86,7 @@ class Bench(WorkFolder):
     def one_shot(self, base: Path, key: str, target: float, family: str, recipe: str, **prune) -> Path:
         if not self.done(key):
             report = yp.prune(str(base), config=yp.PruneConfig(method="l1", target_gflops=target, imgsz=IMGSZ,
-                                                               calibration=self.calib, round_to=8, **prune))
+                                                               round_to=8, **prune), calibration=self.calib)
             save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(base)))
             self.record(key, family, target, recipe, self.path(key), 0.0, base)
         return self.path(key)

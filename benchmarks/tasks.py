@@ -7,7 +7,7 @@ shipped class counts; pose with 17 keypoints). GFLOPs at 640 px (classifiers at 
 
 from __future__ import annotations
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
@@ -19,8 +19,8 @@ import torch
 
 import yoloprune as yp
 from yoloprune import sources
-from yoloprune.prune import _trace, apply
-from yoloprune.sources.ultralytics import build_model
+from yoloprune.api import apply, trace_model
+from yoloprune.sources import build_model
 
 FAMILIES = {
     "segment": ["yolov8n-seg", "yolov8n-seg-p6", "yolov9c-seg", "yolov9e-seg", "yolo11n-seg", "yolo12n-seg",
@@ -34,14 +34,14 @@ FAMILIES = {
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
-        return sources.contract_outputs(model, model.eval()(x))
+        return sources.adapter_for(model).contract_outputs(model, model.eval()(x))
 
 
 def exactness(model: torch.nn.Module, ratio: float = 0.3) -> float:
     """Worst relative error between the masked and the physically pruned model over every contract output."""
-    size = 2 * sources.max_stride(model)
+    size = 2 * sources.adapter_for(model).max_stride(model)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    p = yp.plan(model, _trace(model), yp.PruneConfig(ratio=ratio))
+    p = yp.plan(model, trace_model(model), yp.PruneConfig(ratio=ratio, round_to=1))
     masked = copy.deepcopy(model)
     yp.mask(masked, p)
     removed = copy.deepcopy(masked)

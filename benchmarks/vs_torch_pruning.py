@@ -13,7 +13,7 @@ be compared with the GFLOPs ratio.
 
 from __future__ import annotations
 
-from yoloprune.cli import offline_runtime
+from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
@@ -23,13 +23,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from ultralytics.nn.modules import Detect
 
 import yoloprune as yp
-from yoloprune.compensate import calibration_images
-from yoloprune.export import export_onnx
-from yoloprune.latency import paired_onnx_latency
-from yoloprune.sources.ultralytics import detect_heads, gflops, load_model, save_checkpoint
-from yoloprune.train import TrainConfig, train
+from yoloprune.api import gflops, load_model, save_checkpoint
+from yoloprune.data.images import calibration_images
+from yoloprune.workflows.export import export_onnx
+from yoloprune.workflows.latency import paired_onnx_latency
+from yoloprune.workflows.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320
@@ -44,7 +45,7 @@ def torch_pruning_to(base: torch.nn.Module, target: float) -> torch.nn.Module:
         for p in model.parameters():  # Torch-Pruning skips layers whose weights do not require grad
             p.requires_grad_(True)
         ignored = []
-        for head in detect_heads(model):
+        for head in (m for m in model.modules() if isinstance(m, Detect)):
             ignored += [seq[-1] for seq in (*head.cv2, *head.cv3)] + [head.dfl]
         tp.pruner.MagnitudePruner(
             model, torch.zeros(1, 3, IMGSZ, IMGSZ), importance=tp.importance.MagnitudeImportance(p=1),
@@ -78,8 +79,8 @@ def main() -> None:
     g0 = gflops(base, IMGSZ)
     ours = copy.deepcopy(base)
     calib = calibration_images(args.data, IMGSZ)
-    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, calibration=calib,
-                                         round_to=8))
+    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, round_to=8),
+             calibration=calib)
     theirs = torch_pruning_to(base, gflops(ours, IMGSZ))
     evaluator = yp.Evaluator(args.data, "val", imgsz=IMGSZ)
     rows = {}

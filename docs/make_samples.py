@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from yoloprune.coco import read_yolo_labels
+from yoloprune.data.coco import read_yolo_labels
 
 ROOT = Path(__file__).resolve().parents[1] / "data" / "teabud"
 COLORS = {0: (0, 0, 255), 1: (255, 128, 0)}

@@ -9,10 +9,19 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
-from yoloprune.sources.ultralytics import DetectionModel  # noqa: E402
+from yoloprune.engine.hooks import ModelHooks  # noqa: E402
 
 FAMILIES = ["yolov5nu.yaml", "yolov8n.yaml", "yolo11n.yaml"]
+SLOW_TIMEOUT = 900  # seconds: a slow test that runs longer has hung (the fast ones get the ini's 300)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every slow test gets a timeout of its own, unless it names one."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 _CACHE: dict[tuple[str, int | None], torch.nn.Module] = {}
 
 
@@ -33,12 +42,44 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def build(yaml: str, nc: int | None = None) -> torch.nn.Module:
     """A fresh copy of a randomly initialised (seeded) model of the yaml's task (a detector for ``yolov8n.yaml``, a
     SegmentationModel for ``yolov8n-seg.yaml``, ...); built once per session per yaml and class count."""
-    from yoloprune.sources.ultralytics import build_model
+    from yoloprune.sources import build_model
 
     if (yaml, nc) not in _CACHE:
         torch.manual_seed(0)
         _CACHE[(yaml, nc)] = randomize_bn(build_model(yaml, nc=nc)).eval()
     return copy.deepcopy(_CACHE[(yaml, nc)])
+
+
+class PlainHooks(ModelHooks):
+    """The engine's hooks for a plain torch module of no model source: every output is its contract, nothing is
+    residual, fixed or cached. The engine needs no more than this interface."""
+
+    def max_stride(self, model):
+        return 4
+
+    def gflops(self, model, imgsz):
+        return sum(p.numel() for p in model.parameters()) * imgsz * imgsz / 1e9  # a stand-in that falls with width
+
+    def contract_outputs(self, model, out):
+        return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+    def training_branches(self, model):
+        return (), ()
+
+    def residual_blocks(self, model):
+        return {}
+
+    def fixed_layers(self, model):
+        return set()
+
+    def head_output_convs(self, model):
+        return set()
+
+    def fix_widths(self, model):
+        pass
+
+
+PLAIN = PlainHooks()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -59,7 +100,7 @@ def contract(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
     model.eval()
     with torch.no_grad():
-        return sources.contract_outputs(model, model(x))
+        return sources.adapter_for(model).contract_outputs(model, model(x))
 
 
 def max_rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -73,11 +114,11 @@ def assert_masked_equals_removed_equals_compacted(make, ratio: float, x: torch.T
     the masked model must all give the same outputs (every contract output), the last two with the same parameter
     count. Returns the worst relative error seen."""
     import yoloprune as yp
-    from yoloprune.prune import _trace, apply
+    from yoloprune.api import apply, trace_model
 
     model = make()
     full = contract(model, x)
-    p = yp.plan(model, _trace(model), yp.PruneConfig(ratio=ratio, method="l1"))
+    p = yp.plan(model, trace_model(model), yp.PruneConfig(ratio=ratio, method="l1"))
     assert len(p.remove) > 0
     yp.mask(model, p)
     masked = contract(model, x)
@@ -109,8 +150,8 @@ def tiny_project(root, n_train: int, n_val: int, ratio: float = 0.0):
     """A tiny tea-bud dataset under ``root`` and a seeded two-class yolov8n (pruned by ``ratio``) saved as
     ``root/model.pt``. Returns (data yaml, checkpoint)."""
     import yoloprune as yp
-    from yoloprune.sources.ultralytics import save_checkpoint
-    from yoloprune.teabud import TeaBudConfig, generate
+    from yoloprune.api import save_checkpoint
+    from yoloprune.data.teabud import TeaBudConfig, generate
 
     data = generate(TeaBudConfig(out=root / "d", n_train=n_train, n_val=n_val, n_test=0))
     torch.manual_seed(0)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from ultralytics.nn.tasks import DetectionModel
 
+from yoloprune.api import save_checkpoint
 from yoloprune.cli import main
-from yoloprune.sources.ultralytics import DetectionModel, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     import signal
     import time
 
-    from yoloprune.teabud import TeaBudConfig, generate
+    from yoloprune.data.teabud import TeaBudConfig, generate
 
     data = generate(TeaBudConfig(out=tmp_path / "d", n_train=4, n_val=4, n_test=0))
     model = Path(__file__).parent / "fixtures" / "yolov5n-original-repo.pt"
@@ -215,7 +216,7 @@ sys.exit(code)
 def test_commands_never_touch_the_network(tmp_path, command):
     import os
 
-    from yoloprune.teabud import TeaBudConfig, generate
+    from yoloprune.data.teabud import TeaBudConfig, generate
 
     data = generate(TeaBudConfig(out=tmp_path / "d", n_train=4, n_val=4, n_test=0))
     model = Path(__file__).parent / "fixtures" / "yolov5n-original-repo.pt"

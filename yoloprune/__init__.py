@@ -3,29 +3,28 @@
 model in -> trace -> coupled channel units -> importance -> plan -> surgery -> model out.
 
 The public names below are imported lazily, on first use, so that ``import yoloprune`` loads neither Ultralytics
-nor torch and changes nothing in the caller's process.
+nor torch and changes nothing in the caller's process. The package's layers, each importing only those before it:
+``errors``/``defaults``/``atomic`` <- ``engine`` <- ``sources`` <- ``api``, ``data`` <- ``workflows`` <- ``cli``.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "calibration_images": "compensate",
+    "apply": "api", "compact": "api", "load_model": "api", "prune": "api", "save_checkpoint": "api",
+    "sparsify": "api", "trace_model": "api",
+    "calibration_images": "data.images",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
     "UnsupportedModelError": "errors", "YoloPruneError": "errors",
-    "EvalResult": "evaluate", "Evaluator": "evaluate", "evaluate": "evaluate",
-    "ExportConfig": "export", "export": "export", "export_onnx": "export",
-    "Graph": "graph", "Unit": "graph", "trace": "graph",
-    "PruneConfig": "prune", "compact": "prune", "mask": "prune", "plan": "prune", "prune": "prune",
-    "Report": "report",
-    "SparsifyConfig": "sparsity", "sparsify": "sparsity",
-    "SweepConfig": "sweep", "sweep": "sweep",
-    "load_model": "sources", "save_checkpoint": "sources",
+    "Graph": "engine.graph", "Unit": "engine.graph", "trace": "engine.graph",
+    "PruneConfig": "engine.plan", "plan": "engine.plan", "mask": "engine.prune", "Report": "engine.report",
+    "SparsifyConfig": "engine.sparsity",
+    "EvalResult": "workflows.evaluate", "Evaluator": "workflows.evaluate", "evaluate": "workflows.evaluate",
+    "ExportConfig": "workflows.export", "export": "workflows.export", "export_onnx": "workflows.export",
+    "SweepConfig": "workflows.sweep", "sweep": "workflows.sweep",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -41,16 +40,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
-
-
-class _Package(types.ModuleType):
-    """Importing a submodule binds it on its package; ``prune``, ``evaluate``, ``export`` and ``sweep`` are
-    submodules and public functions at once, and the public function keeps the name (as with eager imports)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

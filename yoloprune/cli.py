@@ -7,17 +7,16 @@ import math
 import sys
 from pathlib import Path
 
-from yoloprune.errors import ConfigError, YoloPruneError
+from yoloprune import defaults
+from yoloprune.errors import ConfigError, YoloPruneError, check_ratio
+from yoloprune.runtime import offline_runtime
 
 
 def _ratio(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
+        return check_ratio(float(text))
+    except (ValueError, ConfigError):
         raise argparse.ArgumentTypeError(f"ratio must be a number in [0, 1), got {text!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {text}")
-    return value
 
 
 def _float_at_least(low: float, strict: bool):
@@ -70,7 +69,7 @@ def _resolve_imgsz(args: argparse.Namespace) -> None:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from yoloprune.teabud import TeaBudConfig, generate
+    from yoloprune.data.teabud import TeaBudConfig, generate
 
     cfg = TeaBudConfig(out=Path(args.out), seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                        n_test=args.n_test, imgsz=args.imgsz, task=args.task)
@@ -79,7 +78,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from yoloprune.train import TrainConfig, default_teacher, train
+    from yoloprune.workflows.train import TrainConfig, default_teacher, train
 
     _check_out(args.model, args.out)
     teacher = getattr(args, "teacher", None)
@@ -103,9 +102,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sparsify(args: argparse.Namespace) -> int:
-    from yoloprune.latency import torch_latency
-    from yoloprune.sources import load_model, save_checkpoint
-    from yoloprune.sparsity import SparsifyConfig, sparsify
+    from yoloprune.api import load_model, save_checkpoint, sparsify
+    from yoloprune.engine.sparsity import SparsifyConfig
+    from yoloprune.workflows.latency import torch_latency
 
     _check_out(args.model, args.out)
     dense, _ = load_model(args.model)
@@ -125,21 +124,22 @@ def _default_out(model: str, tag: str) -> str:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from yoloprune.prune import PruneConfig, prune
-    from yoloprune.sources import save_checkpoint, source_meta
+    from yoloprune.api import prune, save_checkpoint
+    from yoloprune.engine.plan import PruneConfig
+    from yoloprune.sources import source_meta
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
     calibration = None
     if args.calib_data:
-        from yoloprune.compensate import calibration_images
+        from yoloprune.data.images import calibration_images
 
         calibration = calibration_images(args.calib_data, args.calib_imgsz, args.calib_images)
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
-                      imgsz=args.imgsz, calibration=calibration, blocks=args.layers,
-                      reconstruct=not args.no_reconstruct, recalibrate_bn=args.recalibrate_bn, steps=args.steps)
-    report = prune(args.model, config=cfg)
+                      imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
+                      recalibrate_bn=args.recalibrate_bn, steps=args.steps)
+    report = prune(args.model, config=cfg, calibration=calibration)
     print(report.table())
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
     print(f"saved {out}")
@@ -147,8 +147,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from yoloprune.prune import compact
-    from yoloprune.sources import save_checkpoint
+    from yoloprune.api import compact, save_checkpoint
 
     _check_out(args.model, args.out)
     report = compact(args.model)
@@ -159,22 +158,20 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from yoloprune.info import describe
+    from yoloprune.workflows.info import describe
 
     print(describe(args.model, imgsz=args.imgsz, verbose=args.verbose))
     return 0
 
 
 def _add_prune(sub) -> None:
-    from yoloprune.defaults import CALIB_IMAGES, CRITERIA_HELP, ROUND_TO
-
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
     p.add_argument("--model", required=True, help="checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml")
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
-    p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1",
-                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in CRITERIA_HELP.items()))
+    p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
+                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in defaults.CRITERIA_HELP.items()))
     p.add_argument("--scope", choices=("global", "uniform"), default="global")
-    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO,
+    p.add_argument("--round-to", type=_positive_int, default=defaults.ROUND_TO,
                    help="keep widths multiples of N, as sweeps and the demo")
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
@@ -187,9 +184,9 @@ def _add_prune(sub) -> None:
                    help="data yaml (its train images) or a folder of images, no labels needed: fold removed "
                         "channels' means into the layers that read them, refit those layers by least squares to "
                         "reproduce the unpruned model, and feed data-aware criteria")
-    p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
+    p.add_argument("--calib-images", type=_positive_int, default=defaults.CALIB_IMAGES,
                    help="number of calibration images")
-    p.add_argument("--calib-imgsz", type=_positive_int, default=320, help="calibration image size")
+    p.add_argument("--calib-imgsz", type=_positive_int, default=defaults.CALIB_IMGSZ, help="calibration image size")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="with --calib-data: mean compensation only, no least-squares refit")
     p.add_argument("--recalibrate-bn", action="store_true",
@@ -202,7 +199,7 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_iterative(args: argparse.Namespace) -> int:
-    from yoloprune.iterative import IterativeConfig, iterative_prune
+    from yoloprune.workflows.iterative import IterativeConfig, iterative_prune
 
     _check_out(args.model, args.out)
     cfg = IterativeConfig(model=args.model, data=args.data, out=args.out, ratio=args.ratio,
@@ -216,8 +213,6 @@ def _cmd_iterative(args: argparse.Namespace) -> int:
 
 
 def _add_iterative(sub) -> None:
-    from yoloprune.defaults import CALIB_IMAGES, CRITERIA_HELP, ROUND_TO
-
     p = sub.add_parser("iterative", help="prune to a ratio or GFLOPs target in steps, with a short distilled "
                        "fine-tune after each")
     p.add_argument("--model", required=True, help="checkpoint to prune (also the distillation teacher)")
@@ -226,12 +221,13 @@ def _add_iterative(sub) -> None:
     p.add_argument("--target-gflops", type=float, default=None, help="final GFLOPs as a fraction of the original")
     p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step")
-    p.add_argument("--method", choices=tuple(CRITERIA_HELP), default="l1", help="importance criterion")
-    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO, help="keep widths multiples of N")
+    p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
+                   help="importance criterion")
+    p.add_argument("--round-to", type=_positive_int, default=defaults.ROUND_TO, help="keep widths multiples of N")
     p.add_argument("--distill", action="store_true", help="fine-tune with the original model as the teacher")
     p.add_argument("--max-map-drop", type=float, default=None,
                    help="stop when the val metric (mAP50-95; a task model's own) falls more than this below the original's (e.g. 0.02)")
-    p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
+    p.add_argument("--calib-images", type=_positive_int, default=defaults.CALIB_IMAGES,
                    help="calibration images per step")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--batch", type=_positive_int, default=16)
@@ -259,7 +255,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     import json
 
     from yoloprune.atomic import atomic_write_text
-    from yoloprune.evaluate import evaluate
+    from yoloprune.workflows.evaluate import evaluate
 
     result = evaluate(args.model, args.data, args.split, imgsz=args.imgsz, batch=args.batch)
     print(result.table())
@@ -288,20 +284,18 @@ def _ratios(text: str) -> list[float]:
 
 
 def _methods(text: str) -> list[str]:
-    from yoloprune.defaults import SWEEP_METHODS
-
     values = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [v for v in values if v not in SWEEP_METHODS]
+    bad = [v for v in values if v not in defaults.SWEEP_METHODS]
     if not values or bad:
-        raise argparse.ArgumentTypeError(f"methods must be from {','.join(SWEEP_METHODS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"methods must be from {','.join(defaults.SWEEP_METHODS)}, got {text!r}")
     return values
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from yoloprune.sweep import SweepConfig, markdown, merge, sweep
+    from yoloprune.workflows.sweep import SweepConfig, markdown, merge, sweep
 
     if args.ray is not None:
-        from yoloprune.cluster import RayConfig, ray_sweep, require_ray
+        from yoloprune.workflows.cluster import RayConfig, ray_sweep, require_ray
 
         if args.merge:
             raise ConfigError("--ray runs a sweep; --merge joins finished ones: give one of them")
@@ -328,21 +322,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub) -> None:
-    from yoloprune.defaults import CALIB_IMAGES, ROUND_TO
-
     p = sub.add_parser("sweep", help="prune at several ratios, evaluate, measure; table and plots")
     p.add_argument("--model")
     p.add_argument("--data")
-    p.add_argument("--ratios", type=_ratios, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-    p.add_argument("--method", type=_methods, default=["l1"],
+    p.add_argument("--ratios", type=_ratios, default=list(defaults.SWEEP_RATIOS))
+    p.add_argument("--method", type=_methods, default=[defaults.METHOD],
                    help="one or more criteria (l1,l2,bn,act,...) or unstructured (default: l1)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every point for K epochs (default: 0)")
     p.add_argument("--distill", action="store_true", help="fine-tune points with the unpruned model as the teacher")
-    p.add_argument("--round-to", type=_positive_int, default=ROUND_TO,
+    p.add_argument("--round-to", type=_positive_int, default=defaults.ROUND_TO,
                    help="keep pruned widths multiples of N: what CPU kernels turn into time")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="mean compensation only: no least-squares refit from the calibration images")
-    p.add_argument("--calib-images", type=_positive_int, default=CALIB_IMAGES,
+    p.add_argument("--calib-images", type=_positive_int, default=defaults.CALIB_IMAGES,
                    help="train images for calibration")
     p.add_argument("--steps", type=_positive_int, default=1,
                    help="prune-and-reconstruct steps per point")
@@ -370,7 +362,7 @@ def _add_sweep(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from yoloprune.export import ExportConfig, export
+    from yoloprune.workflows.export import ExportConfig, export
 
     _check_out(args.model, args.out)
     cfg = ExportConfig(model=args.model, out=args.out, imgsz=args.imgsz, dynamic=args.dynamic,
@@ -392,7 +384,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from yoloprune.demo import DemoConfig, run_demo
+    from yoloprune.workflows.demo import DemoConfig, run_demo
 
     given = {"ratios": args.ratios, "methods": args.method}
     run_demo(DemoConfig(out=args.out, model=args.model, data=args.data, slimmed=args.slimmed,
@@ -444,8 +436,6 @@ def _train_options(p, epochs: int) -> None:
 
 
 def _add_train(sub) -> None:
-    from yoloprune.defaults import DISTILL_WEIGHT
-
     p = sub.add_parser("train", help="train a detector from a yaml with the Ultralytics trainer")
     p.add_argument("--model", required=True, help="model yaml (e.g. yolov8n.yaml) or checkpoint")
     _train_options(p, epochs=50)
@@ -455,7 +445,7 @@ def _add_train(sub) -> None:
                    help="distil from checkpoint W through Ultralytics' distill_model; --teacher alone: from the "
                         "checkpoint the model was pruned from (recorded in its metadata). Default: plain fine-tuning, "
                         "which did better in short runs on the tea-bud data (README)")
-    p.add_argument("--dis", type=float, default=DISTILL_WEIGHT,
+    p.add_argument("--dis", type=float, default=defaults.DISTILL_WEIGHT,
                    help="distillation loss weight (Ultralytics' own 6.0 swamped the detection loss here)")
     _train_options(p, epochs=10)
     p = sub.add_parser("train-sparse", help="sparsity training (L1 on prunable BN gammas) for network slimming; "
@@ -526,30 +516,6 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():
         _document(p)
     return parser
-
-
-def offline_runtime() -> None:
-    """The command line never reaches the network: Ultralytics' hub checks off, and the font its dataset check
-    looks for (``Arial.ttf``, fetched from GitHub when missing) found locally. Matplotlib's bundled DejaVu Sans is
-    offered under that name, through a link in yoloprune's cache folder, to this process's font list only."""
-    import os
-
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    try:
-        import matplotlib
-        from matplotlib import font_manager
-
-        if any("Arial.ttf" in f.fname for f in font_manager.fontManager.ttflist):
-            return
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yoloprune" / "fonts"
-        link = cache / "Arial.ttf"
-        if not link.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
-        font_manager.fontManager.addfont(str(link))
-    except (OSError, ImportError, RuntimeError):
-        pass  # without it, Ultralytics asks GitHub for the font and goes on when that fails
 
 
 def main(argv: list[str] | None = None) -> int:

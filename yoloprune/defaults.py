@@ -1,16 +1,29 @@
-"""Defaults shared by the commands and the library, in one place that imports nothing heavy (so ``--help`` answers
-at once and prune, sweep, iterative and the demo agree)."""
+"""Defaults shared by the library, the commands, sweeps and the demo, in one place that imports nothing heavy (so
+``--help`` answers at once and ``yp.prune(model, ratio=0.3)`` builds the model ``yoloprune prune --ratio 0.3``
+builds)."""
 
 from __future__ import annotations
 
+METHOD = "l1"  # importance criterion
 CALIB_IMAGES = 64  # calibration images: means for compensation, data-aware scores, least-squares reconstruction
-ROUND_TO = 8  # commands keep pruned widths multiples of this: what CPU kernels turn into time
-DISTILL_WEIGHT = 1.5  # feature-distillation weight (Ultralytics' default 6.0 cost mAP on tea-bud; README)
-# The built-in importance criteria and their help lines (``importance.register`` adds more from Python)
+CALIB_IMGSZ = 320  # calibration image size
+ROUND_TO = 8  # pruned widths are multiples of this: what CPU kernels turn into time
+SWEEP_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+DISTILL_WEIGHT = 1.5  # feature-distillation weight (Ultralytics' default 6.0 cost mAP on tea-bud; docs/benchmarks.md)
+# The built-in importance criteria and their help lines (``engine.importance.register`` adds more from Python)
 CRITERIA_HELP = {
     "l1": "L1 norm of the BN-scaled filters that produce the channel",
     "l2": "L2 norm of the BN-scaled filters that produce the channel",
     "bn": "|gamma| of the channel's BatchNorms (network slimming)",
     "act": "data-aware: what the channel adds to its consumers' normalised outputs beyond its mean",
 }
-SWEEP_METHODS = (*CRITERIA_HELP, "unstructured")
+UNSTRUCTURED = "unstructured"  # the sweep method that sparsifies (fake pruning) instead of removing channels
+SWEEP_METHODS = (*CRITERIA_HELP, UNSTRUCTURED)
+# Per task: the names of the primary and secondary metric that evaluation reports
+TASK_METRICS: dict[str, tuple[str, str]] = {
+    "detect": ("mAP50-95", "mAP50"),
+    "segment": ("mask mAP50-95", "mask mAP50"),
+    "pose": ("pose mAP50-95", "pose mAP50"),
+    "obb": ("OBB mAP50-95", "OBB mAP50"),
+    "classify": ("top-1 accuracy", "top-5 accuracy"),
+}

@@ -1,5 +1,6 @@
-"""The exception types the CLI turns into one-line messages and exit code 2."""
+"""The exception types the CLI turns into one-line messages and exit code 2, and the one check of a ratio."""
 
+import math
 import pickle
 import zipfile
 
@@ -26,3 +27,11 @@ class DataError(YoloPruneError):
 
 class UnsupportedModelError(YoloPruneError):
     """The graph cannot prove that pruning this model is safe."""
+
+
+def check_ratio(value: object, name: str = "ratio") -> float:
+    """``value`` as a fraction in [0, 1) (a prune ratio, a sparsity amount), else a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value < 1:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)

@@ -1,0 +1,79 @@
+"""The library's verbs on any model: a checkpoint or yaml path, an Ultralytics ``YOLO`` object, or a module.
+
+Each resolves the model's source (``yoloprune.sources``), hands the engine the source's adapter as its hooks, and
+returns the engine's report with the checkpoint dict the model came from, so that saving keeps its training
+options. Paths are read, never written; a model object is changed in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from yoloprune.defaults import METHOD
+from yoloprune.engine import compact as _compact
+from yoloprune.engine import prune as _prune
+from yoloprune.engine import sparsity as _sparsity
+from yoloprune.engine.graph import Graph
+from yoloprune.engine.hooks import ModelHooks
+from yoloprune.engine.hooks import trace_model as _trace_model
+from yoloprune.engine.plan import Plan, PruneConfig
+from yoloprune.engine.reconstruct import Reference
+from yoloprune.engine.report import Report
+from yoloprune.engine.sparsity import SparsifyConfig, SparsityReport
+from yoloprune.sources import adapter_for, load_model, save_checkpoint
+
+
+def hooks_for(model: nn.Module) -> ModelHooks:
+    """The engine's hooks for a loaded model: its source's adapter."""
+    return adapter_for(model)
+
+
+def trace_model(model: nn.Module) -> Graph:
+    """The coupling graph of a loaded model, its contract outputs frozen."""
+    return _trace_model(model, hooks_for(model))
+
+
+def gflops(model: nn.Module, imgsz: int = 640) -> float:
+    """GFLOPs of a loaded model at ``imgsz``, by its source's counter."""
+    return hooks_for(model).gflops(model, imgsz)
+
+
+def apply(model: nn.Module, p: Plan, means: dict[str, torch.Tensor] | None = None) -> None:
+    """Physically remove a plan's units from a loaded model (see ``engine.prune.apply``)."""
+    _prune.apply(model, p, hooks_for(model), means)
+
+
+def prune(model: Any, ratio: float = 0.0, method: str = METHOD, config: PruneConfig | None = None,
+          calibration: torch.Tensor | None = None, reference: Reference | None = None, **options) -> Report:
+    """Prune ``model`` (YOLO, model, or checkpoint path, which is read and never written) with genuine channel
+    removal. ``config`` (else ``ratio``, ``method`` and ``options``) says how; ``calibration`` images (N, 3, H, W,
+    no labels; ``yoloprune.calibration_images``) or a recorded ``reference`` of the unpruned model turn on mean
+    compensation and least-squares reconstruction. Returns the Report; ``report.model`` is the pruned model.
+    """
+    cfg = config or PruneConfig(ratio=ratio, method=method, **options)
+    cfg.validate(calibrated=calibration is not None or reference is not None)
+    net, ckpt = load_model(model)
+    return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference), ckpt=ckpt)
+
+
+def compact(model: Any) -> Report:
+    """Remove what is already exactly zero or constant, and dead residual blocks; outputs unchanged."""
+    net, ckpt = load_model(model)
+    return replace(_compact.compact(net, hooks_for(net)), ckpt=ckpt)
+
+
+def sparsify(model: Any, amount: float = 0.3, scope: str = "global", config: SparsifyConfig | None = None,
+             **options) -> SparsityReport:
+    """Zero the smallest-magnitude conv weights in place (fake pruning, as YOLOv5's ``utils.prune``)."""
+    cfg = config or SparsifyConfig(amount=amount, scope=scope, **options)
+    cfg.validate()
+    net, ckpt = load_model(model)
+    return replace(_sparsity.sparsify(net, hooks_for(net), cfg), ckpt=ckpt)
+
+
+__all__ = ["apply", "compact", "gflops", "hooks_for", "load_model", "prune", "save_checkpoint", "sparsify",
+           "trace_model"]

@@ -1,0 +1,53 @@
+"""Images without labels: letterboxed as Ultralytics' validator does, from a data yaml's split or a plain folder;
+the calibration images of pruning and reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from yoloprune import sources
+from yoloprune.data.spec import image_files, load_data
+from yoloprune.defaults import CALIB_IMAGES, CALIB_IMGSZ
+from yoloprune.errors import ConfigError, DataError
+
+
+def letterboxed_images(data: str | Path, split: str, n: int, imgsz: int) -> np.ndarray:
+    """Up to ``n`` images of ``split``, letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
+    return letterboxed_files(load_data(data, split).files(split)[:n], imgsz)
+
+
+def letterboxed_files(files: list[Path], imgsz: int) -> np.ndarray:
+    """Image files letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
+    out = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"cannot decode image {f}")
+        out.append(sources.letterbox(img, imgsz)[..., ::-1].transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32) / 255.0
+
+
+def image_folder(folder: str | Path, n: int) -> list[Path]:
+    """Up to ``n`` image files of a folder (or of its ``images/`` subfolder), sorted; no labels needed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    files = image_files(folder) or (image_files(folder / "images") if (folder / "images").is_dir() else [])
+    if not files:
+        raise DataError(f"{folder}: no images (.jpg, .jpeg, .png, .bmp) to calibrate on")
+    return files[:n]
+
+
+def calibration_images(source: str | Path, imgsz: int = CALIB_IMGSZ, n: int = CALIB_IMAGES) -> torch.Tensor:
+    """Up to ``n`` calibration images, letterboxed as the validator does: (n, 3, imgsz, imgsz). ``source`` is a
+    data yaml or a classification dataset folder (its first train images), or a folder of images; no labels are
+    read."""
+    if n < 1:
+        raise ConfigError(f"the number of calibration images must be >= 1, got {n}")
+    if Path(source).is_dir() and not (Path(source) / "train").is_dir():  # a folder of images, not a dataset
+        return torch.from_numpy(letterboxed_files(image_folder(source, n), imgsz))
+    return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))

@@ -1,0 +1,139 @@
+"""Plan: which coupled units to remove, from a ratio (global threshold or uniform) and a criterion; and the
+schedule that spreads a GFLOPs target over several steps.
+
+A PruneConfig says how to prune; the calibration images and the unpruned model's recorded ``Reference`` are data,
+passed beside it. A Plan is built once and not changed after.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from yoloprune.defaults import METHOD, ROUND_TO
+from yoloprune.engine.graph import Graph, Unit
+from yoloprune.engine.importance import ScoreContext, entry, group_scores
+from yoloprune.engine.reconstruct import Reference
+from yoloprune.errors import ConfigError, check_ratio
+
+
+@dataclass
+class PruneConfig:
+    """How to prune. ``ratio`` is the fraction of prunable units (coupled channels) removed."""
+
+    ratio: float = 0.0
+    method: str = METHOD
+    scope: str = "global"  # "global": one threshold across groups; "uniform": the same ratio in every group
+    round_to: int = ROUND_TO  # keep each group's width a multiple of this
+    min_channels: int = 1  # never keep fewer units than this in a group
+    ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
+    target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
+    imgsz: int = 640  # image size for GFLOPs
+    blocks: bool = False  # bn method: also remove residual blocks whose branch's |gamma| all fall under the threshold
+    # With calibration images (given beside the config): removed channels' means are folded into their consumers
+    # (mean compensation), data-aware criteria read them, and the options below use them.
+    reconstruct: bool = True  # least-squares refit of every layer that lost inputs
+    recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images afterwards
+    steps: int = 1  # reach the ratio or GFLOPs target in this many prune-and-reconstruct steps (no training)
+
+    def validate(self, calibrated: bool = False) -> None:
+        """Refuse impossible settings; ``calibrated``: calibration images (or a recorded reference) are given."""
+        check_ratio(self.ratio)
+        if entry(self.method).needs_data and not calibrated:
+            raise ConfigError(f"method {self.method!r} is data-aware: give calibration images (--calib-data)")
+        if self.scope not in ("global", "uniform"):
+            raise ConfigError(f"unknown scope {self.scope!r}; choose global or uniform")
+        if self.round_to < 1 or self.min_channels < 1:
+            raise ConfigError("round_to and min_channels must be >= 1")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {self.steps}")
+        if self.blocks and (self.method != "bn" or self.scope != "global" or self.target_gflops is not None
+                            or self.steps > 1):
+            raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
+        if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
+            raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Units to remove, by id, with the graph they index into."""
+
+    graph: Graph
+    remove: frozenset[int] = frozenset()
+    threshold: float | None = None  # the global score threshold it was cut at (global scope)
+
+
+def step_target(target: float, i: int, steps: int) -> float:
+    """The GFLOPs fraction to reach after step ``i`` of ``steps`` (1-based) on the way to ``target``: equal
+    fractions per step, ``target ** (i / steps)``."""
+    return target ** (i / steps)
+
+
+def _ignored(unit: Unit, prefixes: tuple[str, ...]) -> bool:
+    return any(m.module == p or m.module.startswith(p + ".") for m in unit.members for p in prefixes)
+
+
+def _n_keep(n: int, n_remove: int, cfg: PruneConfig) -> int:
+    keep = max(n - n_remove, min(cfg.min_channels, n), 1)
+    if cfg.round_to > 1:
+        keep = min(n, math.ceil(keep / cfg.round_to) * cfg.round_to)
+    return keep
+
+
+Scored = list[tuple[list[Unit], torch.Tensor]]  # each coupled group's units and their scores
+
+
+def score_groups(model: nn.Module, graph: Graph, cfg: PruneConfig, reference: Reference | None = None) -> Scored:
+    """Every coupled group not ignored by ``cfg``, with its units' scores by ``cfg.method``."""
+    ctx = ScoreContext(dict(model.named_modules()), graph.bn_after, reference)
+    groups = [us for us in graph.groups().values() if not any(_ignored(u, cfg.ignore) for u in us)]
+    return [(us, group_scores(us, ctx, cfg.method)) for us in groups]
+
+
+def bn_safe_max(model: nn.Module, graph: Graph) -> float:
+    """The highest ratio that global bn pruning (as ``plan`` does it) accepts for this model."""
+    return safe_max_ratio([s for _, s in score_groups(model, graph, PruneConfig(method="bn"))])
+
+
+def global_threshold(scored: Scored, ratio: float) -> float:
+    """The score at or under which the lowest ``ratio`` of all units fall."""
+    every = torch.cat([s for _, s in scored]) if scored else torch.zeros(0)
+    k = int(ratio * every.numel())
+    return every.sort().values[k - 1].item() if k > 0 else -math.inf
+
+
+def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | None = None,
+         scored: Scored | None = None, reference: Reference | None = None) -> Plan:
+    """Choose the lowest-scoring units: under one global threshold (from ``cfg.ratio`` unless given), or the same
+    fraction of every group. ``scored``: reuse ``score_groups`` (scores do not depend on the ratio)."""
+    scored = scored if scored is not None else score_groups(model, graph, cfg, reference)
+    if cfg.method == "bn" and cfg.scope == "global":
+        safe = safe_max_ratio([s for _, s in scored])  # already bn scores: the same as bn_safe_max
+        if cfg.ratio > safe:
+            raise ConfigError(f"ratio {cfg.ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
+                              "a global |gamma| threshold that high would empty a layer")
+    if cfg.scope == "global" and threshold is None:
+        threshold = global_threshold(scored, cfg.ratio)
+    remove: set[int] = set()
+    for units, scores in scored:
+        n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(cfg.ratio * len(units))
+        order = scores.argsort(stable=True)
+        drop = order[: len(units) - _n_keep(len(units), n_remove, cfg)]
+        remove.update(units[i].id for i in drop.tolist())
+    return Plan(graph, frozenset(remove), threshold)
+
+
+def safe_max_ratio(scores_by_group: list[torch.Tensor]) -> float:
+    """Highest global ratio that keeps at least one unit in every group under one threshold on these scores.
+
+    A threshold wipes a group when it reaches the group's best score, so it must stay below the smallest of
+    the groups' best scores; the ratio is the fraction of scores under that.
+    """
+    every = torch.cat(scores_by_group) if scores_by_group else torch.zeros(0)
+    maxima = [float(s.max()) for s in scores_by_group if s.numel() and math.isfinite(float(s.max()))]
+    if not maxima:
+        return 0.0
+    return float((every < min(maxima)).sum()) / every.numel()

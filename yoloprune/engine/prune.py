@@ -1,0 +1,246 @@
+"""Prune: apply a plan with genuine channel removal, calibrate (mean compensation, least-squares reconstruction,
+BatchNorm recalibration), and reach a GFLOPs target, in one or several steps.
+
+model in -> trace -> coupled units -> importance -> plan -> surgery -> model out. The model's source is reached
+only through the ``ModelHooks`` the caller passes in (``yoloprune.api`` resolves them from the model).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from yoloprune.engine.compensate import fold
+from yoloprune.engine.graph import Graph
+from yoloprune.engine.hooks import ModelHooks, example_input, trace_model
+from yoloprune.engine.plan import Plan, PruneConfig, plan, score_groups, step_target
+from yoloprune.engine.reconstruct import Reference, Refit, recalibrate_bn, reconstruct, record
+from yoloprune.engine.report import Report, snapshot
+from yoloprune.engine.surgery import channels, dead_blocks, filter_of, keep_channels, remove_blocks
+from yoloprune.errors import ConfigError, UnsupportedModelError
+
+
+@torch.no_grad()
+def prune_blocks_under(model: nn.Module, hooks: ModelHooks, threshold: float) -> list[str]:
+    """Depth pruning for slimming: residual blocks whose branch's last BN has every |gamma| <= ``threshold`` are
+    removed whole (their branch is zeroed first, so the block becomes the identity it nearly was)."""
+    bns = {n: model.get_submodule(b.bn) for n, b in hooks.residual_blocks(model).items()}
+    names = [n for n, bn in bns.items() if float(bn.weight.abs().max()) <= threshold]
+    for n in names:
+        bns[n].weight.zero_()
+        bns[n].bias.zero_()
+    remove_blocks(model, dead_blocks(model, hooks))
+    return names
+
+
+def apply(model: nn.Module, p: Plan, hooks: ModelHooks, means: dict[str, torch.Tensor] | None = None) -> None:
+    """Physically remove the planned units from every layer they touch; with ``means`` (each consumer's input
+    means), fold the removed channels' mean contribution into their consumers first (mean compensation)."""
+    removed: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for unit in p.graph.units:
+        if unit.id in p.remove:
+            for m in unit.members:
+                removed[(m.module, m.dim)].add(m.index)
+    if means is not None:
+        fold(model, {name: idx for (name, dim), idx in removed.items() if dim == 1}, means, p.graph.bn_after)
+    modules = dict(model.named_modules())
+    for (name, dim), idx in sorted(removed.items()):
+        mod = modules[name]
+        keep_channels(mod, dim, [i for i in range(channels(mod, dim)) if i not in idx])
+    hooks.fix_widths(model)
+
+
+@torch.no_grad()
+def mask(model: nn.Module, p: Plan) -> None:
+    """Soft-prune: zero the planned units (filters, biases, BN gamma and beta) without removing them."""
+    modules = dict(model.named_modules())
+    for unit in p.graph.units:
+        if unit.id not in p.remove:
+            continue
+        for m in unit.producers:
+            mod = modules[m.module]
+            filter_of(mod, m.index).zero_()
+            if mod.bias is not None:
+                mod.bias[m.index] = 0
+
+
+def apply_checked(model: nn.Module, p: Plan, hooks: ModelHooks, means: dict[str, torch.Tensor] | None = None) -> None:
+    """Apply ``p`` to a copy first and run it; refuse (model untouched) if the pruned copy no longer runs.
+
+    The graph freezes every op it does not understand, but a module can still read a width from one tensor's
+    shape and use it on another (e.g. ``C = x.shape[1]`` then ``y.view(B, C, ...)``); this catches that.
+    """
+    trial = copy.deepcopy(model)
+    apply(trial, p, hooks, means)
+    try:
+        with torch.no_grad():
+            trial.eval()(example_input(trial, hooks))
+    except Exception as e:  # any failure means the plan is unsafe for this model
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: the pruned model no longer runs ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}); a layer reads a width the graph cannot see, so it was left unpruned"
+        ) from None
+    apply(model, p, hooks, means)
+
+
+def _plan_for_gflops(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
+                     reference: Reference | None) -> Plan:
+    """Bisect the ratio until GFLOPs fall to ``cfg.target_gflops`` of the original (the model scored once)."""
+    scored = score_groups(model, graph, cfg, reference)
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        try:
+            candidate = plan(model, graph, replace(cfg, ratio=mid), scored=scored)
+        except ConfigError:  # above the bn method's safe maximum
+            hi = mid
+            continue
+        trial = copy.deepcopy(model)
+        apply(trial, candidate, hooks)
+        if hooks.gflops(trial, cfg.imgsz) <= cfg.target_gflops * base:
+            best, hi = candidate, mid
+        else:
+            lo = mid
+    if best is None:
+        raise ConfigError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
+    return best
+
+
+def refit_jobs(model: nn.Module, p: Plan, fixed: set[str] = frozenset()) -> dict[str, Refit]:
+    """The conv/linear layers that reconstruction refits under ``p``: every one but ``fixed`` (e.g. the DFL's
+    constant conv), since a layer that lost no channel still sees inputs that pruning upstream has changed. Each
+    with the output channels it keeps (indices into its current outputs) and its BatchNorm. Call before ``apply``.
+    Layers whose inputs did not change fit exactly as they are and are left alone."""
+    modules = dict(model.named_modules())
+    dropped = defaultdict(set)
+    for unit in p.graph.units:
+        if unit.id in p.remove:
+            for m in unit.producers:
+                dropped[m.module].add(m.index)
+    jobs = {}
+    for name, mod in modules.items():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) and name not in fixed:
+            keep = torch.tensor([i for i in range(channels(mod, 0)) if i not in dropped[name]], dtype=torch.long)
+            bn = modules.get(p.graph.bn_after.get(name, ""))
+            jobs[name] = Refit(keep, bn if isinstance(bn, nn.modules.batchnorm._BatchNorm) else None)
+    return jobs
+
+
+def _recorded(net: nn.Module, graph: Graph, images: torch.Tensor | None, reference: Reference | None,
+              fresh: bool) -> Reference | None:
+    """The unpruned model's Reference on the calibration images: ``reference`` unless the model was changed since
+    it was recorded (``fresh``), else recorded now (on ``images``, or the reference's own)."""
+    if reference is not None and not fresh:
+        return reference
+    images = images if images is not None else getattr(reference, "images", None)
+    return None if images is None else record(net, images, graph.bn_after)
+
+
+@dataclass
+class _Targets:
+    """Reconstruction targets across steps: the original model's Reference, and for every layer which original
+    output channel each of its current channels is."""
+
+    ref: Reference
+    origin: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one prune step did."""
+
+    graph: Graph
+    plan: Plan
+    blocks: list[str]
+    refits: dict[str, Refit]
+
+
+def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float, images: torch.Tensor | None,
+                reference: Reference | None, targets: _Targets | None = None) -> _Step:
+    """Trace, (remove dead-under-threshold blocks), calibrate, plan, apply, reconstruct, recalibrate."""
+    graph = trace_model(net, hooks)
+    blocks: list[str] = []
+    threshold = None
+    if cfg.blocks:  # plan first: it refuses above the safe maximum before the model is touched
+        threshold = plan(net, graph, cfg).threshold
+        blocks = prune_blocks_under(net, hooks, threshold)
+        graph = trace_model(net, hooks)
+    reference = _recorded(net, graph, images, reference, fresh=bool(blocks))
+    p = (_plan_for_gflops(net, hooks, graph, cfg, gflops0, reference) if cfg.target_gflops
+         else plan(net, graph, cfg, threshold=threshold, reference=reference))
+    jobs = refit_jobs(net, p, hooks.fixed_layers(net)) if reference is not None and cfg.reconstruct else {}
+    fit_ref = reference
+    if targets is not None:  # aim at the original model: its outputs, at its channel indices
+        for name, job in jobs.items():
+            job.keep_out = targets.origin[name][job.keep_out]
+        fit_ref = replace(reference, positions=targets.ref.positions, outputs=targets.ref.outputs,
+                          bn_mean=targets.ref.bn_mean)
+    apply_checked(net, p, hooks, reference.mean if reference is not None else None)
+    refits: dict[str, Refit] = {}
+    if jobs:
+        done = reconstruct(net, fit_ref, jobs)
+        refits = {n: j for n, j in done.items() if j.before > 0 or j.skipped}
+        if targets is not None:
+            targets.origin.update({n: j.keep_out for n, j in jobs.items()})
+    if cfg.recalibrate_bn and reference is not None:
+        recalibrate_bn(net, reference.images)
+    return _Step(graph, p, blocks, refits)
+
+
+def one_step_gflops(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float | None = None) -> float:
+    """The GFLOPs fraction that pruning at ``cfg.ratio`` in one step reaches (planned on a copy, no calibration)."""
+    gflops0 = gflops0 or hooks.gflops(net, cfg.imgsz)
+    trial = copy.deepcopy(net)
+    _prune_step(trial, hooks, replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), gflops0, None, None)
+    return hooks.gflops(trial, cfg.imgsz) / gflops0
+
+
+def _step_config(cfg: PruneConfig, i: int, gflops_ratio: float | None) -> PruneConfig:
+    """Step ``i`` (1-based) of ``cfg.steps``: the GFLOPs target of the schedule (``step_target``) towards
+    ``cfg.target_gflops``, or towards what one-step pruning at ``cfg.ratio`` would reach (``gflops_ratio``), so that
+    the same ratio gives the same model size in any number of steps."""
+    if cfg.steps == 1:
+        return cfg
+    return replace(cfg, target_gflops=step_target(cfg.target_gflops or gflops_ratio, i, cfg.steps))
+
+
+def _multi_step_targets(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, images: torch.Tensor | None,
+                        reference: Reference | None) -> tuple[Reference | None, _Targets | None]:
+    """For several steps with reconstruction: the original model's Reference (recorded now unless given) and the
+    channel bookkeeping that lets every step aim at the original's outputs."""
+    if cfg.steps == 1 or (images is None and reference is None) or not cfg.reconstruct:
+        return reference, None
+    reference = _recorded(net, trace_model(net, hooks), images, reference, fresh=False)
+    origin = {n: torch.arange(channels(m, 0)) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return reference, _Targets(reference, origin)
+
+
+def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, calibration: torch.Tensor | None = None,
+          reference: Reference | None = None) -> Report:
+    """Prune ``net`` in place as ``cfg`` says.
+
+    With ``calibration`` images (N, 3, H, W; no labels) or the unpruned model's recorded ``reference`` (reused
+    across a sweep): mean compensation, least-squares reconstruction (``cfg.reconstruct``) and BatchNorm
+    recalibration (``cfg.recalibrate_bn``), in ``cfg.steps`` steps; later steps record the model they start from
+    afresh, and reconstruction always aims at the original model's outputs. Returns a Report with params and
+    GFLOPs before/after, per-layer widths and the refit layers' errors; ``report.model`` is ``net``.
+    """
+    cfg.validate(calibrated=calibration is not None or reference is not None)
+    before = snapshot(net, hooks, cfg.imgsz)
+    gflops_ratio = (one_step_gflops(net, hooks, cfg, before.gflops) if cfg.steps > 1 and not cfg.target_gflops
+                    else None)
+    reference, targets = _multi_step_targets(net, hooks, cfg, calibration, reference)
+    removed, blocks = 0, []
+    for i in range(1, cfg.steps + 1):
+        step = _prune_step(net, hooks, _step_config(cfg, i, gflops_ratio), before.gflops, calibration,
+                           reference if i == 1 else None, targets)
+        removed += len(step.plan.remove)
+        blocks += step.blocks
+    action = f"prune {cfg.method} " + (f"target_gflops={cfg.target_gflops}" if cfg.target_gflops
+                                       else f"ratio={cfg.ratio}") + (f" in {cfg.steps} steps" if cfg.steps > 1 else "")
+    return Report.build(net, hooks, before, step.graph, removed=removed, imgsz=cfg.imgsz, action=action,
+                        removed_blocks=blocks, refits=step.refits)

@@ -1,0 +1,94 @@
+"""The adapter for Ultralytics models (YOLOv5u / v8 / 11 / ..., and their segment, pose, obb and classify models).
+
+``model.py`` holds what the adapter knows of Ultralytics' models and checkpoints, ``train.py`` its trainer
+subclasses and distillation projectors; this class puts them behind the ``Adapter`` interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from yoloprune.engine.graph import Branch
+from yoloprune.engine.hooks import ResidualBranch
+from yoloprune.sources.base import Adapter, TrainJob, Validation, ValSettings
+from yoloprune.sources.ultralytics import model as um
+
+
+class UltralyticsAdapter(Adapter):
+    """Ultralytics' models. Registered last: it takes whatever no other adapter claims, and refuses in one line
+    what it cannot prune."""
+
+    name = "Ultralytics"
+
+    def claims(self, src: Any) -> bool:
+        return True
+
+    def load(self, src: Any) -> tuple[nn.Module, dict]:
+        return um.load_model(src)
+
+    def build(self, yaml: str | Path, nc: int | None = None) -> nn.Module:
+        return um.build_model(yaml, nc)
+
+    def save(self, model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
+        return um.save_checkpoint(model, path, ckpt, meta)
+
+    def train_imgsz(self, ckpt: dict) -> int | None:
+        return um.train_imgsz(ckpt)
+
+    def task(self, model: nn.Module) -> str:
+        return um.task(model)
+
+    def num_classes(self, model: nn.Module) -> int:
+        return um.num_classes(model)
+
+    def kpt_shape(self, model: nn.Module) -> tuple[int, int] | None:
+        return um.kpt_shape(model)
+
+    def output_layout(self, model: nn.Module) -> list[tuple[int, list[int]]]:
+        return um.output_layout(model)
+
+    # the engine's hooks
+    def max_stride(self, model: nn.Module) -> int:
+        return um.max_stride(model)
+
+    def gflops(self, model: nn.Module, imgsz: int) -> float:
+        return um.gflops(model, imgsz)
+
+    def contract_outputs(self, model: nn.Module, out: Any) -> list[torch.Tensor]:
+        return um.contract_outputs(model, out)
+
+    def training_branches(self, model: nn.Module) -> tuple[tuple[Branch, ...], tuple[str, ...]]:
+        return um.training_branches(model)
+
+    def residual_blocks(self, model: nn.Module) -> dict[str, ResidualBranch]:
+        return um.residual_blocks(model)
+
+    def fixed_layers(self, model: nn.Module) -> set[str]:
+        return um.fixed_layers(model)
+
+    def head_output_convs(self, model: nn.Module) -> set[str]:
+        return um.head_output_convs(model)
+
+    def fix_widths(self, model: nn.Module) -> None:
+        um.fix_widths(model)
+
+    # workflows
+    def validator(self, model: nn.Module, settings: ValSettings) -> Callable[[nn.Module], Validation]:
+        return um.Validator(um.validator_class(model), um.task(model), settings, um.NMS_IOU)
+
+    def train(self, job: TrainJob) -> Path:
+        from yoloprune.sources.ultralytics.train import run
+
+        return run(job, self)
+
+    def export_onnx(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool,
+                    simplify: bool) -> Path:
+        return um.export_onnx(model, ckpt, out, imgsz, dynamic, simplify)
+
+
+__all__ = ["UltralyticsAdapter"]

@@ -1,0 +1,183 @@
+"""Checkpoints of the original YOLOv5 repository: unpickled with a class remap, saved back under the original names.
+
+Each pickled ``models.common`` block maps onto the Ultralytics block of the same name where that block has the same
+attributes and forward (checked one by one), onto a small class of ``model.py`` otherwise, and ``models.yolo`` onto
+``AnchorDetect`` and ``YOLOv5Model``. Saving reverses the remap, so the file is pickled under the original names
+again and the user's own clone of the original repository loads it (``detect.py``, ``val.py``, ``export.py``);
+nothing of yoloprune or Ultralytics is needed to unpickle it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import pickle
+import types
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics.nn import modules as um
+
+from yoloprune import __version__
+from yoloprune.atomic import atomic_write
+from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError
+from yoloprune.sources.yolov5.model import COMMON, AnchorDetect, CrossConv, YOLOv5Model
+
+ORIGINAL: dict[tuple[str, str], type] = {("models.common", k): v for k, v in COMMON.items()}
+ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,  # v6.1 and older
+                 ("models.experimental", "GhostConv"): um.GhostConv,  # v5.0 and older
+                 ("models.experimental", "GhostBottleneck"): um.GhostBottleneck,
+                 ("models.yolo", "Detect"): AnchorDetect,
+                 ("models.yolo", "DetectionModel"): YOLOv5Model,
+                 ("models.yolo", "Model"): YOLOv5Model})
+PICKLED_AS: dict[type, tuple[str, str]] = {}
+for _key, _cls in ORIGINAL.items():
+    PICKLED_AS.setdefault(_cls, _key)
+REFUSED = {"Segment": "segmentation", "SegmentationModel": "segmentation", "Proto": "segmentation",
+           "Classify": "classification", "ClassificationModel": "classification"}
+
+
+def _standin(module: str, name: str) -> type:
+    if (module, name) in ORIGINAL:
+        return ORIGINAL[(module, name)]
+    if name in REFUSED:
+        raise CheckpointError(f"a {REFUSED[name]} checkpoint of the original YOLOv5 repository ({module}.{name}); "
+                              "yoloprune prunes its detection models only")
+    raise CheckpointError(f"unknown class {module}.{name} in an original YOLOv5 checkpoint; yoloprune cannot load it")
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "models" or module.startswith(("models.", "utils.")):
+            return _standin(module, name)
+        return super().find_class(module, name)
+
+
+_UNPICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="yoloprune_yolov5_unpickle")
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    """The module names a torch zip checkpoint's pickle refers to, read without unpickling anything."""
+    import pickletools
+
+    with zipfile.ZipFile(path) as z:
+        name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if name is None:
+            return set()
+        data = z.read(name)
+    mods, strings = set(), []
+    with contextlib.suppress(Exception):  # a truncated pickle still names what it reached
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                mods.add(str(arg).split(" ")[0])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                mods.add(strings[-2])
+            elif isinstance(arg, str):
+                strings.append(arg)
+    return mods
+
+
+def is_original(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint of the original YOLOv5 repository (it pickles ``models.*`` classes)."""
+    try:
+        return any(m == "models" or m.startswith("models.") for m in _pickle_globals(Path(path)))
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_UNPICKLE)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except UNREADABLE_CHECKPOINT as e:
+        raise CheckpointError(f"not a readable original YOLOv5 checkpoint: {path} ({type(e).__name__})") from None
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, YOLOv5Model):
+        raise CheckpointError(f"not an original YOLOv5 detection checkpoint (no models.yolo.DetectionModel): {path}")
+    if not isinstance(model.model[-1], AnchorDetect):
+        raise CheckpointError(f"{path}: the model's last layer is not a YOLOv5 Detect head")
+    return ckpt
+
+
+def load(path: Path) -> tuple[YOLOv5Model, dict]:
+    """An FP32 model in eval mode and the checkpoint dict (its other keys are kept for saving)."""
+    ckpt = read_checkpoint(path)
+    model = (ckpt.get("ema") or ckpt["model"]).float().eval()
+    head = model.model[-1]
+    if "anchor_grid" in head._buffers:  # v5.0 and older kept the anchor grid as a buffer; it is a cache since v6.0
+        del head._buffers["anchor_grid"]
+        head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+    if isinstance(model.names, (list, tuple)):
+        model.names = dict(enumerate(model.names))
+    return model, ckpt
+
+
+def check(model: nn.Module, where: str = "model") -> YOLOv5Model:
+    if not isinstance(model, YOLOv5Model) or not isinstance(model.model[-1], AnchorDetect):
+        raise CheckpointError(f"{where} is not an original YOLOv5 detection model")
+    return model
+
+
+# Attributes the original repository sets on its DetectionModel (the rest are added by Ultralytics' trainer or
+# validator, e.g. ``args`` and ``criterion``, and would pickle Ultralytics classes).
+_MODEL_ATTRS = {"yaml", "yaml_file", "save", "names", "inplace", "stride", "nc", "hyp", "class_weights", "gr"}
+_ALLOWED_MODULES = ("torch", "collections", "builtins", "__builtin__", "pathlib", "copyreg", "_codecs", "numpy")
+
+
+class _Pickler(pickle._Pickler):
+    """Pickles the stand-in classes under their original names; refuses any class of yoloprune or Ultralytics."""
+
+    def save_global(self, obj, name=None):
+        target = PICKLED_AS.get(obj) if isinstance(obj, type) else None
+        if target is not None:
+            self.write(pickle.GLOBAL + f"{target[0]}\n{target[1]}\n".encode())
+            self.memoize(obj)
+            return
+        module = getattr(obj, "__module__", "") or ""
+        if module.split(".")[0] not in _ALLOWED_MODULES:
+            raise CheckpointError(f"cannot save {module}.{getattr(obj, '__qualname__', obj)} in an original YOLOv5 "
+                                  "checkpoint: the original repository could not load it")
+        super().save_global(obj, name)
+
+
+_PICKLE = types.SimpleNamespace(Pickler=_Pickler, __name__="yoloprune_yolov5_pickle")
+
+
+def _plain(model: YOLOv5Model) -> YOLOv5Model:
+    """An FP16 eval-mode copy without what Ultralytics' trainer attached."""
+    model = copy.deepcopy(model).cpu()
+    for k in [k for k in vars(model) if not k.startswith("_") and k not in _MODEL_ATTRS and k != "training"]:
+        delattr(model, k)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.model[-1]
+    head.grid = [torch.empty(0) for _ in range(head.nl)]
+    head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+    head.__dict__.pop("export", None)
+    model.names = {int(k): str(v) for k, v in dict(model.names).items()}
+    return model.half().eval()
+
+
+def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
+    """Write ``model`` as the original repository's ``train.py`` writes a finished run (FP16 model, ``ema`` and
+    ``optimizer`` None, ``epoch`` -1), keeping the input checkpoint's ``opt`` and ``git``, atomically. yoloprune's
+    own metadata (plain data) goes in one extra key that the original loaders ignore."""
+    ckpt = ckpt or {}
+    out = {"model": _plain(check(model)), "ema": None, "epoch": -1, "best_fitness": ckpt.get("best_fitness"),
+           "updates": None, "optimizer": None, "opt": ckpt.get("opt") or {}, "git": ckpt.get("git") or {},
+           "date": datetime.now().isoformat(),
+           "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__}}
+    buf = io.BytesIO()
+    torch.save(out, buf, pickle_module=_PICKLE)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def from_trainer_checkpoint(path: str | Path) -> YOLOv5Model:
+    """The model (EMA when present) from a checkpoint that Ultralytics' trainer wrote while training it."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return check((ckpt.get("ema") or ckpt["model"]).float(), str(path))

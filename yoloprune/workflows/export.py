@@ -1,0 +1,122 @@
+"""ONNX export of a (pruned) detector through the Ultralytics exporter, checked with onnxruntime.
+
+The exporter runs on a private copy of the checkpoint in a temp folder, so nothing is written beside the user's
+files, and the ONNX file is moved into place atomically. The check feeds real letterboxed images from the data
+to PyTorch and to onnxruntime and compares the raw head outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yoloprune import sources
+from yoloprune.data.images import letterboxed_images
+from yoloprune.errors import ConfigError, YoloPruneError
+from yoloprune.workflows.latency import ort_session, paired_onnx_latency
+
+
+class ParityError(YoloPruneError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+@dataclass
+class ExportConfig:
+    model: str
+    out: str
+    imgsz: int = 320
+    dynamic: bool = False
+    simplify: bool = False
+    data: str | None = None  # images for the parity check (default: random images)
+    split: str = "val"
+    images: int = 8
+    tolerance: float = 1e-3  # max error allowed: boxes as a fraction of the image size, scores absolute
+    baseline: str | None = None  # unpruned model whose export's latency is measured beside this one
+    latency_runs: int = 30
+    latency_threads: int = 1
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_rel_err: float
+    images: int
+    latency_s: float
+    baseline_latency_s: float | None = None
+    size_bytes: int = 0
+    inputs: str = "images"
+
+    def table(self) -> str:
+        rows = [f"exported {self.path} ({self.size_bytes / 1e6:.2f} MB)",
+                f"onnxruntime vs PyTorch on {self.images} {self.inputs}: max error {self.max_rel_err:.2e} "
+                "(pixel coordinates / image size, the rest absolute)",
+                f"onnxruntime CPU latency, batch 1, 1 thread (median): {self.latency_s * 1e3:.2f} ms"]
+        if self.baseline_latency_s:
+            rows.append(f"unpruned baseline: {self.baseline_latency_s * 1e3:.2f} ms "
+                        f"(speedup {self.baseline_latency_s / self.latency_s:.2f}x)")
+        return "\n".join(rows)
+
+
+def export_onnx(model, out: str | Path, imgsz: int = 320, dynamic: bool = False, simplify: bool = False) -> Path:
+    """Export ``model`` (checkpoint path, YOLO or DetectionModel) to ONNX at ``out`` via Ultralytics' exporter."""
+    if simplify and importlib.util.find_spec("onnxslim") is None:
+        raise ConfigError("--simplify needs the onnxslim package (pip install onnxslim); nothing is installed at run time")
+    net, ckpt = sources.load_model(model)
+    return sources.adapter_for(net).export_onnx(net, ckpt, out, imgsz, dynamic, simplify)
+
+
+def _images(data: str | None, split: str, n: int, imgsz: int) -> list[np.ndarray]:
+    """Batches of one letterboxed image from the data (or seeded random images)."""
+    if data is None:
+        rng = np.random.default_rng(0)
+        return [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(n)]
+    return [x[None] for x in letterboxed_images(data, split, n, imgsz)]
+
+
+@torch.no_grad()
+def parity(onnx_path: str | Path, model, inputs: list[np.ndarray]) -> float:
+    """Worst error of the exported outputs against PyTorch's, on the scale each channel lives on: pixel coordinates
+    (boxes, keypoints) relative to the image size, everything else (scores, class index, mask coefficients and
+    prototypes, angles, class probabilities) absolute. So tiny class scores of a weak model are not judged by a
+    relative error, and a tampered weight, which moves boxes by pixels or scores by more than 1e-3, still fails."""
+    net, _ = sources.load_model(model)
+    net = net.float().eval()
+    adapter = sources.adapter_for(net)
+    layout = adapter.output_layout(net)  # per output: channel axis, pixel channels
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    worst = 0.0
+    for x in inputs:
+        refs = [t.numpy() for t in adapter.contract_outputs(net, net(torch.from_numpy(x)))]
+        gots = sess.run(None, {name: x})
+        if len(gots) != len(layout):
+            raise ParityError(f"{onnx_path}: {len(gots)} outputs where the model's task exports {len(layout)}")
+        for (axis, pixels), ref, got in zip(layout, refs, gots, strict=False):
+            if got.shape != ref.shape:
+                raise ParityError(f"{onnx_path}: output shape {got.shape} differs from PyTorch's {ref.shape}")
+            diff = np.moveaxis(np.abs(got - ref), axis, -1)
+            scale = np.ones(diff.shape[-1], dtype=np.float32)
+            scale[pixels] = max(x.shape[-2:])
+            worst = max(worst, float((diff / scale).max()))
+    return worst
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    """Export, check against PyTorch on real images (ParityError above tolerance), and time it."""
+    path = export_onnx(cfg.model, cfg.out, cfg.imgsz, cfg.dynamic, cfg.simplify)
+    err = parity(path, cfg.model, _images(cfg.data, cfg.split, cfg.images, cfg.imgsz))
+    if not err <= cfg.tolerance:
+        raise ParityError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (pixel coordinates / image size, the rest absolute), "
+                          f"above {cfg.tolerance:g}")
+    with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
+        paths = [path] + ([export_onnx(cfg.baseline, Path(tmp) / "baseline.onnx", cfg.imgsz)] if cfg.baseline else [])
+        times = paired_onnx_latency(paths, cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
+    lat, base = times[0], (times[1] if cfg.baseline else None)
+    what = f"letterboxed {cfg.split} images" if cfg.data else "random arrays (give --data for real images)"
+    return ExportResult(path, err, cfg.images, lat, base, os.path.getsize(path), what)
