@@ -75,6 +75,9 @@ class PlainHooks(ModelHooks):
     def head_output_convs(self, model):
         return set()
 
+    def head_outputs(self, model):
+        return {}
+
     def fix_widths(self, model):
         pass
 

@@ -236,6 +236,45 @@ def _add_iterative(sub) -> None:
     p.set_defaults(func=_cmd_iterative)
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from yoloprune.engine.recover import RecoverConfig
+    from yoloprune.workflows.recover import RecoverRun, recover_model
+
+    _check_out(args.model, args.out)
+    if args.teacher is not None:
+        _check_out(args.teacher, args.out)
+    minutes = None if args.epochs is not None and args.minutes is None else (args.minutes or defaults.RECOVER_MINUTES)
+    training = RecoverConfig(epochs=args.epochs, minutes=minutes, lr=args.lr, batch=args.batch, seed=args.seed)
+    out, _ = recover_model(RecoverRun(model=args.model, images=args.images, out=args.out, teacher=args.teacher,
+                                      imgsz=args.imgsz, max_images=args.max_images, project=args.project,
+                                      name=args.name, training=training))
+    print(f"saved {out}")
+    return 0
+
+
+def _add_recover(sub) -> None:
+    p = sub.add_parser("recover", help="label-free recovery: train a pruned model to reproduce the model it was "
+                       "pruned from, on unlabeled images")
+    p.add_argument("--model", required=True, help="pruned checkpoint (.pt)")
+    p.add_argument("--images", required=True,
+                   help="a folder of images (no labels are read) or a data yaml (its train images)")
+    p.add_argument("--teacher", default=None, metavar="W",
+                   help="the unpruned checkpoint (default: the one the model records as its source)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=_positive_int, default=None, help="train this many epochs")
+    g.add_argument("--minutes", type=_positive_float, default=None,
+                   help=f"train for this long (default without --epochs: {defaults.RECOVER_MINUTES:g})")
+    p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
+    p.add_argument("--batch", type=_positive_int, default=4)
+    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--max-images", type=_positive_int, default=2000, help="read at most this many images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--project", default="runs", help="parent folder of the run folder")
+    p.add_argument("--name", default=None, help="run folder name (default: recover, numbered if taken)")
+    p.add_argument("--out", required=True, help="output checkpoint, in the model's own format")
+    p.set_defaults(func=_cmd_recover)
+
+
 def _add_compact(sub) -> None:
     p = sub.add_parser("compact", help="physically remove channels that are already exactly zero")
     p.add_argument("--model", required=True)
@@ -510,8 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yoloprune", description="Structured pruning for YOLO detectors (Ultralytics models and "
                      "original YOLOv5 checkpoints).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_info, _add_prune, _add_iterative, _add_compact, _add_sparsify, _add_val, _add_sweep,
-                _add_export, _add_make_data, _add_train):
+    for add in (_add_demo, _add_info, _add_prune, _add_recover, _add_iterative, _add_compact, _add_sparsify, _add_val,
+                _add_sweep, _add_export, _add_make_data, _add_train):
         add(sub)
     for p in sub.choices.values():
         _document(p)

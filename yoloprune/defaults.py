@@ -9,6 +9,7 @@ CALIB_IMAGES = 64  # calibration images: means for compensation, data-aware scor
 CALIB_IMGSZ = 320  # calibration image size
 ROUND_TO = 8  # pruned widths are multiples of this: what CPU kernels turn into time
 SWEEP_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+RECOVER_MINUTES = 10.0  # label-free recovery's time budget when no epochs are given
 DISTILL_WEIGHT = 1.5  # feature-distillation weight (Ultralytics' default 6.0 cost mAP on tea-bud; docs/benchmarks.md)
 # The built-in importance criteria and their help lines (``engine.importance.register`` adds more from Python)
 CRITERIA_HELP = {

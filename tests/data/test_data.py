@@ -12,7 +12,7 @@ import pytest
 
 from yoloprune.data.coco import coco_map, read_yolo_labels
 from yoloprune.data.spec import load_data
-from yoloprune.data.teabud import CLASSES, TASKS, TeaBudConfig, _yolo_lines, generate, render_image, render_scene
+from yoloprune.data.teabud import CLASSES, TASKS, TeaBudConfig, yolo_lines, generate, render_image, render_scene
 from yoloprune.errors import DataError
 
 
@@ -20,7 +20,7 @@ def test_same_seed_same_pixels_and_labels():
     a, labels_a = render_image(7, "val", 3)
     b, labels_b = render_image(7, "val", 3)
     c, _ = render_image(8, "val", 3)
-    assert a == b and all(_yolo_lines(labels_a, 320, t) == _yolo_lines(labels_b, 320, t) for t in TASKS)
+    assert a == b and all(yolo_lines(labels_a, 320, t) == yolo_lines(labels_b, 320, t) for t in TASKS)
     assert a != c
 
 
@@ -31,7 +31,7 @@ def test_shipped_detection_data_is_what_the_generator_writes():
     for split, i in (("train", 0), ("val", 5), ("test", 17)):
         jpg, labels = render_image(0, split, i)
         assert jpg == (root / "images" / split / f"{split}_{i:04d}.jpg").read_bytes()
-        assert _yolo_lines(labels, 320) == (root / "labels" / split / f"{split}_{i:04d}.txt").read_text()
+        assert yolo_lines(labels, 320) == (root / "labels" / split / f"{split}_{i:04d}.txt").read_text()
 
 
 def test_polygons_and_picking_points_lie_inside_their_boxes():

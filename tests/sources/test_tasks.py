@@ -269,7 +269,7 @@ def test_keypoint_map_is_oks_with_the_given_sigmas(task_data):
     """pycocotools' keypoint mAP over the COCO ground truth made from pose labels: the labels as predictions score 1,
     a copy with every point 2 px off scores less, and less still with a tighter sigma; a hidden (v=0) point is read
     as unlabelled. The object area is Ultralytics' (0.53 of the box)."""
-    from yoloprune.data.coco import POSE_AREA, _keypoints, coco_map, yolo_split_to_coco
+    from yoloprune.data.coco import POSE_AREA, coco_keypoints, coco_map, yolo_split_to_coco
 
     root = task_data["pose"].parent / "pose"
     gt = yolo_split_to_coco(root / "images/val", root / "labels/val", [f"c{c}" for c in range(NC)], (4, 3))
@@ -290,7 +290,7 @@ def test_keypoint_map_is_oks_with_the_given_sigmas(task_data):
     assert tight < loose < 1.0 and tight < 0.5
 
     row = [0.5, 0.5, 0.2, 0.2, 0.1, 0.2, 1, 0.3, 0.4, 0]  # a box, a point under a leaf (v=1), an unlabelled one
-    assert _keypoints(row, (2, 3), 100, 50) == {"keypoints": [10.0, 10.0, 1, 0.0, 0.0, 0], "num_keypoints": 1}
+    assert coco_keypoints(row, (2, 3), 100, 50) == {"keypoints": [10.0, 10.0, 1, 0.0, 0.0, 0], "num_keypoints": 1}
 
 
 @pytest.mark.parametrize("task", ["segment", "pose"])

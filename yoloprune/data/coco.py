@@ -41,7 +41,7 @@ def read_yolo_labels(label_file: Path, kpt_shape=None) -> list[tuple[int, float,
 POSE_AREA = 0.53
 
 
-def _keypoints(values: list[float], kpt_shape, w: int, h: int) -> dict:
+def coco_keypoints(values: list[float], kpt_shape, w: int, h: int) -> dict:
     """COCO ``keypoints`` (x, y, v per point, pixels) of a pose label row; a point of two values counts as visible."""
     n, dims = kpt_shape
     pts = [values[4 + i * dims:4 + (i + 1) * dims] for i in range(n)]
@@ -70,7 +70,7 @@ def yolo_split_to_coco(images_dir: str | Path, labels_dir: str | Path, names: li
             ann = {"id": len(annotations) + 1, "image_id": img_id, "category_id": c, "bbox": [x, y, pw, ph],
                    "area": pw * ph, "iscrowd": 0}
             if kpt_shape:
-                ann |= _keypoints(values, kpt_shape, w, h) | {"area": POSE_AREA * pw * ph}
+                ann |= coco_keypoints(values, kpt_shape, w, h) | {"area": POSE_AREA * pw * ph}
             if poly is not None:
                 ann["segmentation"] = [[v * (w if i % 2 == 0 else h) for i, v in enumerate(poly)]]
             annotations.append(ann)

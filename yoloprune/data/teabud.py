@@ -305,7 +305,7 @@ def render_scene(rng: np.random.Generator, imgsz: int = 320) -> tuple[np.ndarray
     return _degrade(img, rng), _visible_labels(objs, cover, imgsz)
 
 
-def _yolo_lines(labels: list[Label], imgsz: int, task: str = "detect") -> str:
+def yolo_lines(labels: list[Label], imgsz: int, task: str = "detect") -> str:
     """Ultralytics label rows: ``cls cx cy w h`` (detect), ``cls x1 y1 x2 y2 ...`` (segment), ``cls cx cy w h px py
     v`` (pose), normalised."""
     rows = []
@@ -344,7 +344,7 @@ def generate(cfg: TeaBudConfig) -> Path:
             jpg, labels = render_image(cfg.seed, split, i, cfg.imgsz)
             atomic_write_bytes(root / "images" / split / f"{split}_{i:04d}.jpg", jpg)
             atomic_write_text(root / "labels" / split / f"{split}_{i:04d}.txt",
-                              _yolo_lines(labels, cfg.imgsz, cfg.task))
+                              yolo_lines(labels, cfg.imgsz, cfg.task))
         if split != "train" and n:
             coco = yolo_split_to_coco(root / "images" / split, root / "labels" / split, CLASSES,
                                       KPT_SHAPE if cfg.task == "pose" else None)

@@ -61,6 +61,13 @@ class ModelHooks(ABC):
         """The layers that write the head's outputs (unstructured sparsity leaves them alone unless asked)."""
 
     @abstractmethod
+    def head_outputs(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The layers whose raw outputs are the model's predictions before decoding (recovery matches them to a
+        teacher's), each with a bool mask over its output channels: True where a channel is the logit of a
+        sigmoid score (class, objectness), False where it is a value (box distribution, keypoint, angle, mask
+        coefficient, prototype, classifier logit)."""
+
+    @abstractmethod
     def fix_widths(self, model: nn.Module) -> None:
         """Refresh attributes that cache a width, after surgery changed the layers."""
 

@@ -74,6 +74,9 @@ class UltralyticsAdapter(Adapter):
     def head_output_convs(self, model: nn.Module) -> set[str]:
         return um.head_output_convs(model)
 
+    def head_outputs(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return um.head_outputs(model)
+
     def fix_widths(self, model: nn.Module) -> None:
         um.fix_widths(model)
 

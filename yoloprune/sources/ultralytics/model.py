@@ -189,6 +189,20 @@ def head_output_convs(model: nn.Module) -> set[str]:
     return names
 
 
+def head_outputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's output layers but the DFL's constant conv; a detection head's class convs (``cv3``,
+    ``one2one_cv3``) are sigmoid logits, every other output a value."""
+    fixed = fixed_layers(model)
+    logits = {f"{name}.{sub}" for name, mod in model.named_modules() if isinstance(mod, Detect)
+              for sub, _ in mod.named_modules() if sub.split(".")[0] in ("cv3", "one2one_cv3")}
+    out = {}
+    for name in sorted(head_output_convs(model) - fixed):
+        layer = model.get_submodule(name)
+        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        out[name] = torch.full((width,), name in logits, dtype=torch.bool)
+    return out
+
+
 def fixed_layers(model: nn.Module) -> set[str]:
     """Layers whose weights are constants of the architecture, never to be refit: the DFL's integral conv."""
     from ultralytics.nn.modules.block import DFL

@@ -113,6 +113,12 @@ class YOLOv5Adapter(Adapter):
         i = len(model.model) - 1
         return {f"model.{i}.m.{j}" for j in range(len(model.model[-1].m))}
 
+    def head_outputs(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Each level's 1x1 conv to ``na * (5 + nc)`` channels: per anchor a box (values), then objectness and
+        class logits."""
+        head = model.model[-1]
+        return {name: torch.arange(head.na * head.no) % head.no >= 4 for name in sorted(self.head_output_convs(model))}
+
     def fix_widths(self, model: nn.Module) -> None:
         ultra.fix_widths(model)
 
