@@ -12,7 +12,7 @@ import pytest
 
 from yoloprune.data.coco import coco_map, read_yolo_labels
 from yoloprune.data.spec import load_data
-from yoloprune.data.teabud import CLASSES, TASKS, TeaBudConfig, yolo_lines, generate, render_image, render_scene
+from yoloprune.data.teabud import CLASSES, TASKS, TeaBudConfig, generate, render_image, render_scene, yolo_lines
 from yoloprune.errors import DataError
 
 
