@@ -230,3 +230,32 @@ def test_commands_never_touch_the_network(tmp_path, command):
                          timeout=600)
     assert got.returncode == 0, got.stderr[-3000:]
     assert "NETWORK ATTEMPTS: []" in got.stderr, got.stderr[-3000:]
+
+
+def test_prune_without_calib_data_uses_the_recorded_training_images_or_says_what_it_costs(tmp_path, capsys):
+    import torch
+    from conftest import tiny_project
+
+    import yoloprune as yp
+
+    data, ckpt = tiny_project(tmp_path, n_train=4, n_val=2)
+    model, _ = yp.load_model(ckpt)
+    model.args = {"data": str(data), "imgsz": 64}
+    recorded = yp.save_checkpoint(model, tmp_path / "recorded.pt")
+    model.args = {"data": "D:\\\\elsewhere\\\\data.yaml", "imgsz": 64}  # trained on another machine
+    foreign = yp.save_checkpoint(model, tmp_path / "foreign.pt")
+    runs = {}
+    for name, src, extra in (("recorded", recorded, []), ("foreign", foreign, []), ("off", recorded, ["--no-calib"])):
+        out = tmp_path / f"{name}-out.pt"
+        assert main(["prune", "--model", str(src), "--ratio", "0.3", "--out", str(out), *extra]) == 0
+        runs[name] = (capsys.readouterr().out, yp.load_model(out)[0].state_dict())
+    assert f"calibrating on 64 train images of {data}" in runs["recorded"][0]
+    assert "reconstructed" in runs["recorded"][0]
+    for name in ("foreign", "off"):
+        assert "calibrating" not in runs[name][0] and "reconstructed" not in runs[name][0]
+    assert "no calibration images" in runs["foreign"][0] and "--calib-data" in runs["foreign"][0]
+    assert "no calibration images" not in runs["off"][0]
+    same = [torch.equal(a, b) for a, b in zip(runs["foreign"][1].values(), runs["off"][1].values(), strict=True)]
+    assert all(same)  # both uncalibrated: the same model
+    assert not all(torch.equal(a, b) for a, b in zip(runs["recorded"][1].values(), runs["off"][1].values(),
+                                                      strict=True))

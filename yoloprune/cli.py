@@ -123,6 +123,24 @@ def _default_out(model: str, tag: str) -> str:
     return str(path.with_name(f"{path.stem}-{tag}.pt"))
 
 
+def _calibration(args: argparse.Namespace):
+    """``--calib-data``'s images; else the checkpoint's recorded training images when they are on this machine
+    (said in one line); else None, with one line on what that costs and how to give images."""
+    from yoloprune.data.images import calibration_images, recorded_train_images
+
+    source = args.calib_data
+    if source is None and not args.no_calib:
+        source = recorded_train_images(args.model)
+        if source is not None:
+            print(f"calibrating on {args.calib_images} train images of {source}, the checkpoint's recorded training "
+                  "data (--calib-data to choose images, --no-calib for none)", flush=True)
+        else:
+            print("no calibration images: channels are removed without mean compensation or reconstruction, which "
+                  "costs a trained model most of its accuracy; give --calib-data with a folder of a few dozen of "
+                  "your images (no labels needed)", flush=True)
+    return None if source is None else calibration_images(source, args.calib_imgsz, args.calib_images)
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from yoloprune.api import prune, save_checkpoint
     from yoloprune.engine.plan import PruneConfig
@@ -130,11 +148,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
-    calibration = None
-    if args.calib_data:
-        from yoloprune.data.images import calibration_images
-
-        calibration = calibration_images(args.calib_data, args.calib_imgsz, args.calib_images)
+    calibration = _calibration(args)
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
@@ -184,6 +198,9 @@ def _add_prune(sub) -> None:
                    help="data yaml (its train images) or a folder of images, no labels needed: fold removed "
                         "channels' means into the layers that read them, refit those layers by least squares to "
                         "reproduce the unpruned model, and feed data-aware criteria")
+    p.add_argument("--no-calib", action="store_true",
+                   help="no calibration, even where the checkpoint records training images on this machine (used "
+                        "by default when --calib-data is not given)")
     p.add_argument("--calib-images", type=_positive_int, default=defaults.CALIB_IMAGES,
                    help="number of calibration images")
     p.add_argument("--calib-imgsz", type=_positive_int, default=defaults.CALIB_IMGSZ, help="calibration image size")

@@ -12,7 +12,7 @@ import torch
 from yoloprune import sources
 from yoloprune.data.spec import image_files, load_data
 from yoloprune.defaults import CALIB_IMAGES, CALIB_IMGSZ
-from yoloprune.errors import ConfigError, DataError
+from yoloprune.errors import ConfigError, DataError, YoloPruneError
 
 
 def letterboxed_images(data: str | Path, split: str, n: int, imgsz: int) -> np.ndarray:
@@ -51,3 +51,20 @@ def calibration_images(source: str | Path, imgsz: int = CALIB_IMGSZ, n: int = CA
     if Path(source).is_dir() and not (Path(source) / "train").is_dir():  # a folder of images, not a dataset
         return torch.from_numpy(letterboxed_files(image_folder(source, n), imgsz))
     return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))
+
+
+def recorded_train_images(model: str | Path) -> Path | None:
+    """The data yaml a checkpoint records as its training data, when it is on this machine and its train images
+    read: the calibration images ``prune`` uses when none are given."""
+    try:
+        net, ckpt = sources.load_model(model)
+    except YoloPruneError:
+        return None  # the command itself reports a bad checkpoint
+    data = sources.adapter_for(net).train_data(ckpt)
+    if data is None or not Path(data).is_file():
+        return None
+    try:
+        load_data(data, "train")
+    except YoloPruneError:
+        return None
+    return Path(data)

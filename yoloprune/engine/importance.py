@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from torch import nn
 
 from yoloprune.defaults import CRITERIA_HELP
 from yoloprune.engine.graph import Member, Unit
-from yoloprune.engine.surgery import filter_of, inputs_of
+from yoloprune.engine.surgery import inputs_of, surgery_for
 from yoloprune.errors import ConfigError
 
 
@@ -38,6 +38,27 @@ class ScoreContext:
     modules: dict[str, nn.Module]
     bn_after: dict[str, str]
     reference: Any | None = None
+    cache: dict = field(default_factory=dict, repr=False)  # per-layer figures computed once per scoring
+
+    def filter_norms(self, name: str, p: int) -> list[float]:
+        """The L``p`` norm of each output filter of layer ``name``, scaled by its BatchNorm's |gamma| / std."""
+        key = ("norms", name, p)
+        if key not in self.cache:
+            mod = self.modules[name]
+            rows = mod.weight.detach().movedim(surgery_for(mod).out_axis, 0).flatten(1)
+            norms = (rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1).sqrt()).tolist()
+            if name in self.bn_after:
+                scale = _bn_scale(self.modules[self.bn_after[name]]).tolist()
+                norms = [n * s for n, s in zip(norms, scale, strict=True)]
+            self.cache[key] = norms
+        return self.cache[key]
+
+    def gammas(self, name: str) -> list[float]:
+        """|gamma| of each channel of BatchNorm ``name``."""
+        key = ("gammas", name)
+        if key not in self.cache:
+            self.cache[key] = self.modules[name].weight.detach().abs().tolist()
+        return self.cache[key]
 
 
 Criterion = Callable[[Unit, ScoreContext], float]
@@ -84,21 +105,8 @@ def _bn_scale(bn: nn.Module) -> torch.Tensor:
     return (gamma / torch.sqrt(bn.running_var + bn.eps)).float()
 
 
-def _filter_norm(module: nn.Module, index: int, p: int) -> float:
-    row = filter_of(module, index).detach()
-    return float(row.abs().sum()) if p == 1 else float(row.pow(2).sum().sqrt())
-
-
 def _norm(unit: Unit, ctx: ScoreContext, p: int) -> float:
-    scores = []
-    for m in unit.producers:
-        mod = ctx.modules[m.module]
-        if _is_bn(mod):
-            continue
-        norm = _filter_norm(mod, m.index, p)
-        if m.module in ctx.bn_after:
-            norm *= float(_bn_scale(ctx.modules[ctx.bn_after[m.module]])[m.index])
-        scores.append(norm)
+    scores = [ctx.filter_norms(m.module, p)[m.index] for m in unit.producers if not _is_bn(ctx.modules[m.module])]
     return sum(scores) / len(scores) if scores else math.inf
 
 
@@ -114,7 +122,7 @@ def l2(unit: Unit, ctx: ScoreContext) -> float:
 
 @register("bn", help=CRITERIA_HELP["bn"])
 def bn(unit: Unit, ctx: ScoreContext) -> float:
-    gammas = [float(ctx.modules[m.module].weight.detach()[m.index].abs()) for m in unit.producers
+    gammas = [ctx.gammas(m.module)[m.index] for m in unit.producers
               if _is_bn(ctx.modules[m.module]) and ctx.modules[m.module].weight is not None]
     return sum(gammas) / len(gammas) if gammas else math.inf
 

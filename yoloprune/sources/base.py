@@ -95,6 +95,10 @@ class Adapter(ModelHooks):
     def train_imgsz(self, ckpt: dict) -> int | None:
         """The image size a checkpoint was trained at, if it records one."""
 
+    @abstractmethod
+    def train_data(self, ckpt: dict) -> str | None:
+        """The data yaml a checkpoint records as its training data (a path of the machine it was trained on)."""
+
     # -- what the model is -----------------------------------------------------------------------------------
     @abstractmethod
     def task(self, model: nn.Module) -> str:

@@ -40,6 +40,9 @@ class UltralyticsAdapter(Adapter):
     def train_imgsz(self, ckpt: dict) -> int | None:
         return um.train_imgsz(ckpt)
 
+    def train_data(self, ckpt: dict) -> str | None:
+        return um.train_data(ckpt)
+
     def task(self, model: nn.Module) -> str:
         return um.task(model)
 

@@ -380,6 +380,13 @@ def train_imgsz(ckpt: dict, key: str = "train_args") -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+def train_data(ckpt: dict, key: str = "train_args") -> str | None:
+    """The data yaml recorded in a checkpoint's training options (``key`` as for ``train_imgsz``)."""
+    args = ckpt.get(key)
+    data = as_dict(args).get("data") if isinstance(args, dict) or hasattr(args, "__dict__") else None
+    return data if isinstance(data, str) and data else None
+
+
 def letterbox(image, imgsz: int):
     """One BGR image letterboxed to ``imgsz`` x ``imgsz`` as Ultralytics' validator does (the preprocessing both
     sources evaluate with)."""

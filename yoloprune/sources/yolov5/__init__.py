@@ -75,6 +75,9 @@ class YOLOv5Adapter(Adapter):
     def train_imgsz(self, ckpt: dict) -> int | None:
         return ultra.train_imgsz(ckpt, key="opt")
 
+    def train_data(self, ckpt: dict) -> str | None:
+        return ultra.train_data(ckpt, key="opt")
+
     def task(self, model: nn.Module) -> str:
         return "detect"  # segmentation and classification checkpoints are refused on loading
 
