@@ -365,7 +365,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
                           batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers,
                           reconstruct=not args.no_reconstruct, calib_images=args.calib_images,
-                          distill=args.distill, steps=args.steps, device=args.device)
+                          distill=args.distill, steps=args.steps, device=args.device,
+                          recover_epochs=args.recover_epochs)
         if args.ray is not None:
             rc = RayConfig(address=None if args.ray == "local" else args.ray, cpus_per_point=args.cpus_per_point,
                            gpus_per_point=args.gpus_per_point, local_cpus=args.ray_cpus, shared=args.ray_shared)
@@ -386,6 +387,9 @@ def _add_sweep(sub) -> None:
                    help="one or more criteria (l1,l2,bn,act,...) or unstructured (default: l1)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every point for K epochs (default: 0)")
     p.add_argument("--distill", action="store_true", help="fine-tune points with the unpruned model as the teacher")
+    p.add_argument("--recover-epochs", type=int, default=0,
+                   help="label-free recovery of every pruned point for K epochs on the train images (no labels "
+                        "read), towards the unpruned model, before any fine-tune")
     p.add_argument("--round-to", type=_positive_int, default=defaults.ROUND_TO,
                    help="keep pruned widths multiples of N: what CPU kernels turn into time")
     p.add_argument("--no-reconstruct", action="store_true",

@@ -166,3 +166,25 @@ def test_demo_sweeps_baseline_and_slimmed_model_into_one_table(setup, tmp_path):
     assert df["blocks_removed"].tolist() == [0, 0, 0, 1], "bn on the slimmed model removes the dead block"
     assert (out / "results.md").read_text().startswith("| model | method | ratio")
     assert (out / "best.onnx").exists() and (out / "slimmed" / "results.csv").exists()
+
+
+def test_sweep_recovers_pruned_points_without_labels_and_resumes_older_folders(setup, tmp_path):
+    import dataclasses
+    import json
+
+    cfg = dataclasses.replace(_cfg(setup, tmp_path, [0.0, 0.4]), recover_epochs=1)
+    df = sweep(cfg)
+    assert set(df["status"]) == {"ok"} and len(df) == 2
+    _, ckpt = yp.load_model(tmp_path / "models" / "l1-0.4.pt")
+    assert ckpt["yoloprune"]["recovered"]["epochs"] == 1
+    assert (tmp_path / "runs" / "l1-0.4-recover" / "results.csv").exists()
+    assert not (tmp_path / "runs" / "l1-0-recover").exists()  # the unpruned point is its own teacher
+    assert json.loads((tmp_path / "sweep.json").read_text())["recover_epochs"] == 1
+    with pytest.raises(yp.ConfigError, match="recover_epochs"):  # other settings are not mixed in one table
+        sweep(_cfg(setup, tmp_path, [0.0, 0.4]))
+    old = tmp_path / "old"
+    sweep(_cfg(setup, old, [0.0]))
+    recipe = json.loads((old / "sweep.json").read_text())
+    del recipe["recover_epochs"]  # as a sweep folder from before the setting existed
+    (old / "sweep.json").write_text(json.dumps(recipe))
+    assert len(sweep(_cfg(setup, old, [0.0, 0.4]))) == 2

@@ -62,6 +62,7 @@ class SweepConfig:
     reconstruct: bool = True  # with compensate: least-squares refit of the layers that lost inputs
     calib_images: int = CALIB_IMAGES
     distill: bool = False  # fine-tune points with the unpruned model as the teacher
+    recover_epochs: int = 0  # label-free recovery of every pruned point for this many epochs, before any fine-tune
     steps: int = 1  # prune-and-reconstruct steps per point (PruneConfig.steps)
     layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
 
@@ -73,6 +74,8 @@ class SweepConfig:
             raise ConfigError("give at least one ratio")
         for r in self.ratios:
             check_ratio(r)
+        if self.recover_epochs < 0:
+            raise ConfigError("recover_epochs must be >= 0")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune_epochs must be >= 0")
         if self.layers and "bn" not in self.methods:
@@ -83,6 +86,7 @@ class SweepConfig:
         return {"model": str(Path(self.model).resolve()), "split": self.split, "imgsz": self.imgsz,
                 "round_to": self.round_to, "calibration": self.compensate, "reconstruct": self.reconstruct,
                 "calib_images": self.calib_images, "steps": self.steps, "distill": self.distill,
+                "recover_epochs": self.recover_epochs,
                 "layers": self.layers}
 
     def jobs(self) -> list[tuple[str, float, int]]:
@@ -248,6 +252,8 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     ckpt = work / f"{name}.pt"
     sources.save_checkpoint(model, ckpt, base_stats.get("ckpt"), meta={"sweep": {"method": method, "ratio": ratio},
                                                                     **base_stats["meta"]})
+    if cfg.recover_epochs and ratio > 0 and method != UNSTRUCTURED:  # (recovery would fill a sparse model's zeros)
+        _recover(cfg, ckpt, work, name)
     if ft:
         tuned = work / f"{name}.tuned.pt"
         train(TrainConfig(model=str(ckpt), data=cfg.data, out=str(tuned), epochs=ft, imgsz=cfg.imgsz,
@@ -268,6 +274,18 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
             "speedup": base_lat / lat, "blocks_removed": n_blocks, "seconds": time.perf_counter() - t0}
 
 
+def _recover(cfg: SweepConfig, ckpt: Path, work: Path, name: str) -> None:
+    """Label-free recovery of a point's checkpoint in place, towards the unpruned model, on the data's train images."""
+    from yoloprune.engine.recover import RecoverConfig
+    from yoloprune.workflows.recover import RecoverRun, recover_model
+
+    recovered = work / f"{name}.recovered.pt"
+    recover_model(RecoverRun(model=str(ckpt), images=cfg.data, out=str(recovered), teacher=cfg.model, imgsz=cfg.imgsz,
+                             project=str(work.parent / "runs"), name=f"{name}-recover",
+                             training=RecoverConfig(epochs=cfg.recover_epochs, minutes=None)))
+    recovered.replace(ckpt)
+
+
 def reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
     """Ratio 0 without fine-tuning is the unpruned model whatever the method: reuse a finished such row."""
     method, ratio, ft = job
@@ -280,11 +298,16 @@ def reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
     return {**done.iloc[0].to_dict(), "method": method}
 
 
+_LATER_SETTINGS = {"recover_epochs": 0}  # recipe settings added later, with the value older sweeps had
+
+
 def _check_recipe(cfg: SweepConfig, out: Path, df: pd.DataFrame) -> None:
     """Resume only rows made with the same settings; record the settings of a new sweep folder."""
     path = out / "sweep.json"
     if len(df):
         old = json.loads(path.read_text()) if path.exists() else None
+        if old is not None:
+            old = {**_LATER_SETTINGS, **old}  # a folder written before a setting existed was made without it
         if old != cfg.recipe():
             what = "no record of its settings (an older yoloprune)" if old is None else "other settings: " + ", ".join(
                 f"{k} {old.get(k)!r} (now {v!r})" for k, v in cfg.recipe().items() if old.get(k) != v)
