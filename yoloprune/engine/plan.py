@@ -26,7 +26,10 @@ class PruneConfig:
 
     ratio: float = 0.0
     method: str = METHOD
-    scope: str = "global"  # "global": one threshold across groups; "uniform": the same ratio in every group
+    # "global": one score threshold across groups; "uniform": the same ratio in every group; "damage": every
+    # group's width chosen together by the estimated damage per GFLOP saved (engine.solver; needs calibration)
+    scope: str = "global"
+    selection: str = "score"  # within a group: the lowest scores, or "obs": what the refit absorbs best (calibration)
     round_to: int = ROUND_TO  # keep each group's width a multiple of this
     min_channels: int = 1  # never keep fewer units than this in a group
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
@@ -44,8 +47,13 @@ class PruneConfig:
         check_ratio(self.ratio)
         if entry(self.method).needs_data and not calibrated:
             raise ConfigError(f"method {self.method!r} is data-aware: give calibration images (--calib-data)")
-        if self.scope not in ("global", "uniform"):
-            raise ConfigError(f"unknown scope {self.scope!r}; choose global or uniform")
+        if self.scope not in ("global", "uniform", "damage"):
+            raise ConfigError(f"unknown scope {self.scope!r}; choose global, uniform or damage")
+        if self.selection not in ("score", "obs"):
+            raise ConfigError(f"unknown selection {self.selection!r}; choose score or obs")
+        if (self.scope == "damage" or self.selection == "obs") and not calibrated:
+            raise ConfigError("damage-based widths and obs selection are data-aware: give calibration images "
+                              "(--calib-data)")
         if self.round_to < 1 or self.min_channels < 1:
             raise ConfigError("round_to and min_channels must be >= 1")
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -83,6 +91,12 @@ def _n_keep(n: int, n_remove: int, cfg: PruneConfig) -> int:
     return keep
 
 
+def allowed_removals(n: int, cfg: PruneConfig) -> list[int]:
+    """How many of a group's ``n`` units may be removed, ascending from 0: the widths left are multiples of
+    ``cfg.round_to`` (or ``n``), at least ``cfg.min_channels`` and 1."""
+    return sorted({n - _n_keep(n, r, cfg) for r in range(n + 1)})
+
+
 Scored = list[tuple[list[Unit], torch.Tensor]]  # each coupled group's units and their scores
 
 
@@ -106,9 +120,12 @@ def global_threshold(scored: Scored, ratio: float) -> float:
 
 
 def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | None = None,
-         scored: Scored | None = None, reference: Reference | None = None) -> Plan:
-    """Choose the lowest-scoring units: under one global threshold (from ``cfg.ratio`` unless given), or the same
-    fraction of every group. ``scored``: reuse ``score_groups`` (scores do not depend on the ratio)."""
+         scored: Scored | None = None, reference: Reference | None = None,
+         orders: list[list[int]] | None = None) -> Plan:
+    """Choose how many units each group loses, under one global threshold (from ``cfg.ratio`` unless given) or the
+    same fraction of every group, and which: the lowest-scoring, or the first of each group's ``orders`` (removal
+    orders by position, as ``solver.removal_curve`` gives them). ``scored``: reuse ``score_groups`` (scores do not
+    depend on the ratio)."""
     scored = scored if scored is not None else score_groups(model, graph, cfg, reference)
     if cfg.method == "bn" and cfg.scope == "global":
         safe = safe_max_ratio([s for _, s in scored])  # already bn scores: the same as bn_safe_max
@@ -118,11 +135,11 @@ def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | No
     if cfg.scope == "global" and threshold is None:
         threshold = global_threshold(scored, cfg.ratio)
     remove: set[int] = set()
-    for units, scores in scored:
+    for g, (units, scores) in enumerate(scored):
         n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(cfg.ratio * len(units))
-        order = scores.argsort(stable=True)
+        order = orders[g] if orders is not None else scores.argsort(stable=True).tolist()
         drop = order[: len(units) - _n_keep(len(units), n_remove, cfg)]
-        remove.update(units[i].id for i in drop.tolist())
+        remove.update(units[i].id for i in drop)
     return Plan(graph, frozenset(remove), threshold)
 
 

@@ -17,9 +17,10 @@ from torch import nn
 from yoloprune.engine.compensate import fold
 from yoloprune.engine.graph import Graph
 from yoloprune.engine.hooks import ModelHooks, example_input, trace_model
-from yoloprune.engine.plan import Plan, PruneConfig, plan, score_groups, step_target
+from yoloprune.engine.plan import Plan, PruneConfig, Scored, allowed_removals, plan, score_groups, step_target
 from yoloprune.engine.reconstruct import Reference, Refit, recalibrate_bn, reconstruct, record
 from yoloprune.engine.report import Report, snapshot
+from yoloprune.engine.solver import Curve, allocate, layer_costs, removal_curve, total_flops
 from yoloprune.engine.surgery import channels, dead_blocks, filter_of, keep_channels, remove_blocks
 from yoloprune.errors import ConfigError, UnsupportedModelError
 
@@ -88,14 +89,13 @@ def apply_checked(model: nn.Module, p: Plan, hooks: ModelHooks, means: dict[str,
 
 
 def _plan_for_gflops(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
-                     reference: Reference | None) -> Plan:
+                     scored: Scored, orders: list[list[int]] | None) -> Plan:
     """Bisect the ratio until GFLOPs fall to ``cfg.target_gflops`` of the original (the model scored once)."""
-    scored = score_groups(model, graph, cfg, reference)
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         mid = (lo + hi) / 2
         try:
-            candidate = plan(model, graph, replace(cfg, ratio=mid), scored=scored)
+            candidate = plan(model, graph, replace(cfg, ratio=mid), scored=scored, orders=orders)
         except ConfigError:  # above the bn method's safe maximum
             hi = mid
             continue
@@ -108,6 +108,54 @@ def _plan_for_gflops(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Pru
     if best is None:
         raise ConfigError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
     return best
+
+
+def _curves(model: nn.Module, graph: Graph, cfg: PruneConfig, reference: Reference, scored: Scored) -> list[Curve]:
+    """Each group's removal order (``cfg.selection``) and cumulative estimated damage, as far as it may go."""
+    modules = dict(model.named_modules())
+    return [removal_curve(units, modules, graph.bn_after, reference, scores, cfg.selection,
+                          allowed_removals(len(units), cfg)[-1]) for units, scores in scored]
+
+
+def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
+                    reference: Reference, scored: Scored, curves: list[Curve]) -> Plan:
+    """Every group's width chosen together by estimated damage per GFLOP saved (``solver.allocate``); for a GFLOPs
+    target, the estimated saving is raised until the pruned model, measured, meets it."""
+    groups = [units for units, _ in scored]
+    allowed = [allowed_removals(len(units), cfg) for units in groups]
+    p0 = next(model.parameters())
+    layers = layer_costs(model, torch.zeros(1, 3, cfg.imgsz, cfg.imgsz, dtype=p0.dtype, device=p0.device))
+
+    def pick(budget: float, by_flops: bool) -> Plan:
+        counts = allocate(groups, curves, allowed, copy.deepcopy(layers), budget, by_flops)
+        return Plan(graph, frozenset(groups[g][i].id for g, n in enumerate(counts) for i in curves[g].order[:n]))
+
+    if not cfg.target_gflops:
+        return pick(cfg.ratio * sum(len(units) for units in groups), by_flops=False)
+    now, goal = hooks.gflops(model, cfg.imgsz), cfg.target_gflops * base
+    share = max(now - goal, 0.0) / now  # of the estimate: the layers' multiply-adds are most of the GFLOPs
+    for _ in range(8):
+        candidate = pick(share * total_flops(layers), by_flops=True)
+        trial = copy.deepcopy(model)
+        apply(trial, candidate, hooks)
+        got = hooks.gflops(trial, cfg.imgsz)
+        if got <= goal:
+            return candidate
+        share += 1.05 * (got - goal) / now + 1e-3
+    raise ConfigError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
+
+
+def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
+            reference: Reference | None, threshold: float | None) -> Plan:
+    """The plan: widths by ``cfg.scope`` (and the GFLOPs target), channels by ``cfg.selection``."""
+    scored = score_groups(model, graph, cfg, reference)
+    curves = _curves(model, graph, cfg, reference, scored) if cfg.scope == "damage" or cfg.selection == "obs" else None
+    if cfg.scope == "damage":
+        return _plan_by_damage(model, hooks, graph, cfg, base, reference, scored, curves)
+    orders = [c.order for c in curves] if curves is not None else None
+    if cfg.target_gflops:
+        return _plan_for_gflops(model, hooks, graph, cfg, base, scored, orders)
+    return plan(model, graph, cfg, threshold=threshold, scored=scored, orders=orders)
 
 
 def refit_jobs(model: nn.Module, p: Plan, fixed: set[str] = frozenset()) -> dict[str, Refit]:
@@ -170,8 +218,7 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: fl
         blocks = prune_blocks_under(net, hooks, threshold)
         graph = trace_model(net, hooks)
     reference = _recorded(net, graph, images, reference, fresh=bool(blocks))
-    p = (_plan_for_gflops(net, hooks, graph, cfg, gflops0, reference) if cfg.target_gflops
-         else plan(net, graph, cfg, threshold=threshold, reference=reference))
+    p = _choose(net, hooks, graph, cfg, gflops0, reference, threshold)
     jobs = refit_jobs(net, p, hooks.fixed_layers(net)) if reference is not None and cfg.reconstruct else {}
     fit_ref = reference
     if targets is not None:  # aim at the original model: its outputs, at its channel indices

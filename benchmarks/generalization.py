@@ -1,0 +1,133 @@
+"""One-shot pruning across models: how the width allocation and the channel selection do against today's default.
+
+For each shipped model and GFLOPs target, side by side in one run, with the same 64 calibration images and
+reconstruction: ``l1`` (one global l1 threshold, lowest l1 channels first: the default recipe), ``damage`` (widths
+by estimated damage per GFLOP, ``scope="damage"``), ``obs`` (channels chosen by the refit's objective,
+``selection="obs"``) and ``damage+obs``. Each model is scored on val and test with its task's metric (pycocotools
+box mAP50-95; keypoint mAP50-95 for the pose model); "kept" is the share of the unpruned model's val figure. The
+prune time of each recipe is in the table too. Finished rows are kept in ``--work`` (rows.json, models/).
+
+    python benchmarks/generalization.py [--targets 0.7,0.5] [--models teabud-yolov8n,...] [--work outputs/generalization]
+                                        [--out benchmarks/generalization.md]
+"""
+
+from __future__ import annotations
+
+from yoloprune.runtime import offline_runtime
+
+offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import WorkFolder  # noqa: E402
+
+import yoloprune as yp  # noqa: E402
+from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
+from yoloprune.atomic import atomic_write_text  # noqa: E402
+from yoloprune.data.images import calibration_images  # noqa: E402
+from yoloprune.data.teabud import TeaBudConfig, generate  # noqa: E402
+from yoloprune.workflows.tables import markdown_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+IMGSZ = 320
+RECIPES = {"l1": {}, "damage": {"scope": "damage"}, "obs": {"selection": "obs"},
+           "damage+obs": {"scope": "damage", "selection": "obs"}}
+MODELS = ["teabud-yolov8n", "teabud-yolov5nu", "teabud-yolov5n", "teabud-yolov8n-pose"]
+
+
+def data_for(name: str, work: Path) -> Path:
+    """The shipped detection data, or the pose labels regenerated from the same seed (make-data --task pose)."""
+    if "pose" not in name:
+        return ROOT / "data" / "teabud.yaml"
+    out = work / "teabud-pose"
+    return out.with_suffix(".yaml") if out.with_suffix(".yaml").exists() else generate(TeaBudConfig(out=out,
+                                                                                                      task="pose"))
+
+
+class Bench(WorkFolder):
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.evaluators: dict = {}
+
+    def evaluate(self, data: Path, model) -> tuple[float, float]:
+        if data not in self.evaluators:
+            self.evaluators[data] = (yp.Evaluator(str(data), "val", imgsz=IMGSZ),
+                                     yp.Evaluator(str(data), "test", imgsz=IMGSZ))
+        val, test = self.evaluators[data]
+        return val(model).map50_95, test(model).map50_95
+
+    def run(self, name: str, target: float | None, recipe: str) -> None:
+        key = f"{name}-{target:g}-{recipe}" if target else f"{name}-unpruned"
+        if self.done(key):
+            return
+        src, data = ROOT / "weights" / f"{name}.pt", data_for(name, self.work)
+        t0 = time.perf_counter()
+        if target is None:
+            model, ckpt = load_model(src)
+        else:
+            calib = calibration_images(str(data), IMGSZ)
+            report = yp.prune(str(src), config=yp.PruneConfig(target_gflops=target, imgsz=IMGSZ, **RECIPES[recipe]),
+                              calibration=calib)
+            model, ckpt = report.model, report.ckpt
+        seconds = time.perf_counter() - t0
+        save_checkpoint(model, self.path(key), ckpt)
+        v, t = self.evaluate(data, model)
+        self.rows[key] = {"model": name, "target": target or 1.0, "recipe": recipe if target else "unpruned",
+                          "gflops_ratio": gflops(model, IMGSZ) / gflops(load_model(src)[0], IMGSZ),
+                          "params": sum(p.numel() for p in model.parameters()), "val": v, "test": t,
+                          "prune_s": seconds}
+        self.save()
+        print(f"{key}: val {v:.4f} test {t:.4f} GFLOPs x{self.rows[key]['gflops_ratio']:.3f} ({seconds:.0f} s)",
+              flush=True)
+
+
+def table(rows: dict) -> str:
+    base = {r["model"]: r["val"] for r in rows.values() if r["recipe"] == "unpruned"}
+    order = {k: i for i, k in enumerate(["unpruned", *RECIPES])}
+    shown = [{**r, "kept": r["val"] / base[r["model"]] if base.get(r["model"]) else ""}
+             for r in sorted(rows.values(), key=lambda r: (r["model"], -r["target"], order[r["recipe"]]))]
+
+    def cell(c: str, v) -> str:
+        if c == "kept" and isinstance(v, float):
+            return f"{v:.0%}"
+        if c in ("val", "test") and isinstance(v, float):
+            return f"{v:.4f}"
+        if c == "params":
+            return f"{v / 1e6:.2f}M"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return markdown_table(shown, ["model", "target", "recipe", "gflops_ratio", "params", "val", "test", "kept",
+                                  "prune_s"], cell)
+
+
+HEADER = ("# One-shot pruning across models: width allocation and channel selection\n\n"
+          "`python benchmarks/generalization.py`: one run on 2 CPU cores, 320 px, 64 calibration images, "
+          "reconstruction on; val / test mAP50-95 by pycocotools (keypoint mAP50-95, OKS sigma 0.1, for the pose "
+          "model). \"kept\" is the share of the unpruned model's val figure.\n\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--targets", default="0.7,0.5")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "generalization"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "generalization.md"))
+    args = ap.parse_args()
+    bench = Bench(Path(args.work))
+    for name in args.models.split(","):
+        bench.run(name, None, "unpruned")
+        for target in (float(t) for t in args.targets.split(",")):
+            for recipe in args.recipes.split(","):
+                bench.run(name, target, recipe)
+                atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
+    print(table(bench.rows))
+
+
+if __name__ == "__main__":
+    main()
