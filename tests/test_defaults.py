@@ -27,6 +27,7 @@ def test_library_and_command_line_defaults_are_the_same():
     assert prune["round_to"] == cfg.round_to == sweep["round_to"] == iterative["round_to"] == defaults.ROUND_TO == 8
     assert SweepConfig("m", "d", "o").round_to == IterativeConfig("m", "d", "o").round_to == defaults.ROUND_TO
     assert prune["method"] == cfg.method == iterative["method"] == defaults.METHOD
+    assert prune["selection"] == cfg.selection == "auto" and prune["scope"] == cfg.scope == "global"
     assert sweep["method"] == SweepConfig("m", "d", "o").methods == DemoConfig().methods == [defaults.METHOD]
     calib_default = inspect.signature(calibration_images).parameters["n"].default
     assert prune["calib_images"] == sweep["calib_images"] == iterative["calib_images"] == calib_default

@@ -149,7 +149,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
     calibration = _calibration(args)
-    cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, round_to=args.round_to,
+    cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, selection=args.selection,
+                      round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
                       recalibrate_bn=args.recalibrate_bn, steps=args.steps)
@@ -184,7 +185,13 @@ def _add_prune(sub) -> None:
     p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
     p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
                    help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in defaults.CRITERIA_HELP.items()))
-    p.add_argument("--scope", choices=("global", "uniform"), default="global")
+    p.add_argument("--scope", choices=("global", "uniform", "damage"), default="global",
+                   help="widths: global: one score threshold across groups; uniform: the same fraction of every "
+                        "group; damage: every group's width chosen together by the estimated damage per GFLOP saved "
+                        "(with --calib-data)")
+    p.add_argument("--selection", choices=("auto", "score", "obs"), default="auto",
+                   help="channels within a group: score: the criterion's lowest; obs: those the refit absorbs best "
+                        "(structured OBS, with calibration images); auto: obs when calibrated, else score")
     p.add_argument("--round-to", type=_positive_int, default=defaults.ROUND_TO,
                    help="keep widths multiples of N, as sweeps and the demo")
     p.add_argument("--min-channels", type=_positive_int, default=1)

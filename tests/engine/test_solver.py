@@ -84,3 +84,19 @@ def test_damage_and_obs_need_calibration():
     for kw in ({"scope": "damage"}, {"selection": "obs"}):
         with pytest.raises(yp.ConfigError, match="calibration"):
             yp.prune(build("yolov8n.yaml"), ratio=0.3, **kw)
+
+
+def test_auto_selection_is_obs_with_calibration_and_score_without():
+    calib = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def pruned(calibration, selection):
+        model = build("yolov8n.yaml")
+        yp.prune(model, config=yp.PruneConfig(ratio=0.4, imgsz=64, selection=selection), calibration=calibration)
+        return model.state_dict()
+
+    def same(a, b):
+        return all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
+
+    auto, obs, score = (pruned(calib, s) for s in ("auto", "obs", "score"))
+    assert same(auto, obs) and not same(auto, score)
+    assert same(pruned(None, "auto"), pruned(None, "score"))

@@ -29,7 +29,9 @@ class PruneConfig:
     # "global": one score threshold across groups; "uniform": the same ratio in every group; "damage": every
     # group's width chosen together by the estimated damage per GFLOP saved (engine.solver; needs calibration)
     scope: str = "global"
-    selection: str = "score"  # within a group: the lowest scores, or "obs": what the refit absorbs best (calibration)
+    # within a group: "score": the criterion's lowest; "obs": what the refit absorbs best (structured OBS; needs
+    # calibration); "auto": obs when calibration images are given, else score
+    selection: str = "auto"
     round_to: int = ROUND_TO  # keep each group's width a multiple of this
     min_channels: int = 1  # never keep fewer units than this in a group
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
@@ -49,8 +51,8 @@ class PruneConfig:
             raise ConfigError(f"method {self.method!r} is data-aware: give calibration images (--calib-data)")
         if self.scope not in ("global", "uniform", "damage"):
             raise ConfigError(f"unknown scope {self.scope!r}; choose global, uniform or damage")
-        if self.selection not in ("score", "obs"):
-            raise ConfigError(f"unknown selection {self.selection!r}; choose score or obs")
+        if self.selection not in ("auto", "score", "obs"):
+            raise ConfigError(f"unknown selection {self.selection!r}; choose auto, score or obs")
         if (self.scope == "damage" or self.selection == "obs") and not calibrated:
             raise ConfigError("damage-based widths and obs selection are data-aware: give calibration images "
                               "(--calib-data)")
@@ -63,6 +65,11 @@ class PruneConfig:
             raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
         if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
             raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
+
+
+def selection(cfg: PruneConfig, calibrated: bool) -> str:
+    """The channel selection ``cfg`` asks for: ``auto`` is obs with calibration data, else score."""
+    return ("obs" if calibrated else "score") if cfg.selection == "auto" else cfg.selection
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,16 @@ from torch import nn
 from yoloprune.engine.compensate import fold
 from yoloprune.engine.graph import Graph
 from yoloprune.engine.hooks import ModelHooks, example_input, trace_model
-from yoloprune.engine.plan import Plan, PruneConfig, Scored, allowed_removals, plan, score_groups, step_target
+from yoloprune.engine.plan import (
+    Plan,
+    PruneConfig,
+    Scored,
+    allowed_removals,
+    plan,
+    score_groups,
+    selection,
+    step_target,
+)
 from yoloprune.engine.reconstruct import Reference, Refit, recalibrate_bn, reconstruct, record
 from yoloprune.engine.report import Report, snapshot
 from yoloprune.engine.solver import Curve, allocate, layer_costs, removal_curve, total_flops
@@ -113,7 +122,7 @@ def _plan_for_gflops(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Pru
 def _curves(model: nn.Module, graph: Graph, cfg: PruneConfig, reference: Reference, scored: Scored) -> list[Curve]:
     """Each group's removal order (``cfg.selection``) and cumulative estimated damage, as far as it may go."""
     modules = dict(model.named_modules())
-    return [removal_curve(units, modules, graph.bn_after, reference, scores, cfg.selection,
+    return [removal_curve(units, modules, graph.bn_after, reference, scores, selection(cfg, True),
                           allowed_removals(len(units), cfg)[-1]) for units, scores in scored]
 
 
@@ -149,7 +158,8 @@ def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig,
             reference: Reference | None, threshold: float | None) -> Plan:
     """The plan: widths by ``cfg.scope`` (and the GFLOPs target), channels by ``cfg.selection``."""
     scored = score_groups(model, graph, cfg, reference)
-    curves = _curves(model, graph, cfg, reference, scored) if cfg.scope == "damage" or cfg.selection == "obs" else None
+    obs = selection(cfg, reference is not None) == "obs"
+    curves = _curves(model, graph, cfg, reference, scored) if cfg.scope == "damage" or obs else None
     if cfg.scope == "damage":
         return _plan_by_damage(model, hooks, graph, cfg, base, reference, scored, curves)
     orders = [c.order for c in curves] if curves is not None else None
