@@ -34,6 +34,11 @@ def test_library_and_command_line_defaults_are_the_same():
     assert calib_default == SweepConfig("m", "d", "o").calib_images == IterativeConfig("m", "d", "o").calib_images
     assert prune["calib_imgsz"] == inspect.signature(calibration_images).parameters["imgsz"].default
     assert sweep["ratios"] == SweepConfig("m", "d", "o").ratios == list(defaults.SWEEP_RATIOS)
+    from yoloprune.engine.recover import RecoverConfig
+
+    recover, training = _defaults("recover"), RecoverConfig()
+    assert (recover["lr"], recover["batch"]) == (training.lr, training.batch) == (defaults.RECOVER_LR, 4)
+    assert training.minutes == defaults.RECOVER_MINUTES and recover["minutes"] is None  # None: the default budget
 
 
 def test_library_prune_builds_the_model_the_command_builds(tmp_path):

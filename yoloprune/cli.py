@@ -267,7 +267,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     _check_out(args.model, args.out)
     if args.teacher is not None:
         _check_out(args.teacher, args.out)
-    minutes = None if args.epochs is not None and args.minutes is None else (args.minutes or defaults.RECOVER_MINUTES)
+    minutes = None if args.epochs is not None else (args.minutes or defaults.RECOVER_MINUTES)
     training = RecoverConfig(epochs=args.epochs, minutes=minutes, lr=args.lr, batch=args.batch, seed=args.seed)
     out, _ = recover_model(RecoverRun(model=args.model, images=args.images, out=args.out, teacher=args.teacher,
                                       imgsz=args.imgsz, max_images=args.max_images, project=args.project,
@@ -289,8 +289,8 @@ def _add_recover(sub) -> None:
     g.add_argument("--minutes", type=_positive_float, default=None,
                    help=f"train for this long (default without --epochs: {defaults.RECOVER_MINUTES:g})")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
-    p.add_argument("--batch", type=_positive_int, default=4)
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--batch", type=_positive_int, default=defaults.RECOVER_BATCH)
+    p.add_argument("--lr", type=_positive_float, default=defaults.RECOVER_LR, help="Adam learning rate")
     p.add_argument("--max-images", type=_positive_int, default=2000, help="read at most this many images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--project", default="runs", help="parent folder of the run folder")

@@ -10,6 +10,8 @@ CALIB_IMGSZ = 320  # calibration image size
 ROUND_TO = 8  # pruned widths are multiples of this: what CPU kernels turn into time
 SWEEP_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 RECOVER_MINUTES = 10.0  # label-free recovery's time budget when no epochs are given
+RECOVER_LR = 1e-4  # its Adam learning rate (1e-3 recovered less on a real model; 2e-4 was level on tea-bud)
+RECOVER_BATCH = 4
 DISTILL_WEIGHT = 1.5  # feature-distillation weight (Ultralytics' default 6.0 cost mAP on tea-bud; docs/benchmarks.md)
 # The built-in importance criteria and their help lines (``engine.importance.register`` adds more from Python)
 CRITERIA_HELP = {

@@ -141,3 +141,21 @@ def test_bad_input_is_one_line_and_exit_2(pair, tmp_path, capsys):
     _one_line_error(["recover", "--model", str(plain), "--images", str(images), "--out", str(tmp_path / "e.pt")],
                     capsys, "--teacher")
     assert not any((tmp_path / f"{x}.pt").exists() for x in "abcde")
+
+
+def test_box_errors_count_where_the_teacher_sees_an_object():
+    cls = torch.full((1, 2, 4, 4), -12.0)
+    cls[0, 0, 1, 1] = 6.0  # one confident object at (1, 1)
+    box = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    masks = {"box": torch.zeros(4, dtype=torch.bool), "cls": torch.ones(2, dtype=torch.bool)}
+    spread = {"box": torch.ones(4), "cls": torch.ones(2)}
+    background = box.clone()
+    background[..., 3, 3] += 1.0  # wrong where there is nothing
+    on_object = box.clone()
+    on_object[..., 1, 1] += 1.0  # wrong on the object
+    teacher = {"box": box, "cls": cls}
+    weighted, plain = HeadLoss(masks, spread), HeadLoss(masks, spread, foreground=False)
+    assert float(weighted({"box": background, "cls": cls}, teacher)) < 1e-3
+    assert float(weighted({"box": on_object, "cls": cls}, teacher)) > 0.4
+    assert float(plain({"box": background, "cls": cls}, teacher)) == pytest.approx(
+        float(plain({"box": on_object, "cls": cls}, teacher)))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloprune.defaults import RECOVER_MINUTES
+from yoloprune.defaults import RECOVER_BATCH, RECOVER_LR, RECOVER_MINUTES
 from yoloprune.engine.hooks import ModelHooks
 from yoloprune.errors import ConfigError
 
@@ -37,12 +37,13 @@ class RecoverConfig:
 
     epochs: int | None = None
     minutes: float | None = RECOVER_MINUTES
-    lr: float = 1e-4  # Adam; 1e-3 recovered less on a real model (0.27 against 0.39 agreement at 0.5x GFLOPs)
-    batch: int = 4
+    lr: float = RECOVER_LR  # Adam
+    batch: int = RECOVER_BATCH
     hold_out: float = 0.1  # fraction of the images held back for the distance (at least 1, at most 64)
     flip: bool = True  # random horizontal flips
     scale: float = 0.0  # random zoom in [1 - scale, 1 + scale] about the centre (0: off; 0.25 drifted at 0.7x)
     warmup: float = 0.03  # the learning rate rises linearly over this share of the run, then falls as a cosine
+    foreground: bool = True  # weigh box/keypoint errors by the teacher's score at each position
     seed: int = 0
 
     def validate(self) -> None:
@@ -113,19 +114,36 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 class HeadLoss:
-    """The distance between a student's and a teacher's head outputs (see the module's docstring)."""
+    """The distance between a student's and a teacher's head outputs (see the module's docstring). With
+    ``foreground``, a value's error at a position is weighed by the teacher's highest score there (over the logit
+    outputs of the same spatial size): boxes and keypoints where the teacher sees nothing decide no detection."""
 
-    def __init__(self, logits: dict[str, torch.Tensor], spread: dict[str, torch.Tensor]) -> None:
-        self.logits, self.spread = logits, spread
+    def __init__(self, logits: dict[str, torch.Tensor], spread: dict[str, torch.Tensor],
+                 foreground: bool = True) -> None:
+        self.logits, self.spread, self.foreground = logits, spread, foreground
+
+    def _weights(self, teacher: dict[str, torch.Tensor]) -> dict[tuple, torch.Tensor]:
+        """Per spatial shape (N, H, W): the teacher's highest probability at each position, flattened."""
+        best: dict[tuple, torch.Tensor] = {}
+        for name, t in teacher.items():
+            mask = self.logits[name].to(t.device)
+            if t.dim() == 4 and mask.any():
+                key = (t.shape[0], *t.shape[2:])
+                p = torch.sigmoid(t[:, mask].float()).amax(1)
+                best[key] = torch.maximum(best[key], p) if key in best else p
+        return {k: v.reshape(-1) for k, v in best.items()}
 
     def __call__(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = []
+        weights = self._weights(teacher) if self.foreground else {}
         for name, t in teacher.items():
+            w = weights.get((t.shape[0], *t.shape[2:])) if t.dim() == 4 else None
             s, t = _channels_last(student[name]), _channels_last(t)
             mask = self.logits[name].to(s.device)
             if (~mask).any():
                 scale = self.spread[name].to(s.device)[~mask]
-                terms.append(((s[:, ~mask] - t[:, ~mask]) / scale).pow(2).mean())
+                err = ((s[:, ~mask] - t[:, ~mask]) / scale).pow(2).mean(1)
+                terms.append(err.mean() if w is None else (err * w).sum() / w.sum().clamp_min(1e-6))
             if mask.any():
                 terms.append(F.binary_cross_entropy_with_logits(s[:, mask], torch.sigmoid(t[:, mask]))
                              - F.binary_cross_entropy_with_logits(t[:, mask], torch.sigmoid(t[:, mask])))
@@ -206,7 +224,8 @@ def recover(student: nn.Module, teacher: nn.Module, hooks: ModelHooks, images: t
     try:
         with torch.no_grad():
             ref = _outputs(teacher, caps[1], _as_float(held[:16]))
-        loss = HeadLoss({n: hooks.head_outputs(student)[n] for n in names}, {n: _spread(t) for n, t in ref.items()})
+        loss = HeadLoss({n: hooks.head_outputs(student)[n] for n in names}, {n: _spread(t) for n, t in ref.items()},
+                        cfg.foreground)
         result = RecoverResult(_distance(student, teacher, caps, loss, held, cfg.batch))
         fixed = {f"{n}." for n in hooks.fixed_layers(student)}
         params = [p for n, p in student.named_parameters() if not any(n.startswith(f) for f in fixed)]
