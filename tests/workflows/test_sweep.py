@@ -133,7 +133,7 @@ def test_prune_cli_calib_data_folds_means_and_reconstructs(setup, tmp_path):
     root, data = setup
     plain, comp, recon = tmp_path / "plain.pt", tmp_path / "comp.pt", tmp_path / "recon.pt"
     base = ["prune", "--model", str(root / "model.pt"), "--ratio", "0.3", "--imgsz", "64"]
-    calib = ["--calib-data", str(data), "--calib-imgsz", "64"]
+    calib = ["--calib-data", str(data), "--calib-imgsz", "64", "--selection", "score"]  # the same channels as plain
     assert main([*base, "--out", str(plain)]) == 0
     assert main([*base, *calib, "--no-reconstruct", "--out", str(comp)]) == 0
     assert main([*base, *calib, "--out", str(recon)]) == 0
