@@ -159,3 +159,16 @@ def test_box_errors_count_where_the_teacher_sees_an_object():
     assert float(weighted({"box": on_object, "cls": cls}, teacher)) > 0.4
     assert float(plain({"box": background, "cls": cls}, teacher)) == pytest.approx(
         float(plain({"box": on_object, "cls": cls}, teacher)))
+
+
+@pytest.mark.parametrize("yaml", ["yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-obb.yaml"])
+def test_every_task_recovers_towards_its_teacher_with_its_widths(yaml):
+    """Each detection-head task's outputs are matched (mask coefficients and prototypes, keypoints, angles)."""
+    teacher = build(yaml, nc=2)
+    student = build(yaml, nc=2)
+    yp.prune(student, ratio=0.3, imgsz=64)
+    shapes = {k: v.shape for k, v in student.state_dict().items()}
+    images = (torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    result = recover(student, teacher, adapter_for(student), images, RecoverConfig(epochs=2, minutes=None, lr=1e-3))
+    assert {k: v.shape for k, v in student.state_dict().items()} == shapes
+    assert result.distance < result.distance_before

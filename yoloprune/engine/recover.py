@@ -106,7 +106,7 @@ class _Capture:
 def _spread(out: torch.Tensor) -> torch.Tensor:
     """Per output channel: the standard deviation over every other axis."""
     dims = [d for d in range(out.dim()) if d != 1]
-    return out.float().std(dim=dims).clamp_min(1e-3)
+    return out.float().std(dim=dims, correction=0).clamp_min(1e-3)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -223,7 +223,7 @@ def recover(student: nn.Module, teacher: nn.Module, hooks: ModelHooks, images: t
     modes = [p.requires_grad for p in student.parameters()]
     try:
         with torch.no_grad():
-            ref = _outputs(teacher, caps[1], _as_float(held[:16]))
+            ref = _outputs(teacher, caps[1], _as_float(images[order[:16]]))  # each output's spread
         loss = HeadLoss({n: hooks.head_outputs(student)[n] for n in names}, {n: _spread(t) for n, t in ref.items()},
                         cfg.foreground)
         result = RecoverResult(_distance(student, teacher, caps, loss, held, cfg.batch))
