@@ -17,20 +17,16 @@ offline_runtime()  # before Ultralytics is imported: no hub checks, no font down
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WorkFolder  # noqa: E402
+from common import WorkFolder, prune_to, recover_to  # noqa: E402
 
 import yoloprune as yp  # noqa: E402
 from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
 from yoloprune.data.images import calibration_images  # noqa: E402
-from yoloprune.engine.recover import RecoverConfig  # noqa: E402
-from yoloprune.sources import source_meta  # noqa: E402
-from yoloprune.workflows.recover import RecoverRun, recover_model  # noqa: E402
 from yoloprune.workflows.tables import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,27 +61,17 @@ class Bench(WorkFolder):
     def one_shot(self, name: str, target: float) -> Path:
         key = f"{name}-{target:g}-oneshot"
         if not self.done(key):
-            src = ROOT / "weights" / f"{name}.pt"
-            t0 = time.perf_counter()
-            report = yp.prune(str(src), config=yp.PruneConfig(target_gflops=target, imgsz=IMGSZ),
-                              calibration=self.calib)
-            save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(src)))
-            self.record(key, name, target, "one-shot (default recipe)", (time.perf_counter() - t0) / 60)
+            minutes = prune_to(ROOT / "weights" / f"{name}.pt", self.path(key), target, IMGSZ, self.calib)
+            self.record(key, name, target, "one-shot (default recipe)", minutes)
         return self.path(key)
 
     def recover(self, name: str, target: float, minutes: float) -> None:
         key = f"{name}-{target:g}-recover{minutes:g}"
         if self.done(key):
             return
-        src = self.one_shot(name, target)
-        t0 = time.perf_counter()
-        _, result = recover_model(RecoverRun(model=str(src), images=str(DATA), out=str(self.path(key)), imgsz=IMGSZ,
-                                             project=str(self.work / "runs"), name=key,
-                                             training=RecoverConfig(minutes=minutes)))
-        self.record(key, name, target, f"one-shot + recover {minutes:g} min (no labels)",
-                    (time.perf_counter() - t0) / 60, epochs=len(result.rows),
-                    distance=f"{result.distance_before:.3f} -> {result.distance:.3f}")
-
+        taken, extra = recover_to(self.one_shot(name, target), str(DATA), self.path(key), IMGSZ, self.work / "runs",
+                                  minutes)
+        self.record(key, name, target, f"one-shot + recover {minutes:g} min (no labels)", taken, **extra)
 
 def table(rows: dict) -> str:
     cols = ["model", "target", "recipe", "gflops_ratio", "val_map50_95", "test_map50_95", "kept", "minutes",

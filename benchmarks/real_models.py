@@ -27,7 +27,6 @@ offline_runtime()  # before Ultralytics is imported: no hub checks, no font down
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -35,15 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WorkFolder  # noqa: E402
+from common import WorkFolder, prune_to, recover_to  # noqa: E402
 
 import yoloprune as yp  # noqa: E402
 from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
 from yoloprune.data.images import calibration_images  # noqa: E402
-from yoloprune.engine.recover import RecoverConfig  # noqa: E402
-from yoloprune.sources import source_meta  # noqa: E402
-from yoloprune.workflows.recover import RecoverRun, recover_model  # noqa: E402
 from yoloprune.workflows.tables import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +72,7 @@ class Bench(WorkFolder):
         self.data = self.make_dataset(frames)
         self.val = yp.Evaluator(str(self.data), "val", imgsz=imgsz)
         self.calib = calibration_images(str(self.data), imgsz)
+        self.base_gflops = gflops(load_model(weights)[0], imgsz)
 
     def make_dataset(self, frames: int) -> Path:
         """train/ (calibration and recovery, never labelled) and val/ (labelled by the unpruned model)."""
@@ -104,10 +101,9 @@ class Bench(WorkFolder):
 
     def record(self, key: str, target: float, recipe: str, minutes: float, **extra) -> None:
         model, _ = load_model(self.path(key))
-        base, _ = load_model(self.weights)
         v = self.val(model)
         self.rows[key] = {"model": NAME, "target": target, "recipe": recipe, "agreement": v.map50_95,
-                          "gflops_ratio": gflops(model, self.imgsz) / gflops(base, self.imgsz), "minutes": minutes,
+                          "gflops_ratio": gflops(model, self.imgsz) / self.base_gflops, "minutes": minutes,
                           **extra}
         self.save()
         print(f"{key}: agreement mAP50-95 {v.map50_95:.4f} ({minutes:.1f} min)", flush=True)
@@ -121,26 +117,17 @@ class Bench(WorkFolder):
     def one_shot(self, target: float) -> Path:
         key = f"{target:g}-oneshot"
         if not self.done(key):
-            t0 = time.perf_counter()
-            report = yp.prune(str(self.weights), config=yp.PruneConfig(target_gflops=target, imgsz=self.imgsz),
-                              calibration=self.calib)
-            save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(self.weights)))
-            self.record(key, target, "one-shot (default recipe)", (time.perf_counter() - t0) / 60)
+            minutes = prune_to(self.weights, self.path(key), target, self.imgsz, self.calib)
+            self.record(key, target, "one-shot (default recipe)", minutes)
         return self.path(key)
 
     def recover(self, target: float, minutes: float) -> None:
         key = f"{target:g}-recover{minutes:g}"
         if self.done(key):
             return
-        src = self.one_shot(target)
-        t0 = time.perf_counter()
-        _, result = recover_model(RecoverRun(model=str(src), images=str(self.work / "frames" / "train" / "images"),
-                                             teacher=str(self.weights), out=str(self.path(key)), imgsz=self.imgsz,
-                                             project=str(self.work / "runs"), name=key,
-                                             training=RecoverConfig(minutes=minutes)))
-        self.record(key, target, f"one-shot + recover {minutes:g} min (no labels)", (time.perf_counter() - t0) / 60,
-                    epochs=len(result.rows), distance=f"{result.distance_before:.3f} -> {result.distance:.3f}")
-
+        taken, extra = recover_to(self.one_shot(target), str(self.work / "frames" / "train" / "images"),
+                                  self.path(key), self.imgsz, self.work / "runs", minutes, teacher=str(self.weights))
+        self.record(key, target, f"one-shot + recover {minutes:g} min (no labels)", taken, **extra)
 
 def table(rows: dict) -> str:
     cols = ["model", "target", "recipe", "gflops_ratio", "agreement", "minutes", "epochs", "distance"]
