@@ -1,9 +1,10 @@
-"""One-shot pruning across models: how the width allocation and the channel selection do against today's default.
+"""One-shot pruning across models: channel selection, where the refit spends its samples, and width allocation.
 
 For each shipped model and GFLOPs target, side by side in one run, with the same 64 calibration images and
-reconstruction: ``l1`` (one global l1 threshold, lowest l1 channels first: the default recipe), ``damage`` (widths
-by estimated damage per GFLOP, ``scope="damage"``), ``obs`` (channels chosen by the refit's objective,
-``selection="obs"``) and ``damage+obs``. Each model is scored on val and test with its task's metric (pycocotools
+reconstruction: ``l1`` (one global l1 threshold, lowest l1 channels first, fitting samples drawn uniformly: the
+recipe before issue 21), ``obs`` (channels chosen by the refit's objective, ``selection="obs"``, samples uniform),
+``obs+focus`` (half the samples where the head finds objects: today's default) and ``damage+obs+focus`` (widths by
+estimated damage per GFLOP, ``scope="damage"``). Each model is scored on val and test with its task's metric (pycocotools
 box mAP50-95; keypoint mAP50-95 for the pose model); "kept" is the share of the unpruned model's val figure. The
 prune time of each recipe is in the table too. Finished rows are kept in ``--work`` (rows.json, models/).
 
@@ -35,8 +36,8 @@ from yoloprune.workflows.tables import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 320
-RECIPES = {"l1": {}, "damage": {"scope": "damage"}, "obs": {"selection": "obs"},
-           "damage+obs": {"scope": "damage", "selection": "obs"}}
+RECIPES = {"l1": {"selection": "score", "focus": False}, "obs": {"selection": "obs", "focus": False},
+           "obs+focus": {}, "damage+obs+focus": {"scope": "damage"}}
 MODELS = ["teabud-yolov8n", "teabud-yolov5nu", "teabud-yolov5n", "teabud-yolov8n-pose"]
 
 

@@ -1,22 +1,33 @@
-"""Pruning a detector that someone else trained, scored by agreement with the unpruned model.
+"""Pruning detectors that other people trained, scored by agreement with the unpruned model.
 
-The model: the YOLO11n that the MIT-licensed ``ir-yolo-tracker`` package (0.1.2) ships, trained by its author to
-find bright infrared marker balls in uint16 frames. Fetch it once (not at run time):
+Two models, each fetched once by hand from PyPI (never at run time):
+
+``ir``: the YOLO11n that the MIT-licensed ``ir-yolo-tracker`` package (0.1.2) ships, trained by its author to find
+bright infrared marker balls in uint16 frames. The package ships no frames, so the script draws them as the package
+describes its input: dark single-channel uint16 frames with sensor noise, a slow gradient and hot spots, and 1 to 8
+bright round markers of varied size and blur, mapped to 8-bit with the package's own 0.1/99.9 percentile clipping.
+They are stand-ins for the author's frames, not real ones; say so wherever the figures are quoted.
 
     pip download --no-deps ir-yolo-tracker==0.1.2 -d /tmp/irt && unzip -o /tmp/irt/*.whl -d /tmp/irt
-    python benchmarks/real_models.py --weights /tmp/irt/ir_yolo_tracker/models/pseudo_ir_marker_ball_yolo11n.pt
+    python benchmarks/real_models.py ir --weights /tmp/irt/ir_yolo_tracker/models/pseudo_ir_marker_ball_yolo11n.pt
 
-The package ships no frames. The script draws them as the package describes its input: dark single-channel uint16
-frames with sensor noise, a slow gradient and hot spots, and 1 to 8 bright round markers of varied size and blur,
-then maps them to 8-bit with the package's own 0.1/99.9 percentile clipping and copies the gray into three
-channels. They are stand-ins for the author's frames, not real ones; say so wherever the figures are quoted.
+``tau``: the YOLOv8n-OBB that ``tau-fibrils-yolo`` (0.2.0) ships, trained by its authors (100 epochs, 640 px) to
+find tau fibrils in electron-microscopy sections, with the real 5364 x 3988 16-bit EM image it ships as its sample
+(courtesy of EPFL's LBEM). The image is cast to 8-bit as the package does and cut into 640 px tiles at a 320 px
+step: tiles of its left half calibrate and train, tiles of its right half are scored, so no pixel is in both.
 
-Agreement: the unpruned model's detections at conf 0.25 on the held-out frames are the labels; every pruned model
-is scored against them by pycocotools mAP50-95 (the unpruned model scores about 1.0 by construction, not exactly,
-because it is evaluated at the validator's low confidence). One-shot pruning uses the default recipe with the first
-frames as calibration images; ``recover`` trains on the same frames with no labels, the unpruned model as teacher.
+    pip download --no-deps tau-fibrils-yolo==0.2.0 -d /tmp/tau && unzip -o /tmp/tau/*.whl -d /tmp/tau
+    python benchmarks/real_models.py tau --weights /tmp/tau/tau_fibrils_yolo/model/100ep.pt \
+        --image /tmp/tau/tau_fibrils_yolo/sample/sample.tif
 
-    python benchmarks/real_models.py --weights W [--minutes 10] [--targets 0.7,0.5] [--work outputs/real_models]
+Agreement: the unpruned model's detections at conf 0.25 on the held-out images are the labels; every pruned model
+is scored against them (pycocotools mAP50-95 for boxes, the validator's rotated-IoU mAP50-95 for OBB; the unpruned
+model scores about 1.0 by construction, not exactly, because it is evaluated at the validator's low confidence).
+One-shot pruning uses the default recipe with the training images as calibration images; ``recover`` trains on
+the same images with no labels, the unpruned model as teacher. Rows of every model gather in
+``benchmarks/real_models.json`` and ``benchmarks/real_models.md``.
+
+    python benchmarks/real_models.py {ir,tau} --weights W [--image TIF] [--minutes 10] [--targets 0.7,0.5]
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from yoloprune.runtime import offline_runtime
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,7 +55,8 @@ from yoloprune.data.images import calibration_images  # noqa: E402
 from yoloprune.workflows.tables import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "ir-yolo-tracker YOLO11n"
+NAMES = {"ir": "ir-yolo-tracker YOLO11n (synthetic stand-in frames)", "tau": "tau-fibrils-yolo YOLOv8n-OBB (real EM image)"}
+RESULTS = ROOT / "benchmarks" / "real_models.json"
 
 
 def ir_frame(rng: np.random.Generator, h: int = 480, w: int = 640) -> np.ndarray:
@@ -65,48 +78,79 @@ def ir_frame(rng: np.random.Generator, h: int = 480, w: int = 640) -> np.ndarray
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-class Bench(WorkFolder):
-    def __init__(self, work: Path, weights: Path, frames: int, imgsz: int) -> None:
-        super().__init__(work)
-        self.weights, self.imgsz = weights, imgsz
-        self.data = self.make_dataset(frames)
-        self.val = yp.Evaluator(str(self.data), "val", imgsz=imgsz)
-        self.calib = calibration_images(str(self.data), imgsz)
-        self.base_gflops = gflops(load_model(weights)[0], imgsz)
+def ir_frames(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [ir_frame(rng) for _ in range(n)], [ir_frame(rng) for _ in range(n)]
 
-    def make_dataset(self, frames: int) -> Path:
+
+def em_tiles(tif: Path, n: int, tile: int = 640, step: int = 320) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Tiles of the left half (train) and right half (val) of the EM image, cast to 8-bit as the package does."""
+    im = cv2.imread(str(tif), cv2.IMREAD_UNCHANGED)
+    if im is None or im.ndim != 2:
+        raise SystemExit(f"{tif}: not the package's 16-bit gray sample image")
+    gray = (im.astype(np.float64) / 65535 * 255).astype(np.uint8)
+    h, w = gray.shape
+
+    def tiles(x0: int, x1: int) -> list[np.ndarray]:
+        return [np.repeat(gray[y:y + tile, x:x + tile, None], 3, axis=2)
+                for y in range(0, h - tile + 1, step) for x in range(x0, x1 - tile + 1, step)][:n]
+    return tiles(0, w // 2), tiles(w // 2, w)
+
+
+def label_lines(result) -> list[str]:
+    """The unpruned model's detections as YOLO labels: boxes (class cx cy w h) or oriented boxes (4 corners)."""
+    if result.obb is not None:
+        return [f"{int(c)} " + " ".join(f"{v:.6f}" for v in pts.flatten().tolist())
+                for c, pts in zip(result.obb.cls.tolist(), result.obb.xyxyxyxyn, strict=True)]
+    return [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}"
+            for c, (x, y, bw, bh) in zip(result.boxes.cls.tolist(), result.boxes.xywhn.tolist(), strict=True)]
+
+
+class Bench(WorkFolder):
+    def __init__(self, kind: str, work: Path, weights: Path, frames: int, imgsz: int | None,
+                 image: Path | None = None) -> None:
+        super().__init__(work)
+        self.kind, self.name, self.weights = kind, NAMES[kind], weights
+        model, ckpt = load_model(weights)
+        self.imgsz = imgsz or int((ckpt.get("train_args") or {}).get("imgsz", 640))
+        self.data = self.make_dataset(ir_frames(frames) if kind == "ir" else em_tiles(image, frames))
+        self.val = yp.Evaluator(str(self.data), "val", imgsz=self.imgsz)
+        self.calib = calibration_images(str(self.data), self.imgsz)
+        self.base_gflops = gflops(model, self.imgsz)
+        self.results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+    def make_dataset(self, splits: tuple[list[np.ndarray], list[np.ndarray]]) -> Path:
         """train/ (calibration and recovery, never labelled) and val/ (labelled by the unpruned model)."""
         data = self.work / "frames.yaml"
         if data.exists():
             return data
         from ultralytics import YOLO
 
-        rng = np.random.default_rng(0)
         teacher = YOLO(str(self.weights))
-        for split, n in (("train", frames), ("val", frames)):
+        for split, images in zip(("train", "val"), splits, strict=True):
             (self.work / "frames" / split / "images").mkdir(parents=True, exist_ok=True)
             (self.work / "frames" / split / "labels").mkdir(parents=True, exist_ok=True)
-            for i in range(n):
+            for i, frame in enumerate(images):
                 img = self.work / "frames" / split / "images" / f"{i:04d}.png"
-                cv2.imwrite(str(img), ir_frame(rng))
+                cv2.imwrite(str(img), frame)
                 if split == "val":
-                    r = teacher.predict(str(img), conf=0.25, imgsz=self.imgsz, verbose=False)[0]
-                    lines = [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}"
-                             for c, (x, y, bw, bh) in zip(r.boxes.cls.tolist(), r.boxes.xywhn.tolist(), strict=True)]
+                    lines = label_lines(teacher.predict(str(img), conf=0.25, imgsz=self.imgsz, verbose=False)[0])
                     (img.parent.parent / "labels" / f"{i:04d}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
-        names = teacher.names
         atomic_write_text(data, f"path: {self.work / 'frames'}\ntrain: train/images\nval: val/images\n"
-                                f"names: {dict(names)}\n")
+                                f"names: {dict(teacher.names)}\n")
         return data
 
     def record(self, key: str, target: float, recipe: str, minutes: float, **extra) -> None:
         model, _ = load_model(self.path(key))
         v = self.val(model)
-        self.rows[key] = {"model": NAME, "target": target, "recipe": recipe, "agreement": v.map50_95,
+        self.rows[key] = {"model": self.name, "target": target, "recipe": recipe, "agreement": v.map50_95,
                           "gflops_ratio": gflops(model, self.imgsz) / self.base_gflops, "minutes": minutes,
-                          **extra}
+                          "imgsz": self.imgsz, **extra}
         self.save()
-        print(f"{key}: agreement mAP50-95 {v.map50_95:.4f} ({minutes:.1f} min)", flush=True)
+        self.results[f"{self.kind}/{key}"] = self.rows[key]
+        atomic_write_text(RESULTS, json.dumps(self.results, indent=1))
+        atomic_write_text(RESULTS.with_suffix(".md"), HEADER + table(self.results) + "\n")
+        print(f"{self.kind} {key}: agreement mAP50-95 {v.map50_95:.4f} ({minutes:.1f} min)", flush=True)
 
     def unpruned(self) -> None:
         if not self.done("unpruned"):
@@ -129,40 +173,44 @@ class Bench(WorkFolder):
                                   self.path(key), self.imgsz, self.work / "runs", minutes, teacher=str(self.weights))
         self.record(key, target, f"one-shot + recover {minutes:g} min (no labels)", taken, **extra)
 
+
 def table(rows: dict) -> str:
-    cols = ["model", "target", "recipe", "gflops_ratio", "agreement", "minutes", "epochs", "distance"]
-    shown = sorted(rows.values(), key=lambda r: (-r["target"], r["minutes"]))
+    cols = ["model", "imgsz", "target", "recipe", "gflops_ratio", "agreement", "minutes", "epochs", "distance"]
+    shown = sorted(rows.values(), key=lambda r: (r["model"], -r["target"], r["minutes"]))
     return markdown_table(shown, cols, lambda c, v: f"{v:.3g}" if isinstance(v, float) else str(v))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=sorted(NAMES))
     ap.add_argument("--weights", required=True, type=Path)
+    ap.add_argument("--image", type=Path, help="tau: the package's sample.tif")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--targets", default="0.7,0.5")
-    ap.add_argument("--frames", type=int, default=64, help="frames drawn per split")
-    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--frames", type=int, default=64, help="images per split")
+    ap.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
     ap.add_argument("--work", default=str(ROOT / "outputs" / "real_models"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "real_models.md"))
     args = ap.parse_args()
-    bench = Bench(Path(args.work), args.weights, args.frames, args.imgsz)
+    if args.kind == "tau" and args.image is None:
+        ap.error("tau needs --image (the package's sample/sample.tif)")
+    bench = Bench(args.kind, Path(args.work) / args.kind, args.weights, args.frames, args.imgsz, args.image)
     bench.unpruned()
     targets = [float(t) for t in args.targets.split(",")]
     for target in targets:
         bench.one_shot(target)
-        atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
     if args.minutes > 0:
         for target in targets:
             bench.recover(target, args.minutes)
-            atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
     print(table(bench.rows))
 
 
-HEADER = (f"# A model trained by someone else: {NAME}\n\n`python benchmarks/real_models.py --weights W`: one run on 2 "
-          "CPU cores; agreement is pycocotools mAP50-95 against the unpruned model's own detections at conf 0.25 on "
-          "held-out frames. The frames are synthetic stand-ins drawn as the package describes its input (the package "
-          "ships none), so these figures say how well pruning keeps this model's behaviour on such frames, not its "
-          "accuracy on the author's data.\n\n")
+HEADER = ("# Models trained by someone else\n\n`python benchmarks/real_models.py {ir,tau} --weights W`: one run per "
+          "model on 2 CPU cores; agreement is mAP50-95 against the unpruned model's own detections at conf 0.25 on "
+          "held-out images (pycocotools for boxes, the validator's rotated IoU for OBB). The ir frames are synthetic "
+          "stand-ins drawn as the package describes its input (the package ships none), so those figures say how "
+          "well pruning keeps that model's behaviour on such frames, not its accuracy on the author's data. The tau "
+          "images are tiles of the real EM image the package ships: left half for calibration and recover, right "
+          "half scored.\n\n")
 
 if __name__ == "__main__":
     main()

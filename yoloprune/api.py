@@ -60,6 +60,12 @@ def prune(model: Any, ratio: float = 0.0, method: str = METHOD, config: PruneCon
     return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference), ckpt=ckpt)
 
 
+def record_reference(model: nn.Module, images: torch.Tensor, focus: bool = True) -> Reference:
+    """A loaded unpruned model recorded on calibration ``images``, to pass as ``prune(reference=...)`` to many
+    prunes of it (a sweep) instead of recording it each time (``focus``: as ``PruneConfig.focus``)."""
+    return _prune.record_reference(model, hooks_for(model), images, focus=focus)
+
+
 def compact(model: Any) -> Report:
     """Remove what is already exactly zero or constant, and dead residual blocks; outputs unchanged."""
     net, ckpt = load_model(model)
@@ -75,5 +81,5 @@ def sparsify(model: Any, amount: float = 0.3, scope: str = "global", config: Spa
     return replace(_sparsity.sparsify(net, hooks_for(net), cfg), ckpt=ckpt)
 
 
-__all__ = ["apply", "compact", "gflops", "hooks_for", "load_model", "prune", "save_checkpoint", "sparsify",
+__all__ = ["apply", "compact", "gflops", "hooks_for", "load_model", "prune", "record_reference", "save_checkpoint", "sparsify",
            "trace_model"]

@@ -20,7 +20,7 @@ from yoloprune.api import apply, trace_model
 from yoloprune.engine.graph import trace
 from yoloprune.engine.importance import CRITERIA, ScoreContext, group_scores, register
 from yoloprune.engine.prune import refit_jobs
-from yoloprune.engine.reconstruct import recalibrate_bn, reconstruct, record
+from yoloprune.engine.reconstruct import _sample, foreground, recalibrate_bn, reconstruct, record
 
 
 def _images(n: int, seed: int, size: int = 64) -> torch.Tensor:
@@ -234,3 +234,28 @@ def test_depthwise_convs_are_left_to_mean_compensation_with_the_reason_reported(
     assert "not refit (mean compensation only)" in report.table()
     out = model.eval()(x)[0]
     assert out.shape == shape and torch.isfinite(out).all()
+
+
+def test_focused_sampling_spends_half_the_draw_where_the_head_scores_high():
+    focus = [torch.zeros(4, 16, 16)]
+    focus[0][:, :4, :4] = 1.0  # 64 of 1024 positions hold objects
+    gen = torch.Generator().manual_seed(0)
+    for shape, cells in (((4, 8, 16, 16), 4), ((4, 8, 32, 32), 8), ((4, 8, 8, 8), 2)):  # the level; up; down
+        pos = _sample(torch.Size(shape), 64 * shape[2] // 16, gen, focus)
+        assert len(set(map(tuple, pos.tolist()))) == len(pos)  # distinct positions
+        inside = ((pos[:, 1] < cells) & (pos[:, 2] < cells)).float().mean()
+        share = 4 * cells * cells / (4 * shape[2] * shape[3])
+        assert 0.35 < inside < 0.65 and share < 0.07, (shape, inside)
+        plain = _sample(torch.Size(shape), len(pos), gen)
+        assert ((plain[:, 1] < cells) & (plain[:, 2] < cells)).float().mean() < 0.15
+
+
+def test_foreground_maps_are_the_heads_sigmoid_scores_per_level():
+    model = build("yolov8n.yaml").eval()
+    x = _images(3, 6)
+    hooks = yp.api.hooks_for(model)
+    maps = foreground(model, x, list(hooks.head_outputs(model)), lambda out: hooks.scores(model, out))
+    assert [tuple(m.shape) for m in maps] == [(3, 8, 8), (3, 4, 4), (3, 2, 2)]
+    scores = model(x)[0][:, 4:]  # (N, nc, anchors): the decoded class scores, level by level
+    flat = torch.cat([m.flatten(1) for m in maps], dim=1)
+    assert torch.allclose(flat, scores.amax(1), atol=1e-5)

@@ -172,6 +172,27 @@ def test_validator_scores_are_objectness_times_class():
                                                                     (0.05, 1, 130)]
 
 
+def test_head_scores_are_objectness_times_class_per_position():
+    """Calibration and recovery weigh positions by the head's score: the product, not the conditional class."""
+    from yoloprune.engine.reconstruct import foreground
+
+    model = build_v5("yolov5n")
+    hooks = YOLOv5Adapter()
+    x = torch.rand(2, 3, 64, 64)
+    maps = foreground(model, x, list(hooks.head_outputs(model)), lambda out: hooks.scores(model, out))
+    head = model.model[-1]
+    y = model(x)[0]  # (N, anchors, 5 + nc), decoded: per level, anchor-major then rows and columns
+    conf = (y[..., 4:5] * y[..., 5:]).amax(-1)
+    start = 0
+    assert len(maps) == head.nl
+    for m in maps:
+        n, h, w = m.shape
+        level = conf[:, start:start + head.na * h * w].reshape(n, head.na, h, w).amax(1)
+        assert torch.allclose(m, level, atol=1e-5)
+        start += head.na * h * w
+    assert start == y.shape[1]
+
+
 def test_evaluation_of_known_boxes(tmp_path):
     """A model's detections equal to the ground truth score mAP 1; the same boxes shifted by half score 0."""
     from yoloprune.data.coco import coco_map

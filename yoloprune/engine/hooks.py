@@ -67,9 +67,22 @@ class ModelHooks(ABC):
         sigmoid score (class, objectness), False where it is a value (box distribution, keypoint, angle, mask
         coefficient, prototype, classifier logit)."""
 
+    def scores(self, model: nn.Module, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's detection score at each position, (N, H, W), of the raw head outputs given (layer -> (N, C,
+        H, W)), for the layers that score: by default the highest sigmoid over the layer's logit channels
+        (``head_outputs``). A source whose score is a product (YOLOv5's objectness times class) overrides it."""
+        return highest_sigmoid(outputs, self.head_outputs(model))
+
     @abstractmethod
     def fix_widths(self, model: nn.Module) -> None:
         """Refresh attributes that cache a width, after surgery changed the layers."""
+
+
+def highest_sigmoid(outputs: dict[str, torch.Tensor], logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per output layer (N, C, H, W) with logit channels (``logits``: layer -> bool mask over its channels): the
+    highest sigmoid over those channels at each position, (N, H, W)."""
+    return {n: torch.sigmoid(t[:, logits[n].to(t.device)].float()).amax(1) for n, t in outputs.items()
+            if t.dim() == 4 and n in logits and logits[n].any()}
 
 
 def example_input(model: nn.Module, hooks: ModelHooks) -> torch.Tensor:
@@ -87,4 +100,4 @@ def trace_model(model: nn.Module, hooks: ModelHooks) -> Graph:
                  branches=branches, unused=unused)
 
 
-__all__ = ["ModelHooks", "ResidualBranch", "example_input", "trace_model"]
+__all__ = ["ModelHooks", "ResidualBranch", "example_input", "highest_sigmoid", "trace_model"]

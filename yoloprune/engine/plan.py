@@ -41,6 +41,7 @@ class PruneConfig:
     # With calibration images (given beside the config): removed channels' means are folded into their consumers
     # (mean compensation), data-aware criteria read them, and the options below use them.
     reconstruct: bool = True  # least-squares refit of every layer that lost inputs
+    focus: bool = True  # draw half of each layer's fitting samples where the head finds objects (else uniformly)
     recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images afterwards
     steps: int = 1  # reach the ratio or GFLOPs target in this many prune-and-reconstruct steps (no training)
 

@@ -27,7 +27,7 @@ from yoloprune.engine.plan import (
     selection,
     step_target,
 )
-from yoloprune.engine.reconstruct import Reference, Refit, recalibrate_bn, reconstruct, record
+from yoloprune.engine.reconstruct import Reference, Refit, foreground, recalibrate_bn, reconstruct, record
 from yoloprune.engine.report import Report, snapshot
 from yoloprune.engine.solver import Curve, allocate, layer_costs, removal_curve, total_flops
 from yoloprune.engine.surgery import channels, dead_blocks, filter_of, keep_channels, remove_blocks
@@ -188,14 +188,23 @@ def refit_jobs(model: nn.Module, p: Plan, fixed: set[str] = frozenset()) -> dict
     return jobs
 
 
-def _recorded(net: nn.Module, graph: Graph, images: torch.Tensor | None, reference: Reference | None,
-              fresh: bool) -> Reference | None:
+def record_reference(net: nn.Module, hooks: ModelHooks, images: torch.Tensor, graph: Graph | None = None,
+                     focus: bool = True) -> Reference:
+    """The unpruned model's Reference on calibration ``images``; with ``focus``, each layer's samples are drawn
+    half where the head finds objects (``reconstruct.foreground``), so the refit spends its fit there."""
+    graph = graph or trace_model(net, hooks)
+    scores = foreground(net, images, list(hooks.head_outputs(net)), lambda out: hooks.scores(net, out)) if focus else None
+    return record(net, images, graph.bn_after, focus=scores)
+
+
+def _recorded(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, graph: Graph, images: torch.Tensor | None,
+              reference: Reference | None, fresh: bool) -> Reference | None:
     """The unpruned model's Reference on the calibration images: ``reference`` unless the model was changed since
     it was recorded (``fresh``), else recorded now (on ``images``, or the reference's own)."""
     if reference is not None and not fresh:
         return reference
     images = images if images is not None else getattr(reference, "images", None)
-    return None if images is None else record(net, images, graph.bn_after)
+    return None if images is None else record_reference(net, hooks, images, graph, cfg.focus)
 
 
 @dataclass
@@ -227,7 +236,7 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: fl
         threshold = plan(net, graph, cfg).threshold
         blocks = prune_blocks_under(net, hooks, threshold)
         graph = trace_model(net, hooks)
-    reference = _recorded(net, graph, images, reference, fresh=bool(blocks))
+    reference = _recorded(net, hooks, cfg, graph, images, reference, fresh=bool(blocks))
     p = _choose(net, hooks, graph, cfg, gflops0, reference, threshold)
     jobs = refit_jobs(net, p, hooks.fixed_layers(net)) if reference is not None and cfg.reconstruct else {}
     fit_ref = reference
@@ -271,7 +280,7 @@ def _multi_step_targets(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, ima
     channel bookkeeping that lets every step aim at the original's outputs."""
     if cfg.steps == 1 or (images is None and reference is None) or not cfg.reconstruct:
         return reference, None
-    reference = _recorded(net, trace_model(net, hooks), images, reference, fresh=False)
+    reference = _recorded(net, hooks, cfg, trace_model(net, hooks), images, reference, fresh=False)
     origin = {n: torch.arange(channels(m, 0)) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     return reference, _Targets(reference, origin)
 

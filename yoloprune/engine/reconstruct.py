@@ -12,10 +12,17 @@ layer as surgery and mean compensation left it. The ridge pulls towards that sta
 zero, so when it already fits exactly (the removed channels were zero, or constant) it is returned unchanged.
 Y is the *pre-BatchNorm* output; a fitted offset is folded into the BatchNorm's running mean, so the model keeps
 its standard layers.
+
+Where the fit is spent matters: a detector's objects cover a few percent of its positions, and an error where the
+head sees nothing rarely changes a detection. With ``focus`` (the head's score per position, ``foreground``), half
+of each layer's samples are drawn in proportion to the score at that position (the nearest head level's map,
+pooled or repeated to the layer's resolution) and half uniformly. On a YOLO11n trained by someone else this took
+agreement with the unpruned model from 0.39 to 0.68 at 0.7x GFLOPs (README).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,12 +82,58 @@ def _forward(model: nn.Module, images: torch.Tensor, batch: int | None) -> None:
         model(images[i:i + step].to(p.device, p.dtype))
 
 
-def _sample(shape: torch.Size, samples: int, gen: torch.Generator) -> torch.Tensor:
-    """``samples`` distinct positions of an output of ``shape`` ((N, C, H, W) or (N, C)) as index rows."""
+def _focus_at(focus: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """The foreground map (N, H, W) at an output's resolution: the head level of that size, else the nearest
+    level's map max-pooled down or repeated up to it."""
+    for m in focus:
+        if tuple(m.shape[1:]) == size:
+            return m
+    near = min(focus, key=lambda m: abs(m.shape[1] - size[0]))
+    if near.shape[1] > size[0]:
+        return F.adaptive_max_pool2d(near[:, None], size)[:, 0]
+    return F.interpolate(near[:, None], size=size, mode="nearest")[:, 0]
+
+
+def _sample(shape: torch.Size, samples: int, gen: torch.Generator,
+            focus: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``samples`` distinct positions of an output of ``shape`` ((N, C, H, W) or (N, C)) as index rows: uniformly,
+    or with ``focus`` (per head level, the teacher's score (N, h, w)) half of the draw spent where it scores high."""
     n, rest = shape[0], tuple(shape[2:])
     total = n * int(torch.tensor(rest).prod()) if rest else n
-    flat = torch.randperm(total, generator=gen)[:samples].sort().values
+    if focus and len(rest) == 2:
+        fg = _focus_at(focus, rest).flatten().double()
+        p = fg + fg.mean().clamp_min(1e-12)  # half the mass uniform: every position can still be drawn
+        u = torch.rand(total, generator=gen, dtype=torch.float64).clamp_min(1e-300)
+        flat = (p.log() - (-u.log()).log()).topk(min(samples, total)).indices.sort().values  # Gumbel top-k
+    else:
+        flat = torch.randperm(total, generator=gen)[:samples].sort().values
     return torch.stack(torch.unravel_index(flat, (n, *rest)), dim=1)
+
+
+@torch.no_grad()
+def foreground(model: nn.Module, images: torch.Tensor, layers: list[str],
+               scores: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], batch: int = 16) -> list[torch.Tensor]:
+    """Per head level, the model's detection score at each position (N, H, W): ``layers`` are the head's output
+    layers, ``scores`` turns their raw outputs into scores (``ModelHooks.scores``)."""
+    modules = dict(model.named_modules())
+    got: dict[str, torch.Tensor] = {}
+    maps: dict[str, list[torch.Tensor]] = {}
+    hooks = [modules[n].register_forward_hook(lambda _m, _a, out, n=n: got.__setitem__(n, out.detach()))
+             for n in layers if n in modules]
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    try:
+        for i in range(0, len(images), batch):
+            got.clear()
+            model(images[i:i + batch].to(p.device, p.dtype))
+            for n, m in scores(dict(got)).items():
+                maps.setdefault(n, []).append(m.float().cpu())
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [torch.cat(v) for v in maps.values()]
 
 
 def _at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -92,8 +145,9 @@ def _at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def record(model: nn.Module, images: torch.Tensor, bn_after: dict[str, str], samples: int = SAMPLES,
-           batch: int = 16, seed: int = 0) -> Reference:
-    """Run the unpruned model on ``images`` (N, 3, H, W) and record a Reference."""
+           batch: int = 16, seed: int = 0, focus: list[torch.Tensor] | None = None) -> Reference:
+    """Run the unpruned model on ``images`` (N, 3, H, W) and record a Reference; ``focus`` (``foreground``) spends
+    half of each layer's samples where the model finds objects."""
     ref = Reference(images=images)
     gen = torch.Generator().manual_seed(seed)
     sums: dict[str, list] = {}
@@ -117,7 +171,7 @@ def record(model: nn.Module, images: torch.Tensor, bn_after: dict[str, str], sam
             if out.dim() not in (2, 4):
                 return
             if name not in ref.positions:  # sampled over the whole set, in this batch's coordinates below
-                ref.positions[name] = _sample((len(images), *out.shape[1:]), samples, gen)
+                ref.positions[name] = _sample((len(images), *out.shape[1:]), samples, gen, focus)
             pos = ref.positions[name]
             mine = pos[(pos[:, 0] >= offset[0]) & (pos[:, 0] < offset[0] + len(out))].clone()
             mine[:, 0] -= offset[0]
@@ -292,4 +346,4 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch: int = 16) -> i
     return len(bns)
 
 
-__all__ = ["RIDGE", "SAMPLES", "Refit", "Reference", "fit_linear", "reconstruct", "recalibrate_bn", "record"]
+__all__ = ["RIDGE", "SAMPLES", "Refit", "Reference", "fit_linear", "foreground", "reconstruct", "recalibrate_bn", "record"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yoloprune.defaults import RECOVER_BATCH, RECOVER_LR, RECOVER_MINUTES
-from yoloprune.engine.hooks import ModelHooks
+from yoloprune.engine.hooks import ModelHooks, highest_sigmoid
 from yoloprune.errors import ConfigError
 
 
@@ -119,18 +119,18 @@ class HeadLoss:
     outputs of the same spatial size): boxes and keypoints where the teacher sees nothing decide no detection."""
 
     def __init__(self, logits: dict[str, torch.Tensor], spread: dict[str, torch.Tensor],
-                 foreground: bool = True) -> None:
+                 foreground: bool = True, scores: Callable[[dict], dict] | None = None) -> None:
+        """``scores``: raw head outputs -> the score at each position (``ModelHooks.scores``); by default the
+        highest sigmoid over the logit channels."""
         self.logits, self.spread, self.foreground = logits, spread, foreground
+        self.scores = scores or (lambda out: highest_sigmoid(out, logits))
 
     def _weights(self, teacher: dict[str, torch.Tensor]) -> dict[tuple, torch.Tensor]:
-        """Per spatial shape (N, H, W): the teacher's highest probability at each position, flattened."""
+        """Per spatial shape (N, H, W): the teacher's highest score at each position, flattened."""
         best: dict[tuple, torch.Tensor] = {}
-        for name, t in teacher.items():
-            mask = self.logits[name].to(t.device)
-            if t.dim() == 4 and mask.any():
-                key = (t.shape[0], *t.shape[2:])
-                p = torch.sigmoid(t[:, mask].float()).amax(1)
-                best[key] = torch.maximum(best[key], p) if key in best else p
+        for p in self.scores(teacher).values():
+            key = tuple(p.shape)
+            best[key] = torch.maximum(best[key], p) if key in best else p
         return {k: v.reshape(-1) for k, v in best.items()}
 
     def __call__(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -225,7 +225,7 @@ def recover(student: nn.Module, teacher: nn.Module, hooks: ModelHooks, images: t
         with torch.no_grad():
             ref = _outputs(teacher, caps[1], _as_float(images[order[:16]]))  # each output's spread
         loss = HeadLoss({n: hooks.head_outputs(student)[n] for n in names}, {n: _spread(t) for n, t in ref.items()},
-                        cfg.foreground)
+                        cfg.foreground, lambda out: hooks.scores(teacher, out))
         result = RecoverResult(_distance(student, teacher, caps, loss, held, cfg.batch))
         fixed = {f"{n}." for n in hooks.fixed_layers(student)}
         params = [p for n, p in student.named_parameters() if not any(n.startswith(f) for f in fixed)]

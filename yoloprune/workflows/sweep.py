@@ -22,7 +22,6 @@ from yoloprune.data.images import calibration_images
 from yoloprune.defaults import CALIB_IMAGES, ROUND_TO, SWEEP_RATIOS, UNSTRUCTURED
 from yoloprune.engine.importance import names as criteria
 from yoloprune.engine.plan import PruneConfig
-from yoloprune.engine.reconstruct import record
 from yoloprune.errors import ConfigError, UnsupportedModelError, check_ratio
 from yoloprune.workflows.evaluate import DETECTION_METRICS, Evaluator, metric_names
 from yoloprune.workflows.export import export_onnx
@@ -332,7 +331,7 @@ def prepare(cfg: SweepConfig, tmp: Path, calibration=None, meta: dict | None = N
     if cfg.compensate:  # the unpruned model is recorded once on the calibration images, for every row
         stats["calibration"] = (calibration_images(cfg.data, cfg.imgsz, cfg.calib_images) if calibration is None
                                 else calibration)
-        stats["reference"] = record(base, stats["calibration"], api.trace_model(base).bn_after)
+        stats["reference"] = api.record_reference(base, stats["calibration"])
     return base, stats, evaluator
 
 

@@ -122,6 +122,17 @@ class YOLOv5Adapter(Adapter):
         head = model.model[-1]
         return {name: torch.arange(head.na * head.no) % head.no >= 4 for name in sorted(self.head_output_convs(model))}
 
+    def scores(self, model: nn.Module, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Objectness times the best class probability, the highest over the anchors (the class logits alone are
+        conditional on an object, high in the background too)."""
+        head = model.model[-1]
+        out = {}
+        for name, t in outputs.items():
+            if t.dim() == 4 and t.shape[1] == head.na * head.no:
+                p = t.float().reshape(t.shape[0], head.na, head.no, *t.shape[2:]).sigmoid()
+                out[name] = (p[:, :, 4] * p[:, :, 5:].amax(2)).amax(1)
+        return out
+
     def fix_widths(self, model: nn.Module) -> None:
         ultra.fix_widths(model)
 
