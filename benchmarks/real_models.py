@@ -100,7 +100,7 @@ def em_tiles(tif: Path, n: int, tile: int = 640, step: int = 320) -> tuple[list[
 def label_lines(result) -> list[str]:
     """The unpruned model's detections as YOLO labels: boxes (class cx cy w h) or oriented boxes (4 corners)."""
     if result.obb is not None:
-        return [f"{int(c)} " + " ".join(f"{v:.6f}" for v in pts.flatten().tolist())
+        return [f"{int(c)} " + " ".join(f"{v:.6f}" for v in pts.clamp(0, 1).flatten().tolist())
                 for c, pts in zip(result.obb.cls.tolist(), result.obb.xyxyxyxyn, strict=True)]
     return [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}"
             for c, (x, y, bw, bh) in zip(result.boxes.cls.tolist(), result.boxes.xywhn.tolist(), strict=True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -130,12 +131,13 @@ def _calibration(args: argparse.Namespace):
 
     source = args.calib_data
     if source is None and not args.no_calib:
-        source = recorded_train_images(args.model)
+        source, recorded = recorded_train_images(args.model)
         if source is not None:
             print(f"calibrating on {args.calib_images} train images of {source}, the checkpoint's recorded training "
                   "data (--calib-data to choose images, --no-calib for none)", flush=True)
         else:
-            print("no calibration images: channels are removed without mean compensation or reconstruction, which "
+            print((f"the checkpoint's recorded training data ({recorded}) is not readable on this machine; "
+                   if recorded else "") + "no calibration images: channels are removed without mean compensation or reconstruction, which "
                   "costs a trained model most of its accuracy; give --calib-data with a folder of a few dozen of "
                   "your images (no labels needed)", flush=True)
     return None if source is None else calibration_images(source, args.calib_imgsz, args.calib_images)
@@ -580,7 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_info, _add_prune, _add_recover, _add_iterative, _add_compact, _add_sparsify, _add_val,
                 _add_sweep, _add_export, _add_make_data, _add_train):
         add(sub)
-    for p in sub.choices.values():
+    for name, p in sub.choices.items():
+        if name != "make-data":
+            p.add_argument("--trust-checkpoint", action="store_true",
+                           help="load checkpoints that name classes outside the allow-list (this runs what the file "
+                                f"names: only for files you trust; or set {defaults.TRUST_ENV}=1)")
         _document(p)
     return parser
 
@@ -588,7 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    trust_before = os.environ.get(defaults.TRUST_ENV)
     try:
+        if getattr(args, "trust_checkpoint", False):  # the environment carries it to worker processes too
+            os.environ[defaults.TRUST_ENV] = "1"
         if args.command not in ("make-data",):
             offline_runtime()
         _resolve_imgsz(args)
@@ -603,6 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
+    finally:
+        if trust_before is None:
+            os.environ.pop(defaults.TRUST_ENV, None)
+        else:
+            os.environ[defaults.TRUST_ENV] = trust_before
 
 
 if __name__ == "__main__":

@@ -30,3 +30,6 @@ TASK_METRICS: dict[str, tuple[str, str]] = {
     "obb": ("OBB mAP50-95", "OBB mAP50"),
     "classify": ("top-1 accuracy", "top-5 accuracy"),
 }
+
+# Set (to anything but 0) to load checkpoints that name classes outside the allow-list (sources.safe_pickle)
+TRUST_ENV = "YOLOPRUNE_TRUST_CHECKPOINT"

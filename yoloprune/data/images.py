@@ -53,18 +53,19 @@ def calibration_images(source: str | Path, imgsz: int = CALIB_IMGSZ, n: int = CA
     return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))
 
 
-def recorded_train_images(model: str | Path) -> Path | None:
+def recorded_train_images(model: str | Path) -> tuple[Path | None, str | None]:
     """The data yaml a checkpoint records as its training data, when it is on this machine and its train images
-    read: the calibration images ``prune`` uses when none are given."""
+    read (the calibration images ``prune`` uses when none are given), else None; and what the checkpoint records
+    (a path on the machine it was trained on, say), or None."""
     try:
         net, ckpt = sources.load_model(model)
     except YoloPruneError:
-        return None  # the command itself reports a bad checkpoint
+        return None, None  # the command itself reports a bad checkpoint
     data = sources.adapter_for(net).train_data(ckpt)
     if data is None or not Path(data).is_file():
-        return None
+        return None, data
     try:
         load_data(data, "train")
     except YoloPruneError:
-        return None
-    return Path(data)
+        return None, data
+    return Path(data), data

@@ -35,6 +35,7 @@ from yoloprune.atomic import atomic_write  # noqa: E402
 from yoloprune.engine.graph import Branch  # noqa: E402
 from yoloprune.engine.hooks import ResidualBranch  # noqa: E402
 from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError  # noqa: E402
+from yoloprune.sources import safe_pickle  # noqa: E402
 from yoloprune.sources.base import Validation, ValSettings  # noqa: E402
 
 
@@ -47,7 +48,9 @@ def _read_checkpoint(path: Path) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_pickle.load(path)
+    except CheckpointError:
+        raise
     except UNREADABLE_CHECKPOINT as e:
         why = f"{type(e).__name__}: {e}" if isinstance(e, ModuleNotFoundError) else type(e).__name__
         raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({why})") from None

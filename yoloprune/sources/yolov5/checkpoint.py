@@ -25,6 +25,7 @@ from ultralytics.nn import modules as um
 from yoloprune import __version__
 from yoloprune.atomic import atomic_write
 from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError
+from yoloprune.sources import safe_pickle
 from yoloprune.sources.yolov5.model import COMMON, AnchorDetect, CrossConv, YOLOv5Model
 
 ORIGINAL: dict[tuple[str, str], type] = {("models.common", k): v for k, v in COMMON.items()}
@@ -50,14 +51,11 @@ def _standin(module: str, name: str) -> type:
     raise CheckpointError(f"unknown class {module}.{name} in an original YOLOv5 checkpoint; yoloprune cannot load it")
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if module == "models" or module.startswith(("models.", "utils.")):
-            return _standin(module, name)
-        return super().find_class(module, name)
-
-
-_UNPICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="yoloprune_yolov5_unpickle")
+def _remap(module: str, name: str) -> type | None:
+    """The stand-in for a class of the original repository (never imported from it); None for other names."""
+    if module == "models" or module.startswith(("models.", "utils.")):
+        return _standin(module, name)
+    return None
 
 
 def _pickle_globals(path: Path) -> set[str]:
@@ -91,7 +89,7 @@ def is_original(path: str | Path) -> bool:
 
 def read_checkpoint(path: Path) -> dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_UNPICKLE)
+        ckpt = safe_pickle.load(path, _remap)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except UNREADABLE_CHECKPOINT as e:
@@ -179,5 +177,5 @@ def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dic
 
 def from_trainer_checkpoint(path: str | Path) -> YOLOv5Model:
     """The model (EMA when present) from a checkpoint that Ultralytics' trainer wrote while training it."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = safe_pickle.load(path, _remap)
     return check((ckpt.get("ema") or ckpt["model"]).float(), str(path))
