@@ -3,7 +3,6 @@ format, evaluate, fine-tune and export, without that repository's code."""
 
 from __future__ import annotations
 
-import copy
 import pickletools
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from conftest import assert_masked_equals_removed_equals_compacted, head_out, ra
 
 import yoloprune as yp
 from yoloprune import api, sources
-from yoloprune.errors import CheckpointError, UnsupportedModelError
+from yoloprune.errors import CheckpointError
 from yoloprune.sources.yolov5 import YOLOv5Adapter
 from yoloprune.sources.yolov5.model import YOLOv5Model
 
@@ -31,6 +30,7 @@ VARIANTS = {
     "yolov5-ghost": ("yolov5s-ghost.yaml", {"width_multiple": 0.25}),
     "yolov5-leakyrelu": ("yolov5s-LeakyReLU.yaml", {"width_multiple": 0.25}),
     "yolov3-tiny": ("yolov3-tiny.yaml", {"width_multiple": 0.25}),
+    "yolov5-transformer": ("yolov5s-transformer.yaml", {"width_multiple": 0.25}),
 }
 
 
@@ -113,14 +113,16 @@ def test_masked_equals_removed_equals_compacted(variant):
     assert_masked_equals_removed_equals_compacted(lambda: build_v5(variant), 0.4, x)
 
 
-def test_transformer_variant_is_refused_untouched():
-    cfg = {**yaml.safe_load((YAMLS / "yolov5s-transformer.yaml").read_text()), "width_multiple": 0.25}
-    torch.manual_seed(0)
-    model = YOLOv5Model(cfg, nc=2).eval()
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(UnsupportedModelError):
-        yp.prune(model, ratio=0.3, imgsz=128)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+def test_transformer_variant_prunes_around_its_frozen_attention():
+    """C3TR's TransformerBlock works on (L, N, C) sequences and MultiheadAttention: its channels stay, the rest
+    of the model prunes (masked equals removed: test_masked_equals_removed_equals_compacted)."""
+    model = build_v5("yolov5-transformer")
+    block = model.model[8].m
+    widths = {n: tuple(p.shape) for n, p in block.named_parameters()}
+    report = yp.prune(model, ratio=0.3, imgsz=128)
+    assert report.after.params < 0.8 * report.before.params
+    assert {n: tuple(p.shape) for n, p in model.model[8].m.named_parameters()} == widths
+    assert report.frozen.get("op 'multi_head_attention_forward'", 0) > 0
 
 
 def test_original_yaml_builds_through_load_model():

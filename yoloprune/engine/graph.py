@@ -173,6 +173,7 @@ class _Tracer(TorchFunctionMode):
         self.labels: dict[int, list[int]] = {}
         self.keep: list[torch.Tensor] = []  # keep traced tensors alive so ids are never reused
         self.param_owner = {id(p): name for name, m in model.named_modules() for p in m.parameters(recurse=False)}
+        self.leaves = {name for name, m in model.named_modules() if isinstance(m, _PARAM_LEAVES)}
         self.members: list[tuple[int, Member]] = []
         self.visited: set[str] = set()
         self.producer: dict[int, str] = {}  # id(tensor) -> conv that produced it
@@ -204,6 +205,17 @@ class _Tracer(TorchFunctionMode):
         for o in outputs:
             self._fresh(o, why)
 
+    def _freeze_layers(self, tensors: list, why: str) -> None:
+        """Layers whose weights an op we do not know reads as a whole (attention's ``multi_head_attention_forward``
+        reads its projections): reached, every channel frozen."""
+        for t in tensors:
+            owner = self.param_owner.get(id(t))
+            if owner in self.leaves and owner not in self.visited and t.dim() >= 2:
+                self.visited.add(owner)
+                self._record(owner, 1, self.uf.new(t.shape[1], frozen=why))
+                self._record(owner, 0, self.uf.new(t.shape[0], frozen=why))
+                self.frozen_ops[why] += t.shape[0]
+
     # -- dispatch ---------------------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -225,6 +237,7 @@ class _Tracer(TorchFunctionMode):
         if name in _ELEMENTWISE and self._elementwise(args, out):
             return out
         outs = out if isinstance(out, (list, tuple)) else [out]
+        self._freeze_layers(ins, f"op '{name}'")
         if any(self._get(t) for t in ins):
             self._freeze_all(ins, outs, f"op '{name}'")
         else:
@@ -318,13 +331,26 @@ def _is_channel_dim(t: torch.Tensor, dim: int) -> bool:
 
 
 # -- handlers: return False to fall back to the generic rules ---------------------------------------------------
+def _h_unknown_layout(tr: _Tracer, owner: str | None, x, w: torch.Tensor) -> bool:
+    """A conv or linear layer applied to a tensor outside the traced layouts (a sequence (L, N, C) inside
+    attention, say): reached, every channel of it frozen, since nothing says which channels it couples."""
+    if owner is None or tr._get(x) is not None or not isinstance(x, torch.Tensor) or x.dim() in (2, 4):
+        return False
+    why = f"layer on a {x.dim()}-D tensor ({owner})"
+    tr.visited.add(owner)
+    tr._record(owner, 1, tr.uf.new(w.shape[1], frozen=why))
+    tr._record(owner, 0, tr.uf.new(w.shape[0], frozen=why))
+    tr.frozen_ops[why] += w.shape[0]
+    return False  # the output is labelled as any other op's would be
+
+
 def _h_conv(tr: _Tracer, args, kwargs, out):
     x, w = args[0], args[1]
     owner = tr.param_owner.get(id(w))
     groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
     lab = tr._get(x)
     if owner is None or lab is None or x.dim() != 4:
-        return False
+        return _h_unknown_layout(tr, owner, x, w)
     tr.visited.add(owner)
     cout = out.shape[1]
     if groups == 1:
@@ -364,7 +390,7 @@ def _h_linear(tr: _Tracer, args, kwargs, out):
     owner = tr.param_owner.get(id(w))
     lab = tr._get(x)
     if owner is None or lab is None or x.dim() != 2:
-        return False
+        return _h_unknown_layout(tr, owner, x, w)
     tr.visited.add(owner)
     tr._record(owner, 1, lab)
     new = tr.uf.new(out.shape[1])
