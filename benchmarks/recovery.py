@@ -104,11 +104,11 @@ def torch_pruning(bench: Bench, target: float, key: str) -> Path:
 
 
 def run_long(bench: Bench, targets: list[float]) -> None:
-    """Only the reference and the default recipe (one-shot with reconstruction, then E epochs): longer E for less."""
+    """Only the reference and the default recipe (today's default one-shot, then E epochs): longer E for less."""
     e = bench.epochs
     for t in targets:
-        new = bench.one_shot(V8, f"yolov8n-{t:g}-recon", t, "yolov8n", "l1 + reconstruction one-shot")
-        bench.finetune(new, f"yolov8n-{t:g}-recon-ft{e}", None, "yolov8n", t, f"l1 + reconstruction + {e} ep", V8)
+        new = bench.one_shot(V8, f"yolov8n-{t:g}-default", t, "yolov8n", "default one-shot")
+        bench.finetune(new, f"yolov8n-{t:g}-default-ft{e}", None, "yolov8n", t, f"default one-shot + {e} ep", V8)
     bench.finetune(V8, f"yolov8n-unpruned-ft{e}", None, "yolov8n", 1.0, f"unpruned + {e} ep fine-tune", V8)
 
 

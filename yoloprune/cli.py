@@ -435,7 +435,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     _check_out(args.model, args.out)
     cfg = ExportConfig(model=args.model, out=args.out, imgsz=args.imgsz, dynamic=args.dynamic,
-                       simplify=args.simplify, data=args.data, baseline=args.baseline)
+                       simplify=args.simplify, data=args.data, baseline=args.baseline, int8=args.int8,
+                       calib_data=args.calib_data, calib_images=args.calib_images)
     print(export(cfg).table())
     return 0
 
@@ -449,6 +450,11 @@ def _add_export(sub) -> None:
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim (must be installed)")
     p.add_argument("--data", default=None, help="data yaml whose val images feed the check (default: random)")
     p.add_argument("--baseline", default=None, help="unpruned checkpoint whose export's latency is measured beside")
+    p.add_argument("--int8", action="store_true", help="also write OUT's stem + .int8.onnx: onnxruntime static INT8 "
+                   "(QDQ, per-channel weights), with as much of the head in float as its measured drift needs")
+    p.add_argument("--calib-data", default=None, help="INT8 calibration images: a folder or a data yaml (default: "
+                   "--data, else the checkpoint's recorded training data)")
+    p.add_argument("--calib-images", type=_positive_int, default=64, help="INT8 calibration images to use")
     p.set_defaults(func=_cmd_export)
 
 

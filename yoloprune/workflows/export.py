@@ -40,6 +40,9 @@ class ExportConfig:
     baseline: str | None = None  # unpruned model whose export's latency is measured beside this one
     latency_runs: int = 30
     latency_threads: int = 1
+    int8: bool = False  # also write <out stem>.int8.onnx: static INT8, calibrated on calib_data
+    calib_data: str | None = None  # data yaml or image folder (default: data, else the model's training data)
+    calib_images: int = 64
 
 
 @dataclass
@@ -51,6 +54,8 @@ class ExportResult:
     baseline_latency_s: float | None = None
     size_bytes: int = 0
     inputs: str = "images"
+    int8: object | None = None  # quantize.Int8Result
+    int8_latency_s: float | None = None
 
     def table(self) -> str:
         rows = [f"exported {self.path} ({self.size_bytes / 1e6:.2f} MB)",
@@ -60,6 +65,12 @@ class ExportResult:
         if self.baseline_latency_s:
             rows.append(f"unpruned baseline: {self.baseline_latency_s * 1e3:.2f} ms "
                         f"(speedup {self.baseline_latency_s / self.latency_s:.2f}x)")
+        if self.int8 is not None:
+            d = self.int8.drift
+            rows.append(f"INT8 {self.int8.path}: {self.int8_latency_s * 1e3:.2f} ms "
+                        f"({self.latency_s / self.int8_latency_s:.2f}x the FP32 file), {self.int8.kept_float} kept in "
+                        f"float; drift from FP32 at {d.positions} detected positions: boxes {d.box:.5f} of the image "
+                        f"size, scores {d.score:.4f}")
         return "\n".join(rows)
 
 
@@ -114,9 +125,36 @@ def export(cfg: ExportConfig) -> ExportResult:
     if not err <= cfg.tolerance:
         raise ParityError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (pixel coordinates / image size, the rest absolute), "
                           f"above {cfg.tolerance:g}")
+    int8 = _int8(cfg, path) if cfg.int8 else None
     with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
         paths = [path] + ([export_onnx(cfg.baseline, Path(tmp) / "baseline.onnx", cfg.imgsz)] if cfg.baseline else [])
-        times = paired_onnx_latency(paths, cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
+        times = paired_onnx_latency(paths + ([int8.path] if int8 else []), cfg.imgsz, cfg.latency_runs,
+                                    cfg.latency_threads)
     lat, base = times[0], (times[1] if cfg.baseline else None)
     what = f"letterboxed {cfg.split} images" if cfg.data else "random arrays (give --data for real images)"
-    return ExportResult(path, err, cfg.images, lat, base, os.path.getsize(path), what)
+    return ExportResult(path, err, cfg.images, lat, base, os.path.getsize(path), what, int8,
+                        times[-1] if int8 else None)
+
+
+def int8_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".int8.onnx")
+
+
+def _int8(cfg: ExportConfig, fp32: Path):
+    """The INT8 copy of the exported file, calibrated on the calibration images (quantize.quantize_int8)."""
+    from yoloprune.data.images import calibration_images, recorded_train_images
+    from yoloprune.workflows.quantize import quantize_int8
+
+    source = cfg.calib_data or cfg.data or recorded_train_images(cfg.model)[0]
+    if source is None:
+        raise ConfigError("--int8 needs calibration images: give --calib-data (a folder of a few dozen of your "
+                          "images, or a data yaml)")
+    images = calibration_images(source, cfg.imgsz, cfg.calib_images).numpy().astype(np.float32)
+    net, _ = sources.load_model(cfg.model)
+    adapter = sources.adapter_for(net)
+    axis, pixels = adapter.output_layout(net)[0]
+    if adapter.task(net) == "classify" or axis != 1 or pixels[:4] != [0, 1, 2, 3]:
+        raise ConfigError("--int8 supports detection heads that export (batch, 4 + classes + extras, anchors): "
+                          "not classifiers or end-to-end heads")
+    return quantize_int8(fp32, int8_path(cfg.out), images, nc=len(net.names))

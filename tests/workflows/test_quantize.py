@@ -1,0 +1,68 @@
+"""export --int8: a static INT8 ONNX copy that keeps the FP32 model's detections, with the head's float part chosen
+by measured drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import build
+
+import yoloprune as yp
+from yoloprune.cli import main
+from yoloprune.data.images import letterboxed_images
+from yoloprune.workflows.latency import ort_session
+from yoloprune.workflows.quantize import SCORE_TOLERANCE
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data" / "teabud.yaml"
+IMGSZ = 160
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("int8")
+    out = tmp / "m.onnx"
+    assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out", str(out), "--imgsz",
+                 str(IMGSZ), "--data", str(DATA), "--int8", "--calib-images", "24"]) == 0
+    return out, tmp / "m.int8.onnx"
+
+
+def test_int8_export_keeps_the_fp32_models_detections(exported, capsys):
+    fp32, int8 = exported
+    assert int8.is_file() and int8.stat().st_size < 0.5 * fp32.stat().st_size
+    graph = onnx.load(str(int8)).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 20
+    a, b = ort_session(fp32), ort_session(int8)
+    name = a.get_inputs()[0].name
+    hits, box_err, score_err = 0, [], []
+    for x in letterboxed_images(DATA, "val", 16, IMGSZ):
+        ya, yb = (s.run(None, {name: x[None]})[0][0] for s in (a, b))  # (4 + 2 classes, anchors)
+        hit = ya[4:].max(0) > 0.25
+        hits += int(hit.sum())
+        box_err.append(np.abs(ya[:4, hit] - yb[:4, hit]).max(0) / IMGSZ)
+        score_err.append(np.abs(ya[4:, hit] - yb[4:, hit]).max(0))
+    box_err, score_err = np.concatenate(box_err), np.concatenate(score_err)
+    assert hits > 20
+    assert box_err.mean() * IMGSZ < 0.5 and np.median(box_err) * IMGSZ < 0.3  # worst side, in pixels
+    assert score_err.mean() < 2 * SCORE_TOLERANCE and score_err.max() < 0.3
+    # the most confident detection of each image keeps its class and stays in place
+    tops = [(s.run(None, {name: x[None]})[0][0]) for s in (a, b) for x in letterboxed_images(DATA, "val", 4, IMGSZ)]
+    for ya, yb in zip(tops[:4], tops[4:], strict=True):
+        k = int(ya[4:].max(0).argmax())
+        assert ya[4:, k].argmax() == yb[4:, k].argmax() and np.abs(ya[:4, k] - yb[:4, k]).max() < 2.0
+
+
+def test_int8_refuses_what_it_cannot_quantize_in_one_line(tmp_path, capsys):
+    cls = yp.save_checkpoint(build("yolov8n-cls.yaml", nc=2), tmp_path / "cls.pt")
+    assert main(["export", "--model", str(cls), "--out", str(tmp_path / "c.onnx"), "--imgsz", "64", "--int8",
+                 "--calib-data", str(DATA)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--int8" in err[0]
+    det = yp.save_checkpoint(build("yolov8n.yaml", nc=2), tmp_path / "det.pt")  # records no training data
+    assert main(["export", "--model", str(det), "--out", str(tmp_path / "d.onnx"), "--imgsz", "64", "--int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--calib-data" in err[0]
+    assert not (tmp_path / "c.int8.onnx").exists() and not (tmp_path / "d.int8.onnx").exists()
