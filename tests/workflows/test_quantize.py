@@ -66,3 +66,16 @@ def test_int8_refuses_what_it_cannot_quantize_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--calib-data" in err[0]
     assert not (tmp_path / "c.int8.onnx").exists() and not (tmp_path / "d.int8.onnx").exists()
+
+
+def test_val_of_an_exported_file_matches_its_checkpoint(exported, capsys):
+    fp32, int8 = exported
+    evaluator = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ)
+    ckpt = evaluator(str(ROOT / "weights" / "teabud-yolov8n.pt")).map50_95
+    onnx_map = evaluator(str(fp32)).map50_95
+    int8_map = evaluator(str(int8)).map50_95
+    assert abs(onnx_map - ckpt) < 0.005 and ckpt > 0.2
+    assert abs(int8_map - onnx_map) < 0.03, (ckpt, onnx_map, int8_map)
+    assert main(["val", "--model", str(fp32), "--data", str(DATA), "--imgsz", "320"]) == 2  # exported at 160
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--imgsz 160" in err[0]

@@ -20,7 +20,8 @@ from torch import nn
 from yoloprune.errors import YoloPruneError
 from yoloprune.sources.base import Adapter, TrainJob, Validation, ValSettings
 from yoloprune.sources.ultralytics import UltralyticsAdapter
-from yoloprune.sources.ultralytics.model import as_dict, letterbox
+from yoloprune.sources.ultralytics.model import Exported, as_dict, letterbox
+from yoloprune.sources.ultralytics.model import read_exported as read_ultralytics_export
 from yoloprune.sources.yolov5 import YOLOv5Adapter, is_original_yaml
 
 # Asked in order; the last, Ultralytics, claims everything the others do not.
@@ -52,8 +53,31 @@ def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None
     return adapter_for(model).save(model, path, ckpt, meta)
 
 
+def is_exported(src: Any) -> bool:
+    """Whether ``src`` names an exported model file (ONNX) rather than a checkpoint."""
+    return isinstance(src, (str, Path)) and Path(src).suffix.lower() == ".onnx"
+
+
+def read_exported(src: str | Path) -> Exported:
+    """An exported file's task, classes and image size, from the metadata Ultralytics' exporter writes."""
+    if not Path(src).is_file():
+        raise YoloPruneError(f"exported model not found: {src}")
+    return read_ultralytics_export(src)
+
+
+def exported_validator(kind: str, settings: ValSettings):
+    """A validator for exported files of task ``kind`` (Ultralytics' AutoBackend runs them)."""
+    return UltralyticsAdapter().exported_validator(kind, settings)
+
+
 def train_imgsz(src: Any) -> int | None:
-    """The image size a checkpoint was trained at (Ultralytics' ``train_args``, the original repository's ``opt``)."""
+    """The image size a checkpoint was trained at (Ultralytics' ``train_args``, the original repository's ``opt``),
+    or an exported file's fixed size."""
+    if is_exported(src):
+        try:
+            return read_exported(src).imgsz
+        except YoloPruneError:
+            return None  # the command itself reports a bad file
     try:
         model, ckpt = load_model(src)
     except YoloPruneError:
@@ -86,6 +110,6 @@ def recorded_source(ckpt: dict) -> Path | None:
     return path
 
 
-__all__ = ["ADAPTERS", "Adapter", "TrainJob", "ValSettings", "Validation", "adapter_for", "as_dict",
-           "build_model", "is_original_yaml", "letterbox", "load_model", "recorded_source", "register",
+__all__ = ["ADAPTERS", "Adapter", "Exported", "TrainJob", "ValSettings", "Validation", "adapter_for", "as_dict",
+           "build_model", "exported_validator", "is_exported", "is_original_yaml", "read_exported", "letterbox", "load_model", "recorded_source", "register",
            "save_checkpoint", "sha256", "source_meta", "train_imgsz"]

@@ -19,6 +19,7 @@ from yoloprune import sources
 from yoloprune.data.coco import coco_map, yolo_split_to_coco
 from yoloprune.data.spec import DataSpec, load_data
 from yoloprune.defaults import TASK_METRICS
+from yoloprune.errors import DataError
 from yoloprune.sources import ValSettings
 
 
@@ -85,12 +86,34 @@ class Evaluator:
             self._validators[key] = adapter.validator(net, settings)
         return self._validators[key]
 
+    def _exported(self, path) -> tuple:
+        """An exported file's validator (batch 1 at the file's own size) and task, checked against the data."""
+        info = sources.read_exported(path)
+        if len(info.names) != len(self.spec.names):
+            raise DataError(f"{path} predicts {len(info.names)} classes but {self.spec.yaml} has {len(self.spec.names)}")
+        if (info.task == "pose") != bool(self.spec.kpt_shape) or (info.task == "classify") != self.spec.classify:
+            raise DataError(f"{self.spec.yaml} is {self.spec.kind}; {path} is a {info.task} model")
+        if info.imgsz != self.imgsz:
+            raise DataError(f"{path} was exported at {info.imgsz} px; evaluate it at that size (--imgsz {info.imgsz})")
+        key = ("exported", info.task)
+        if key not in self._validators:
+            settings = ValSettings(data=str(self.spec.yaml), split=self.split, imgsz=self.imgsz, batch=1,
+                                   conf=self.conf, iou=self.iou, coco_json=info.task in _COCO_IOU,
+                                   folder=self._tmp.name)
+            self._validators[key] = sources.exported_validator(info.task, settings)
+        return self._validators[key], info.task
+
     def __call__(self, model) -> EvalResult:
-        net, _ = sources.load_model(model)
-        self.spec.check_model(net)
+        """Evaluate a model, checkpoint, or exported ONNX file (FP32 or INT8) the same way."""
         t0 = time.perf_counter()
-        run = self._validator_for(net)(net)
-        kind = sources.adapter_for(net).task(net)
+        if sources.is_exported(model):
+            validator, kind = self._exported(model)
+            run = validator(str(model))
+        else:
+            net, _ = sources.load_model(model)
+            self.spec.check_model(net)
+            run = self._validator_for(net)(net)
+            kind = sources.adapter_for(net).task(net)
         metric, metric50 = TASK_METRICS[kind]
         iou_type = _COCO_IOU.get(kind)
         if iou_type:

@@ -87,6 +87,10 @@ class UltralyticsAdapter(Adapter):
     def validator(self, model: nn.Module, settings: ValSettings) -> Callable[[nn.Module], Validation]:
         return um.Validator(um.validator_class(model), um.task(model), settings, um.NMS_IOU)
 
+    def exported_validator(self, kind: str, settings: ValSettings) -> Callable[[str], Validation]:
+        """A validator of exported files of ``kind`` (ONNX, FP32 or INT8), run through Ultralytics' AutoBackend."""
+        return um.Validator(um.validator_class(kind=kind), kind, settings, um.NMS_IOU)
+
     def train(self, job: TrainJob) -> Path:
         from yoloprune.sources.ultralytics.train import run
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -307,11 +308,12 @@ def output_layout(model: nn.Module) -> list[tuple[int, list[int]]]:
     return [(axis, pixels)] + ([(1, [])] if isinstance(head, Segment) else [])
 
 
-def validator_class(model: nn.Module | None = None):
-    """The Ultralytics validator of the model's task (DetectionValidator, SegmentationValidator, ...)."""
+def validator_class(model: nn.Module | None = None, kind: str | None = None):
+    """The Ultralytics validator of the model's task, or of ``kind`` (DetectionValidator, SegmentationValidator,
+    ...)."""
     from ultralytics.models import yolo
 
-    kind = task(model) if model is not None else "detect"
+    kind = kind or (task(model) if model is not None else "detect")
     return {"detect": yolo.detect.DetectionValidator, "segment": _segmentation_validator(),
             "pose": yolo.pose.PoseValidator, "obb": yolo.obb.OBBValidator,
             "classify": yolo.classify.ClassificationValidator}[kind]
@@ -367,6 +369,39 @@ def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynam
         return atomic_write(out, lambda t: shutil.copyfile(produced, t))
 
 
+@dataclass(frozen=True)
+class Exported:
+    """An ONNX file written by Ultralytics' exporter, as its metadata describes it."""
+
+    path: Path
+    task: str
+    names: dict
+    imgsz: int
+    kpt_shape: tuple[int, int] | None = None
+
+
+def read_exported(path: str | Path) -> Exported:
+    """The metadata of an exported ONNX file (one CheckpointError when it is not one Ultralytics wrote)."""
+    import ast
+
+    import onnx
+
+    path = Path(path)
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:  # onnx raises DecodeError, ValueError, OSError, ... on a broken file
+        raise CheckpointError(f"not a readable ONNX file: {path} ({type(e).__name__})") from None
+    try:
+        imgsz = ast.literal_eval(meta["imgsz"])
+        kpt = ast.literal_eval(meta["kpt_shape"]) if "kpt_shape" in meta else None
+        return Exported(path, meta["task"], ast.literal_eval(meta["names"]),
+                        max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz),
+                        tuple(kpt) if kpt else None)
+    except (KeyError, ValueError, SyntaxError, TypeError):
+        raise CheckpointError(f"{path}: no Ultralytics export metadata (task, names, imgsz); yoloprune evaluates "
+                              "ONNX files written by its export command or Ultralytics' exporter") from None
+
+
 def kpt_shape(model: nn.Module) -> tuple[int, int] | None:
     """A pose model's (keypoints, values per keypoint), read from its head; None for other tasks."""
     head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
@@ -410,8 +445,10 @@ class Validator:
         self.keys, self.coco_json = VAL_KEYS[kind], settings.coco_json
         self.validator = cls(args=args)
 
-    def __call__(self, model: nn.Module) -> Validation:
-        stats = self.validator(model=copy.deepcopy(model).float().eval())  # AutoBackend fuses its model in place
+    def __call__(self, model: nn.Module | str) -> Validation:
+        """Validate a model, or an exported file (its path; run by Ultralytics' AutoBackend)."""
+        model = model if isinstance(model, str) else copy.deepcopy(model).float().eval()  # AutoBackend fuses in place
+        stats = self.validator(model=model)
         preds = [_prediction(p) for p in self.validator.jdict] if self.coco_json else []
         return Validation(float(stats[self.keys[0]]), float(stats[self.keys[1]]), preds,
                           getattr(self.validator, "sigma", None))
