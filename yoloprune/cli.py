@@ -150,12 +150,23 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
+    if args.target_speedup is not None and args.target_gflops is not None:
+        raise ConfigError("give --target-speedup or --target-gflops, not both")
     calibration = _calibration(args)
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, selection=args.selection,
                       round_to=args.round_to,
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
                       recalibrate_bn=args.recalibrate_bn, steps=args.steps)
+    search = None
+    if args.target_speedup is not None:
+        from dataclasses import replace
+
+        from yoloprune.workflows.speedup import gflops_for_speedup
+
+        search = gflops_for_speedup(args.model, args.target_speedup, cfg, threads=args.threads)
+        print(search.line(), flush=True)
+        cfg = replace(cfg, target_gflops=search.gflops, ratio=0.0)
     report = prune(args.model, config=cfg, calibration=calibration)
     print(report.table())
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
@@ -200,6 +211,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="instead of --ratio: prune until GFLOPs fall to this fraction of the original")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="instead of --ratio: prune until the ONNX export runs this many times faster than the "
+                        "unpruned model's on onnxruntime (CPU), measured on this machine")
+    p.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads for --target-speedup")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--layers", action="store_true",
                    help="with --method bn: also remove residual blocks whose branch |gamma| all fall under the threshold")
