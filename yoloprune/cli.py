@@ -448,10 +448,11 @@ def _add_sweep(sub) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from yoloprune.workflows.export import ExportConfig, export
 
-    _check_out(args.model, args.out)
+    if args.format == "onnx":
+        _check_out(args.model, args.out)
     cfg = ExportConfig(model=args.model, out=args.out, imgsz=args.imgsz, dynamic=args.dynamic,
                        simplify=args.simplify, data=args.data, baseline=args.baseline, int8=args.int8,
-                       calib_data=args.calib_data, calib_images=args.calib_images)
+                       calib_data=args.calib_data, calib_images=args.calib_images, format=args.format)
     print(export(cfg).table())
     return 0
 
@@ -459,7 +460,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="ONNX export, checked with onnxruntime against PyTorch")
     p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--out", required=True, help="output .onnx file (a folder for --format openvino / ncnn)")
+    p.add_argument("--format", choices=("onnx", "openvino", "ncnn"), default="onnx",
+                   help="onnx, or another runtime's format through Ultralytics' exporter (its package installed)")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--dynamic", action="store_true")
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim (must be installed)")

@@ -79,3 +79,26 @@ def test_val_of_an_exported_file_matches_its_checkpoint(exported, capsys):
     assert main(["val", "--model", str(fp32), "--data", str(DATA), "--imgsz", "320"]) == 2  # exported at 160
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--imgsz 160" in err[0]
+
+
+def test_another_runtimes_export_is_checked_against_pytorch_and_loads_in_ultralytics(tmp_path, capsys):
+    pytest.importorskip("openvino")  # a dev dependency: CI has it
+    out = tmp_path / "m_openvino_model"
+    assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out", str(out), "--imgsz",
+                 str(IMGSZ), "--format", "openvino", "--data", str(DATA)]) == 0
+    printed = capsys.readouterr().out
+    assert "openvino vs PyTorch on 8 letterboxed val images" in printed and (out / "model.xml").is_file()
+    assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out", str(tmp_path / "x"),
+                 "--format", "openvino"]) == 2  # Ultralytics finds the format by the folder's name
+    assert "_openvino_model" in capsys.readouterr().err
+
+
+def test_a_runtime_that_is_not_installed_is_one_line_and_exit_2(tmp_path, capsys):
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) for m in ("ncnn", "pnnx")):
+        pytest.skip("ncnn and pnnx are installed here")
+    assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out",
+                 str(tmp_path / "m_ncnn_model"), "--format", "ncnn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install" in err[0] and not (tmp_path / "m_ncnn_model").exists()

@@ -132,5 +132,11 @@ class Adapter(ModelHooks):
                     simplify: bool) -> Path:
         """ONNX as the source's own exporter writes it, atomically at ``out``."""
 
+    def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
+        """Another runtime's format (``openvino``, ``ncnn``), a folder at ``out``; a source without one refuses."""
+        from yoloprune.errors import ConfigError
+
+        raise ConfigError(f"--format {fmt} is not offered for {self.name or 'this source'}'s models; export ONNX")
+
 
 __all__ = ["Adapter", "TrainJob", "ValSettings", "Validation"]

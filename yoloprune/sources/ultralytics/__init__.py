@@ -100,5 +100,9 @@ class UltralyticsAdapter(Adapter):
                     simplify: bool) -> Path:
         return um.export_onnx(model, ckpt, out, imgsz, dynamic, simplify)
 
+    def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
+        """OpenVINO or ncnn through Ultralytics' exporter: a folder at ``out``."""
+        return um.export_format(model, ckpt, out, imgsz, fmt)
+
 
 __all__ = ["UltralyticsAdapter"]

@@ -402,6 +402,19 @@ def read_exported(path: str | Path) -> Exported:
                               "ONNX files written by its export command or Ultralytics' exporter") from None
 
 
+def export_format(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
+    """Another runtime's format (``openvino``, ``ncnn``) through Ultralytics' exporter, run on a private copy of
+    the checkpoint in a temp folder; the produced folder is copied to ``out`` atomically."""
+    import tempfile
+
+    from yoloprune.atomic import atomic_copy_dir
+
+    with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
+        src = save_checkpoint(model, Path(tmp) / "model.pt", ckpt)
+        produced = YOLO(str(src)).export(format=fmt, imgsz=imgsz, device="cpu", verbose=False)
+        return atomic_copy_dir(produced, out)
+
+
 def kpt_shape(model: nn.Module) -> tuple[int, int] | None:
     """A pose model's (keypoints, values per keypoint), read from its head; None for other tasks."""
     head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
