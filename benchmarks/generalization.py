@@ -106,10 +106,13 @@ def table(rows: dict) -> str:
                                   "prune_s"], cell)
 
 
-HEADER = ("# One-shot pruning across models: width allocation and channel selection\n\n"
+HEADER = ("# One-shot pruning across models: channel selection, focused samples and width allocation\n\n"
           "`python benchmarks/generalization.py`: one run on 2 CPU cores, 320 px, 64 calibration images, "
           "reconstruction on; val / test mAP50-95 by pycocotools (keypoint mAP50-95, OKS sigma 0.1, for the pose "
-          "model). \"kept\" is the share of the unpruned model's val figure.\n\n")
+          "model). \"kept\" is the share of the unpruned model's val figure. Recipes: l1 = lowest-l1 channels, "
+          "uniform samples (earlier releases); obs = structured-OBS channels, uniform samples; obs+focus = the "
+          "default (half the samples where the detector finds objects); damage+obs+focus = widths by estimated "
+          "damage.\n\n")
 
 
 def main() -> None:
