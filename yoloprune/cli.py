@@ -150,8 +150,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
     _check_out(args.model, out)
-    if args.target_speedup is not None and args.target_gflops is not None:
-        raise ConfigError("give --target-speedup or --target-gflops, not both")
+    if sum(x is not None for x in (args.target_speedup, args.target_gflops, args.target_latency)) > 1:
+        raise ConfigError("give one of --target-gflops, --target-speedup and --target-latency")
     calibration = _calibration(args)
     cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, selection=args.selection,
                       round_to=args.round_to,
@@ -159,12 +159,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
                       recalibrate_bn=args.recalibrate_bn, steps=args.steps)
     search = None
-    if args.target_speedup is not None:
+    if args.target_speedup is not None or args.target_latency is not None:
         from dataclasses import replace
 
         from yoloprune.workflows.speedup import gflops_for_speedup
 
-        search = gflops_for_speedup(args.model, args.target_speedup, cfg, threads=args.threads)
+        search = gflops_for_speedup(args.model, args.target_speedup, cfg, threads=args.threads,
+                                    latency_ms=args.target_latency)
         print(search.line(), flush=True)
         cfg = replace(cfg, target_gflops=search.gflops, ratio=0.0)
     report = prune(args.model, config=cfg, calibration=calibration)
@@ -214,7 +215,11 @@ def _add_prune(sub) -> None:
     p.add_argument("--target-speedup", type=float, default=None,
                    help="instead of --ratio: prune until the ONNX export runs this many times faster than the "
                         "unpruned model's on onnxruntime (CPU), measured on this machine")
-    p.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads for --target-speedup")
+    p.add_argument("--target-latency", type=float, default=None, metavar="MS",
+                   help="instead of --ratio: prune until the ONNX export runs in MS milliseconds on onnxruntime "
+                        "(CPU, batch 1) on this machine")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="onnxruntime threads for --target-speedup / --target-latency")
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--layers", action="store_true",
                    help="with --method bn: also remove residual blocks whose branch |gamma| all fall under the threshold")

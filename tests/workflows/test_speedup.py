@@ -30,9 +30,12 @@ def test_target_speedup_lands_near_the_asked_ratio_measured_again(tmp_path):
 
 def test_target_speedup_refuses_what_it_cannot_mean(tmp_path, capsys):
     ckpt = yp.save_checkpoint(build("yolov8n.yaml", nc=2), tmp_path / "m.pt")
-    for extra in (["--target-speedup", "0.8"], ["--target-speedup", "1.5", "--target-gflops", "0.5"]):
+    for extra, says in ((["--target-speedup", "0.8"], "--target-speedup"),
+                        (["--target-speedup", "1.5", "--target-gflops", "0.5"], "--target-speedup"),
+                        (["--target-latency", "-3"], "--target-latency"),
+                        (["--target-latency", "100000"], "already runs in")):
         assert main(["prune", "--model", str(ckpt), "--no-calib", "--imgsz", "64", "--out", str(tmp_path / "o.pt"),
                      *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "--target-speedup" in err[0], err
+        assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "o.pt").exists()

@@ -31,10 +31,13 @@ class SpeedupSearch:
     gflops: float  # the GFLOPs fraction found
     measured: float  # the speed-up measured at it
     trials: list[tuple[float, float]] = field(default_factory=list)  # (GFLOPs fraction, measured speed-up)
+    latency_ms: float | None = None  # the latency asked for, when it was asked as one
 
     def line(self) -> str:
-        return (f"target speed-up {self.target:.2f}x on onnxruntime: {self.gflops:.3f}x GFLOPs measured "
-                f"{self.measured:.2f}x ({len(self.trials)} trials timed beside the unpruned model)")
+        asked = (f"target latency {self.latency_ms:g} ms (a {self.target:.2f}x speed-up here)" if self.latency_ms
+                 else f"target speed-up {self.target:.2f}x")
+        return (f"{asked} on onnxruntime: {self.gflops:.3f}x GFLOPs measured {self.measured:.2f}x "
+                f"({len(self.trials)} trials timed beside the unpruned model)")
 
 
 def measure_speedup(model, base_onnx: Path, cfg: PruneConfig, folder: Path, threads: int, runs: int) -> float:
@@ -46,18 +49,27 @@ def measure_speedup(model, base_onnx: Path, cfg: PruneConfig, folder: Path, thre
     return base / lat
 
 
-def gflops_for_speedup(model, speedup: float, cfg: PruneConfig, threads: int = 1, runs: int = 15,
-                       max_trials: int = 8) -> SpeedupSearch:
+def gflops_for_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int = 1, runs: int = 15,
+                       max_trials: int = 8, latency_ms: float | None = None) -> SpeedupSearch:
     """The GFLOPs fraction (for ``cfg.target_gflops``) whose pruned model runs ``speedup`` times faster than the
-    unpruned one on onnxruntime with ``threads`` threads: bisection in log-GFLOPs between 1 and the smallest
-    fraction pruning reaches, stopping within ``TOLERANCE``."""
-    if not speedup > 1:
+    unpruned one on onnxruntime with ``threads`` threads (or, with ``latency_ms``, in that many milliseconds on
+    this machine): bisection in log-GFLOPs between 1 and the smallest fraction pruning reaches, stopping within
+    ``TOLERANCE``."""
+    if latency_ms is None and not (speedup or 0) > 1:
         raise ConfigError(f"--target-speedup must be above 1 (a speed-up over the unpruned model), got {speedup}")
+    if latency_ms is not None and not latency_ms > 0:
+        raise ConfigError(f"--target-latency must be a positive number of milliseconds, got {latency_ms}")
     net, _ = api.load_model(model)
     trials: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
         folder = Path(tmp)
         base = export_onnx(api.save_checkpoint(net, folder / "base.pt", {}), folder / "base.onnx", cfg.imgsz)
+        if latency_ms is not None:
+            base_ms = paired_onnx_latency([base], cfg.imgsz, runs, threads)[0] * 1e3
+            speedup = base_ms / latency_ms
+            if speedup <= 1:
+                raise ConfigError(f"the unpruned model already runs in {base_ms:.1f} ms here, within "
+                                  f"--target-latency {latency_ms:g} ms: nothing to prune for")
         lo, hi = 0.05, 1.0  # GFLOPs fractions: lo fast enough (assumed), hi too slow
         best = (1.0, 1.0)
         for _ in range(max_trials):
@@ -72,7 +84,7 @@ def gflops_for_speedup(model, speedup: float, cfg: PruneConfig, threads: int = 1
     if abs(best[1] / speedup - 1) > 0.15:
         raise ConfigError(f"a {speedup:.2f}x speed-up is out of reach by pruning this model on this runtime: the "
                           f"closest was {best[1]:.2f}x at {best[0]:.3f}x GFLOPs")
-    return SpeedupSearch(speedup, best[0], best[1], trials)
+    return SpeedupSearch(speedup, best[0], best[1], trials, latency_ms)
 
 
 __all__ = ["TOLERANCE", "SpeedupSearch", "gflops_for_speedup", "measure_speedup"]
