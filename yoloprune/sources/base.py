@@ -132,6 +132,13 @@ class Adapter(ModelHooks):
                     simplify: bool) -> Path:
         """ONNX as the source's own exporter writes it, atomically at ``out``."""
 
+    def exported_runner(self, path: str | Path):
+        """A function running an exported model of this source on a batch (its first output); a source without
+        one refuses."""
+        from yoloprune.errors import ConfigError
+
+        raise ConfigError(f"running exported {self.name or 'this source'} models is not offered")
+
     def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
         """Another runtime's format (``openvino``, ``ncnn``), a folder at ``out``; a source without one refuses."""
         from yoloprune.errors import ConfigError

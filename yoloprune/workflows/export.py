@@ -145,20 +145,17 @@ RUNTIME_TOLERANCE = 0.1
 @torch.no_grad()
 def _runtime_parity(folder: Path, model, inputs: list[np.ndarray]) -> tuple[float, float]:
     """Worst error (as ``parity``) of an exported folder run by Ultralytics' AutoBackend, and its median latency."""
-    from ultralytics.nn.autobackend import AutoBackend
-
     from yoloprune.workflows.latency import median_seconds
 
     net, _ = sources.load_model(model)
     net = net.float().eval()
     adapter = sources.adapter_for(net)
     axis, pixels = adapter.output_layout(net)[0]
-    backend = AutoBackend(str(folder), device=torch.device("cpu"))
+    backend = adapter.exported_runner(folder)
     worst = 0.0
     for x in inputs:
         ref = adapter.contract_outputs(net, net(torch.from_numpy(x)))[0].numpy()
-        got = backend(torch.from_numpy(x))
-        got = (got[0] if isinstance(got, (list, tuple)) else got).numpy()
+        got = backend(torch.from_numpy(x)).numpy()
         worst = max(worst, _scaled_error(folder, got, ref, axis, pixels, max(x.shape[-2:])))
     x = torch.from_numpy(inputs[0])
     return worst, median_seconds(lambda: backend(x), 20)

@@ -100,6 +100,17 @@ class UltralyticsAdapter(Adapter):
                     simplify: bool) -> Path:
         return um.export_onnx(model, ckpt, out, imgsz, dynamic, simplify)
 
+    def exported_runner(self, path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function running an exported model (ONNX, OpenVINO or ncnn folder) on a batch: its first output."""
+        from ultralytics.nn.autobackend import AutoBackend
+
+        backend = AutoBackend(str(path), device=torch.device("cpu"))
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            y = backend(x)
+            return y[0] if isinstance(y, (list, tuple)) else y
+        return run
+
     def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
         """OpenVINO or ncnn through Ultralytics' exporter: a folder at ``out``."""
         return um.export_format(model, ckpt, out, imgsz, fmt)

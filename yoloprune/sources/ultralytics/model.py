@@ -36,8 +36,8 @@ from yoloprune.atomic import atomic_write  # noqa: E402
 from yoloprune.engine.graph import Branch  # noqa: E402
 from yoloprune.engine.hooks import ResidualBranch  # noqa: E402
 from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError  # noqa: E402
-from yoloprune.sources import safe_pickle  # noqa: E402
 from yoloprune.sources.base import Validation, ValSettings  # noqa: E402
+from yoloprune.sources.safe_pickle import load as safe_load  # noqa: E402
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -49,7 +49,7 @@ def _read_checkpoint(path: Path) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty: {path}")
     try:
-        ckpt = safe_pickle.load(path)
+        ckpt = safe_load(path)
     except CheckpointError:
         raise
     except UNREADABLE_CHECKPOINT as e:

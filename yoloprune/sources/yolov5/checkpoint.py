@@ -25,7 +25,7 @@ from ultralytics.nn import modules as um
 from yoloprune import __version__
 from yoloprune.atomic import atomic_write
 from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError
-from yoloprune.sources import safe_pickle
+from yoloprune.sources.safe_pickle import load as safe_load
 from yoloprune.sources.yolov5.model import COMMON, AnchorDetect, CrossConv, YOLOv5Model
 
 ORIGINAL: dict[tuple[str, str], type] = {("models.common", k): v for k, v in COMMON.items()}
@@ -89,7 +89,7 @@ def is_original(path: str | Path) -> bool:
 
 def read_checkpoint(path: Path) -> dict:
     try:
-        ckpt = safe_pickle.load(path, _remap)
+        ckpt = safe_load(path, _remap)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except UNREADABLE_CHECKPOINT as e:
@@ -177,5 +177,5 @@ def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dic
 
 def from_trainer_checkpoint(path: str | Path) -> YOLOv5Model:
     """The model (EMA when present) from a checkpoint that Ultralytics' trainer wrote while training it."""
-    ckpt = safe_pickle.load(path, _remap)
+    ckpt = safe_load(path, _remap)
     return check((ckpt.get("ema") or ckpt["model"]).float(), str(path))
