@@ -145,9 +145,12 @@ def latency(bench: Bench, runs: int) -> None:
     """Speed-up of every row against the unpruned model of its family, timed in alternation."""
     for fam in ("yolov8n", "yolov5nu"):
         keys = [k for k, r in bench.rows.items() if r["family"] == fam]
+        ref = [i for i, k in enumerate(keys) if bench.rows[k]["target"] == 1.0]  # the unpruned architecture
+        if not ref:
+            continue
         onnx = [export_onnx(bench.path(k), bench.work / "models" / f"{k}.onnx", IMGSZ) for k in keys]
         lat = paired_onnx_latency(onnx, IMGSZ, runs, threads=1)
-        base = lat[keys.index(f"{fam}-unpruned")]
+        base = lat[ref[0]]
         for k, s in zip(keys, lat, strict=True):
             bench.rows[k]["latency_ms"] = s * 1e3
             bench.rows[k]["speedup"] = base / s
