@@ -158,7 +158,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                       min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
                       recalibrate_bn=args.recalibrate_bn, steps=args.steps)
-    search = None
     if args.target_speedup is not None or args.target_latency is not None:
         from dataclasses import replace
 

@@ -185,3 +185,20 @@ def test_metadata_from_another_machine_falls_back_to_defaults(project, args, tmp
                  "--epochs", "1", "--imgsz", "64", "--out", str(tmp_path / "r.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--teacher" in err[0], err
+
+
+def test_a_windows_path_in_a_checkpoint_loads_as_this_machines_path(project, tmp_path):
+    """Checkpoints written on Windows pickle ``pathlib.WindowsPath`` (train_args' save_dir), which cannot be built
+    on Linux: it is read as this OS's path class."""
+    import pathlib
+
+    class WindowsSaved:
+        def __reduce__(self):
+            return pathlib.WindowsPath, ("D:\\runs\\train3",)
+
+    _, _, ckpt = project
+    data = torch.load(ckpt, map_location="cpu", weights_only=False)
+    data["train_args"] = {**data.get("train_args", {}), "save_dir": WindowsSaved()}
+    torch.save(data, tmp_path / "win.pt")
+    _, loaded = yp.load_model(tmp_path / "win.pt")
+    assert type(loaded["train_args"]["save_dir"]) is type(Path()) and str(loaded["train_args"]["save_dir"]) == "D:\\runs\\train3"

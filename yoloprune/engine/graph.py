@@ -205,16 +205,20 @@ class _Tracer(TorchFunctionMode):
         for o in outputs:
             self._fresh(o, why)
 
+    def _freeze_layer(self, owner: str, w: torch.Tensor, why: str) -> None:
+        """Layer ``owner`` (weight ``w``: out, in, ...) reached with every input and output channel frozen."""
+        self.visited.add(owner)
+        self._record(owner, 1, self.uf.new(w.shape[1], frozen=why))
+        self._record(owner, 0, self.uf.new(w.shape[0], frozen=why))
+        self.frozen_ops[why] += w.shape[0]
+
     def _freeze_layers(self, tensors: list, why: str) -> None:
         """Layers whose weights an op we do not know reads as a whole (attention's ``multi_head_attention_forward``
         reads its projections): reached, every channel frozen."""
         for t in tensors:
             owner = self.param_owner.get(id(t))
             if owner in self.leaves and owner not in self.visited and t.dim() >= 2:
-                self.visited.add(owner)
-                self._record(owner, 1, self.uf.new(t.shape[1], frozen=why))
-                self._record(owner, 0, self.uf.new(t.shape[0], frozen=why))
-                self.frozen_ops[why] += t.shape[0]
+                self._freeze_layer(owner, t, why)
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -336,11 +340,7 @@ def _h_unknown_layout(tr: _Tracer, owner: str | None, x, w: torch.Tensor) -> boo
     attention, say): reached, every channel of it frozen, since nothing says which channels it couples."""
     if owner is None or tr._get(x) is not None or not isinstance(x, torch.Tensor) or x.dim() in (2, 4):
         return False
-    why = f"layer on a {x.dim()}-D tensor ({owner})"
-    tr.visited.add(owner)
-    tr._record(owner, 1, tr.uf.new(w.shape[1], frozen=why))
-    tr._record(owner, 0, tr.uf.new(w.shape[0], frozen=why))
-    tr.frozen_ops[why] += w.shape[0]
+    tr._freeze_layer(owner, w, f"layer on a {x.dim()}-D tensor ({owner})")
     return False  # the output is labelled as any other op's would be
 
 

@@ -39,8 +39,6 @@ from torch import nn
 from yoloprune.defaults import TRUST_ENV
 from yoloprune.errors import CheckpointError
 
-_trusted = False
-
 # (module, name) -> where to find it today, as Ultralytics' own loader (torch_safe_load) maps old paths
 RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("ultralytics.nn.modules.block", "Silence"): ("torch.nn.modules.linear", "Identity"),  # YOLOv9e
@@ -54,7 +52,7 @@ ALLOWED: set[tuple[str, str]] = {
     ("collections", "OrderedDict"), ("collections", "defaultdict"), ("_codecs", "encode"),
     *(("builtins", n) for n in ("set", "frozenset", "slice", "range", "complex", "bytearray", "tuple", "list",
                                 "dict", "int", "float", "bool", "str", "bytes")),
-    *(("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")),
+    *(("pathlib", n) for n in ("Path", "PurePath", "PurePosixPath", "PureWindowsPath")),  # concrete paths: below
     *(("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")),
     ("argparse", "Namespace"), ("types", "SimpleNamespace"),
     ("torch", "Size"), ("torch", "device"),
@@ -74,14 +72,9 @@ _MODULE_PACKAGES = ("torch.nn.modules", "ultralytics.nn", "yoloprune.sources")
 _CLASS_MODULES = ("ultralytics.utils.loss", "ultralytics.utils.tal")  # classes defined there (a kept criterion)
 
 
-def trust(on: bool = True) -> None:
-    """Load checkpoints with plain ``torch.load`` from now on (``--trust-checkpoint``): for files the user trusts."""
-    global _trusted
-    _trusted = on
-
-
 def trusted() -> bool:
-    return _trusted or os.environ.get(TRUST_ENV, "") not in ("", "0")
+    """Whether the user trusts every checkpoint (``--trust-checkpoint`` sets the variable for the command)."""
+    return os.environ.get(TRUST_ENV, "") not in ("", "0")
 
 
 def _resolve(module: str, name: str) -> tuple[str, str]:
@@ -147,7 +140,7 @@ def refusal(path: str | Path, module: str, name: str) -> CheckpointError:
 
 def load(path: str | Path, remap: Callable[[str, str], Any | None] | None = None) -> Any:
     """``torch.load`` of ``path`` on the CPU against the allow-list (any global, when trusted; old names mapped
-    either way). A refused global raises CheckpointError before the file's objects are built."""
+    either way). A refused global raises CheckpointError, naming the file, before the file's objects are built."""
     return torch.load(path, map_location="cpu", weights_only=False,
                       pickle_module=_unpickler(path, remap or (lambda _m, _n: None), trusted()))
 
@@ -158,7 +151,10 @@ def _unpickler(path: str | Path, remap: Callable[[str, str], Any | None], trust_
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            got = remap(module, name)
+            try:
+                got = remap(module, name)
+            except CheckpointError as e:  # a source refusing one of its own names: say which file
+                raise CheckpointError(f"{path}: {e}") from None
             if got is not None:
                 return got
             mod, nm = _resolve(module, name)
@@ -172,4 +168,4 @@ def _unpickler(path: str | Path, remap: Callable[[str, str], Any | None], trust_
     return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="yoloprune_unpickle")
 
 
-__all__ = ["ALLOWED", "TRUST_ENV", "load", "refusal", "trust", "trusted"]
+__all__ = ["ALLOWED", "TRUST_ENV", "load", "refusal", "trusted"]

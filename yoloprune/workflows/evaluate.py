@@ -76,6 +76,10 @@ class Evaluator:
         return yolo_split_to_coco(self.spec.images(self.split), self.spec.labels(self.split), self.spec.names,
                                   self.spec.kpt_shape)
 
+    def _settings(self, kind: str, batch: int) -> ValSettings:
+        return ValSettings(data=str(self.spec.yaml), split=self.split, imgsz=self.imgsz, batch=batch, conf=self.conf,
+                           iou=self.iou, coco_json=kind in _COCO_IOU, folder=self._tmp.name)
+
     def _validator_for(self, net):
         """One validator (and so one dataloader) per model source and task."""
         adapter = sources.adapter_for(net)
@@ -84,10 +88,7 @@ class Evaluator:
             # OBB: one image per batch. Rotated NMS over a batch at conf 0.001 on a CPU runs past Ultralytics' NMS
             # time limit on dense images, and the images after it get no boxes (a real YOLOv8n-OBB on EM tiles
             # scored 0.20 against its own detections at batch 16, 0.94 at batch 1)
-            batch = 1 if key[1] == "obb" else self.batch
-            settings = ValSettings(data=str(self.spec.yaml), split=self.split, imgsz=self.imgsz, batch=batch,
-                                   conf=self.conf, iou=self.iou, coco_json=key[1] in _COCO_IOU, folder=self._tmp.name)
-            self._validators[key] = adapter.validator(net, settings)
+            self._validators[key] = adapter.validator(net, self._settings(key[1], 1 if key[1] == "obb" else self.batch))
         return self._validators[key]
 
     def _exported(self, path) -> tuple:
@@ -101,10 +102,7 @@ class Evaluator:
             raise DataError(f"{path} was exported at {info.imgsz} px; evaluate it at that size (--imgsz {info.imgsz})")
         key = ("exported", info.task)
         if key not in self._validators:
-            settings = ValSettings(data=str(self.spec.yaml), split=self.split, imgsz=self.imgsz, batch=1,
-                                   conf=self.conf, iou=self.iou, coco_json=info.task in _COCO_IOU,
-                                   folder=self._tmp.name)
-            self._validators[key] = sources.exported_validator(info.task, settings)
+            self._validators[key] = sources.exported_validator(info.task, self._settings(info.task, 1))
         return self._validators[key], info.task
 
     def __call__(self, model) -> EvalResult:

@@ -101,26 +101,32 @@ def _images(data: str | None, split: str, n: int, imgsz: int) -> list[np.ndarray
     return [x[None] for x in letterboxed_images(data, split, n, imgsz)]
 
 
-@torch.no_grad()
 def parity(onnx_path: str | Path, model, inputs: list[np.ndarray]) -> float:
     """Worst error of the exported outputs against PyTorch's, on the scale each channel lives on: pixel coordinates
     (boxes, keypoints) relative to the image size, everything else (scores, class index, mask coefficients and
     prototypes, angles, class probabilities) absolute. So tiny class scores of a weak model are not judged by a
     relative error, and a tampered weight, which moves boxes by pixels or scores by more than 1e-3, still fails."""
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    return _worst_error(onnx_path, lambda x: sess.run(None, {name: x}), model, inputs)
+
+
+@torch.no_grad()
+def _worst_error(where, run, model, inputs: list[np.ndarray], first_only: bool = False) -> float:
+    """The worst error (as ``parity`` says) of ``run`` (an input batch -> its outputs as arrays) against the model's
+    contract outputs; ``first_only``: compare the first output alone."""
     net, _ = sources.load_model(model)
     net = net.float().eval()
     adapter = sources.adapter_for(net)
-    layout = adapter.output_layout(net)  # per output: channel axis, pixel channels
-    sess = ort_session(onnx_path)
-    name = sess.get_inputs()[0].name
+    layout = adapter.output_layout(net)[:1 if first_only else None]  # per output: channel axis, pixel channels
     worst = 0.0
     for x in inputs:
         refs = [t.numpy() for t in adapter.contract_outputs(net, net(torch.from_numpy(x)))]
-        gots = sess.run(None, {name: x})
+        gots = run(x)
         if len(gots) != len(layout):
-            raise ParityError(f"{onnx_path}: {len(gots)} outputs where the model's task exports {len(layout)}")
+            raise ParityError(f"{where}: {len(gots)} outputs where the model's task exports {len(layout)}")
         for (axis, pixels), ref, got in zip(layout, refs, gots, strict=False):
-            worst = max(worst, _scaled_error(onnx_path, got, ref, axis, pixels, max(x.shape[-2:])))
+            worst = max(worst, _scaled_error(where, got, ref, axis, pixels, max(x.shape[-2:])))
     return worst
 
 
@@ -142,21 +148,14 @@ RUNTIMES = {"openvino": ["openvino"], "ncnn": ["ncnn", "pnnx"]}
 RUNTIME_TOLERANCE = 0.1
 
 
-@torch.no_grad()
 def _runtime_parity(folder: Path, model, inputs: list[np.ndarray]) -> tuple[float, float]:
-    """Worst error (as ``parity``) of an exported folder run by Ultralytics' AutoBackend, and its median latency."""
+    """Worst error (as ``parity``) of an exported folder run by its source's runner (Ultralytics' AutoBackend, first
+    output), and its median latency."""
     from yoloprune.workflows.latency import median_seconds
 
     net, _ = sources.load_model(model)
-    net = net.float().eval()
-    adapter = sources.adapter_for(net)
-    axis, pixels = adapter.output_layout(net)[0]
-    backend = adapter.exported_runner(folder)
-    worst = 0.0
-    for x in inputs:
-        ref = adapter.contract_outputs(net, net(torch.from_numpy(x)))[0].numpy()
-        got = backend(torch.from_numpy(x)).numpy()
-        worst = max(worst, _scaled_error(folder, got, ref, axis, pixels, max(x.shape[-2:])))
+    backend = sources.adapter_for(net).exported_runner(folder)
+    worst = _worst_error(folder, lambda x: [backend(torch.from_numpy(x)).numpy()], net, inputs, first_only=True)
     x = torch.from_numpy(inputs[0])
     return worst, median_seconds(lambda: backend(x), 20)
 

@@ -129,16 +129,14 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int
     calib = images[:len(images) - len(held)]
     tried: list[tuple[str, Drift]] = []
     with tempfile.TemporaryDirectory(prefix="yoloprune-int8-") as tmp:
-        candidates = float_candidates(fp32)
-        for k, (what, exclude) in enumerate(candidates):
+        for k, (what, exclude) in enumerate(float_candidates(fp32)):  # the last (whole head) is kept regardless
             path = Path(tmp) / f"{k}.onnx"
             _quantize(Path(fp32), path, calib, exclude)
-            d = drift(fp32, path, held, nc)
-            tried.append((what, d))
-            if d.within() or k == len(candidates) - 1:
-                written = atomic_write(out, lambda t, src=path: Path(t).write_bytes(src.read_bytes()))
-                return Int8Result(written, what, d, tried)
-    raise AssertionError("unreachable")
+            tried.append((what, drift(fp32, path, held, nc)))
+            if tried[-1][1].within():
+                break
+        written = atomic_write(out, lambda t: Path(t).write_bytes(path.read_bytes()))
+    return Int8Result(written, *tried[-1], tried)
 
 
 __all__ = ["BOX_TOLERANCE", "SCORE_TOLERANCE", "Drift", "Int8Result", "drift", "float_candidates", "quantize_int8"]

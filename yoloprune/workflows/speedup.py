@@ -42,9 +42,9 @@ class SpeedupSearch:
 
 def measure_speedup(model, base_onnx: Path, cfg: PruneConfig, folder: Path, threads: int, runs: int) -> float:
     """The speed-up over ``base_onnx`` of ``model`` pruned (uncalibrated) as ``cfg`` says, both as ONNX."""
-    net, ckpt = api.load_model(model)
+    net, _ = api.load_model(model)
     report = api.prune(copy.deepcopy(net), config=replace(cfg, selection="score", reconstruct=False))
-    trial = export_onnx(api.save_checkpoint(report.model, folder / "trial.pt", ckpt), folder / "trial.onnx", cfg.imgsz)
+    trial = export_onnx(report.model, folder / "trial.onnx", cfg.imgsz)
     base, lat = paired_onnx_latency([base_onnx, trial], cfg.imgsz, runs, threads)
     return base / lat
 
@@ -63,7 +63,7 @@ def gflops_for_speedup(model, speedup: float | None, cfg: PruneConfig, threads: 
     trials: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
         folder = Path(tmp)
-        base = export_onnx(api.save_checkpoint(net, folder / "base.pt", {}), folder / "base.onnx", cfg.imgsz)
+        base = export_onnx(net, folder / "base.onnx", cfg.imgsz)
         if latency_ms is not None:
             base_ms = paired_onnx_latency([base], cfg.imgsz, runs, threads)[0] * 1e3
             speedup = base_ms / latency_ms

@@ -50,8 +50,6 @@ def _read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint is empty: {path}")
     try:
         ckpt = safe_load(path)
-    except CheckpointError:
-        raise
     except UNREADABLE_CHECKPOINT as e:
         why = f"{type(e).__name__}: {e}" if isinstance(e, ModuleNotFoundError) else type(e).__name__
         raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({why})") from None

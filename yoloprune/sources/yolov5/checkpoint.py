@@ -90,8 +90,6 @@ def is_original(path: str | Path) -> bool:
 def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = safe_load(path, _remap)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
     except UNREADABLE_CHECKPOINT as e:
         raise CheckpointError(f"not a readable original YOLOv5 checkpoint: {path} ({type(e).__name__})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
