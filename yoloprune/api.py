@@ -17,6 +17,7 @@ from yoloprune.defaults import METHOD
 from yoloprune.engine import compact as _compact
 from yoloprune.engine import prune as _prune
 from yoloprune.engine import sparsity as _sparsity
+from yoloprune.engine.costs import CostTable
 from yoloprune.engine.graph import Graph
 from yoloprune.engine.hooks import ModelHooks
 from yoloprune.engine.hooks import trace_model as _trace_model
@@ -48,16 +49,19 @@ def apply(model: nn.Module, p: Plan, means: dict[str, torch.Tensor] | None = Non
 
 
 def prune(model: Any, ratio: float = 0.0, method: str = METHOD, config: PruneConfig | None = None,
-          calibration: torch.Tensor | None = None, reference: Reference | None = None, **options) -> Report:
+          calibration: torch.Tensor | None = None, reference: Reference | None = None, costs: CostTable | None = None,
+          **options) -> Report:
     """Prune ``model`` (YOLO, model, or checkpoint path, which is read and never written) with genuine channel
     removal. ``config`` (else ``ratio``, ``method`` and ``options``) says how; ``calibration`` images (N, 3, H, W,
     no labels; ``yoloprune.calibration_images``) or a recorded ``reference`` of the unpruned model turn on mean
-    compensation and least-squares reconstruction. Returns the Report; ``report.model`` is the pruned model.
+    compensation and least-squares reconstruction; a cost table (``costs``: a ``yoloprune.latency_table``) makes the
+    plan able to weigh what each channel costs and gives ``config.target_cost`` its meaning. Returns the Report;
+    ``report.model`` is the pruned model.
     """
     cfg = config or PruneConfig(ratio=ratio, method=method, **options)
     cfg.validate(calibrated=calibration is not None or reference is not None)
     net, ckpt = load_model(model)
-    return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference), ckpt=ckpt)
+    return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference, costs), ckpt=ckpt)
 
 
 def record_reference(model: nn.Module, images: torch.Tensor, focus: bool = True) -> Reference:

@@ -159,15 +159,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
                       recalibrate_bn=args.recalibrate_bn, steps=args.steps)
     if args.target_speedup is not None or args.target_latency is not None:
-        from dataclasses import replace
 
-        from yoloprune.workflows.speedup import gflops_for_speedup
+        from yoloprune.workflows.speedup import search_speedup
 
-        search = gflops_for_speedup(args.model, args.target_speedup, cfg, threads=args.threads,
-                                    latency_ms=args.target_latency)
+        search = search_speedup(args.model, args.target_speedup, cfg, threads=args.threads,
+                                latency_ms=args.target_latency, runtime_name=args.runtime)
         print(search.line(), flush=True)
-        cfg = replace(cfg, target_gflops=search.gflops, ratio=0.0)
-    report = prune(args.model, config=cfg, calibration=calibration)
+        cfg, costs = search.config(cfg), search.costs
+    else:
+        costs = None
+    report = prune(args.model, config=cfg, calibration=calibration, costs=costs)
     print(report.table())
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
     print(f"saved {out}")
@@ -192,6 +193,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_speed_targets(p, many: bool = False) -> None:
+    if many:
+        p.add_argument("--target-speedups", type=_speedups, default=None, metavar="X,Y,...",
+                       help="instead of --ratios: points at these speed-ups over the unpruned model, measured on "
+                            "--runtime on this machine (each pruned as prune --target-speedup does)")
+    else:
+        p.add_argument("--target-speedup", type=float, default=None,
+                       help="instead of --ratio: prune until the model runs this many times faster than the "
+                            "unpruned one on --runtime, measured on this machine: every conv is timed at the widths "
+                            "pruning can leave (a latency table, cached), and trial prunes are timed to check")
+        p.add_argument("--target-latency", type=float, default=None, metavar="MS",
+                       help="instead of --ratio: prune until the model runs in MS milliseconds (batch 1) on "
+                            "--runtime on this machine")
+    p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="where latency is measured: onnxruntime on the CPU (the ONNX export), or eager PyTorch (on "
+                        "the CUDA device when there is one, else the CPU)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="CPU threads for timing (onnxruntime intra-op threads, or torch's)")
+
+
 def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
     p.add_argument("--model", required=True, help="checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml")
@@ -211,14 +232,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--ignore", nargs="*", default=[], help="module names left alone, e.g. model.22")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="instead of --ratio: prune until GFLOPs fall to this fraction of the original")
-    p.add_argument("--target-speedup", type=float, default=None,
-                   help="instead of --ratio: prune until the ONNX export runs this many times faster than the "
-                        "unpruned model's on onnxruntime (CPU), measured on this machine")
-    p.add_argument("--target-latency", type=float, default=None, metavar="MS",
-                   help="instead of --ratio: prune until the ONNX export runs in MS milliseconds on onnxruntime "
-                        "(CPU, batch 1) on this machine")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="onnxruntime threads for --target-speedup / --target-latency")
+    _add_speed_targets(p)
     p.add_argument("--imgsz", type=_positive_int, default=None, help="image size (default: the checkpoint's training size, else 640; printed)")
     p.add_argument("--layers", action="store_true",
                    help="with --method bn: also remove residual blocks whose branch |gamma| all fall under the threshold")
@@ -248,7 +262,9 @@ def _cmd_iterative(args: argparse.Namespace) -> int:
 
     _check_out(args.model, args.out)
     cfg = IterativeConfig(model=args.model, data=args.data, out=args.out, ratio=args.ratio,
-                          target_gflops=args.target_gflops, steps=args.steps, epochs=args.epochs, method=args.method,
+                          target_gflops=args.target_gflops, target_speedup=args.target_speedup,
+                          runtime=args.runtime, threads=args.threads, steps=args.steps, epochs=args.epochs,
+                          method=args.method,
                           round_to=args.round_to, distill=args.distill, max_map_drop=args.max_map_drop,
                           imgsz=args.imgsz, batch=args.batch, workers=args.workers, calib_images=args.calib_images)
     df = iterative_prune(cfg)
@@ -264,6 +280,12 @@ def _add_iterative(sub) -> None:
     p.add_argument("--data", required=True, help="data yaml: calibration (train), fine-tuning and val mAP")
     p.add_argument("--ratio", type=_ratio, default=None, help="overall fraction of prunable channels to remove")
     p.add_argument("--target-gflops", type=float, default=None, help="final GFLOPs as a fraction of the original")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="final speed-up over the original on --runtime: a one-shot prune --target-speedup search "
+                        "sets the final GFLOPs and channel block; each step's speed-up is measured and tabled")
+    p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="where --target-speedup is measured (as for prune)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for timing")
     p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step")
     p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
@@ -367,6 +389,16 @@ def _ratios(text: str) -> list[float]:
     return values
 
 
+def _speedups(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not v >= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated speed-ups >= 1 like 1,1.3,1.6, got {text!r}")
+    return values
+
+
 def _methods(text: str) -> list[str]:
     values = [t.strip() for t in text.split(",") if t.strip()]
     bad = [v for v in values if v not in defaults.SWEEP_METHODS]
@@ -394,7 +426,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                           batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers,
                           reconstruct=not args.no_reconstruct, calib_images=args.calib_images,
                           distill=args.distill, steps=args.steps, device=args.device,
-                          recover_epochs=args.recover_epochs)
+                          recover_epochs=args.recover_epochs, speedups=args.target_speedups,
+                          runtime=args.runtime, latency_threads=args.threads, int8=args.int8)
         if args.ray is not None:
             rc = RayConfig(address=None if args.ray == "local" else args.ray, cpus_per_point=args.cpus_per_point,
                            gpus_per_point=args.gpus_per_point, local_cpus=args.ray_cpus, shared=args.ray_shared)
@@ -411,6 +444,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--model")
     p.add_argument("--data")
     p.add_argument("--ratios", type=_ratios, default=list(defaults.SWEEP_RATIOS))
+    _add_speed_targets(p, many=True)
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize every point's ONNX export (as export --int8 does): INT8 mAP and latency columns")
     p.add_argument("--method", type=_methods, default=[defaults.METHOD],
                    help="one or more criteria (l1,l2,bn,act,...) or unstructured (default: l1)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every point for K epochs (default: 0)")

@@ -36,6 +36,10 @@ class PruneConfig:
     min_channels: int = 1  # never keep fewer units than this in a group
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
     target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
+    # With a cost table given beside the config (engine.costs; a latency table): prune until its predicted cost
+    # <= this fraction of the unpruned model's, and weigh scores by (unit cost / mean) ** cost_power
+    target_cost: float | None = None
+    cost_power: float = 0.0  # 0.25 cost 7.8 points of mAP50-95 at 1.3x on the tea-bud yolov8n, 1.0 cost 28
     imgsz: int = 640  # image size for GFLOPs
     blocks: bool = False  # bn method: also remove residual blocks whose branch's |gamma| all fall under the threshold
     # With calibration images (given beside the config): removed channels' means are folded into their consumers
@@ -62,8 +66,14 @@ class PruneConfig:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {self.steps}")
         if self.blocks and (self.method != "bn" or self.scope != "global" or self.target_gflops is not None
+                            or self.target_cost is not None
                             or self.steps > 1):
             raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
+        if self.target_cost is not None and not 0 < self.target_cost <= 1:
+            raise ConfigError(f"target_cost is a fraction of the unpruned model's cost in (0, 1], got {self.target_cost}")
+        if self.target_cost is not None and (self.target_gflops is not None or self.scope == "damage"):
+            raise ConfigError("a cost target is reached by the global or uniform scope, alone (not with a GFLOPs "
+                              "target or damage widths)")
         if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
             raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from yoloprune.engine.compensate import fold
+from yoloprune.engine.costs import CostTable, weigh
 from yoloprune.engine.graph import Graph
 from yoloprune.engine.hooks import ModelHooks, example_input, trace_model
 from yoloprune.engine.plan import (
@@ -97,9 +98,10 @@ def apply_checked(model: nn.Module, p: Plan, hooks: ModelHooks, means: dict[str,
     apply(model, p, hooks, means)
 
 
-def _plan_for_gflops(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
+def _plan_for_budget(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, measure, goal: float,
                      scored: Scored, orders: list[list[int]] | None) -> Plan:
-    """Bisect the ratio until GFLOPs fall to ``cfg.target_gflops`` of the original (the model scored once)."""
+    """Bisect the ratio until ``measure(pruned model)`` (GFLOPs, or a cost table's prediction) falls to ``goal``
+    (the model scored once)."""
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         mid = (lo + hi) / 2
@@ -110,12 +112,14 @@ def _plan_for_gflops(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Pru
             continue
         trial = copy.deepcopy(model)
         apply(trial, candidate, hooks)
-        if hooks.gflops(trial, cfg.imgsz) <= cfg.target_gflops * base:
+        if measure(trial) <= goal:
             best, hi = candidate, mid
         else:
             lo = mid
     if best is None:
-        raise ConfigError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
+        what = (f"{cfg.target_cost:.0%} of the original predicted cost" if cfg.target_cost
+                else f"{cfg.target_gflops:.0%} of the original GFLOPs")
+        raise ConfigError(f"cannot reach {what} under these constraints")
     return best
 
 
@@ -155,16 +159,26 @@ def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Prun
 
 
 def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
-            reference: Reference | None, threshold: float | None) -> Plan:
-    """The plan: widths by ``cfg.scope`` (and the GFLOPs target), channels by ``cfg.selection``."""
+            reference: Reference | None, threshold: float | None, costs: Budget | None = None) -> Plan:
+    """The plan: widths by ``cfg.scope`` (and the GFLOPs or cost target), channels by ``cfg.selection``; with a
+    cost table, the scores weighed by what a unit of each group costs (``costs.weigh``)."""
     scored = score_groups(model, graph, cfg, reference)
+    if costs is not None and cfg.scope == "global":
+        groups = [units for units, _ in scored]
+        scored = list(zip(groups, weigh(groups, [s for _, s in scored], costs.table, cfg.cost_power), strict=True))
     obs = selection(cfg, reference is not None) == "obs"
     curves = _curves(model, graph, cfg, reference, scored) if cfg.scope == "damage" or obs else None
     if cfg.scope == "damage":
         return _plan_by_damage(model, hooks, graph, cfg, base, reference, scored, curves)
     orders = [c.order for c in curves] if curves is not None else None
+    if cfg.target_cost:
+        if costs is None:
+            raise ConfigError("target_cost needs a cost table (a latency table) given beside the config")
+        return _plan_for_budget(model, hooks, graph, cfg, costs.table.total, cfg.target_cost * costs.base, scored,
+                                orders)
     if cfg.target_gflops:
-        return _plan_for_gflops(model, hooks, graph, cfg, base, scored, orders)
+        return _plan_for_budget(model, hooks, graph, cfg, lambda m: hooks.gflops(m, cfg.imgsz),
+                                cfg.target_gflops * base, scored, orders)
     return plan(model, graph, cfg, threshold=threshold, scored=scored, orders=orders)
 
 
@@ -207,6 +221,14 @@ def _recorded(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, graph: Graph,
     return None if images is None else record_reference(net, hooks, images, graph, cfg.focus)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A cost table and the unpruned model's total by it (``PruneConfig.target_cost`` is a fraction of that)."""
+
+    table: CostTable
+    base: float
+
+
 @dataclass
 class _Targets:
     """Reconstruction targets across steps: the original model's Reference, and for every layer which original
@@ -227,7 +249,7 @@ class _Step:
 
 
 def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float, images: torch.Tensor | None,
-                reference: Reference | None, targets: _Targets | None = None) -> _Step:
+                reference: Reference | None, targets: _Targets | None = None, costs: Budget | None = None) -> _Step:
     """Trace, (remove dead-under-threshold blocks), calibrate, plan, apply, reconstruct, recalibrate."""
     graph = trace_model(net, hooks)
     blocks: list[str] = []
@@ -237,7 +259,7 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: fl
         blocks = prune_blocks_under(net, hooks, threshold)
         graph = trace_model(net, hooks)
     reference = _recorded(net, hooks, cfg, graph, images, reference, fresh=bool(blocks))
-    p = _choose(net, hooks, graph, cfg, gflops0, reference, threshold)
+    p = _choose(net, hooks, graph, cfg, gflops0, reference, threshold, costs)
     jobs = refit_jobs(net, p, hooks.fixed_layers(net)) if reference is not None and cfg.reconstruct else {}
     fit_ref = reference
     if targets is not None:  # aim at the original model: its outputs, at its channel indices
@@ -257,11 +279,13 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: fl
     return _Step(graph, p, blocks, refits)
 
 
-def one_step_gflops(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float | None = None) -> float:
+def one_step_gflops(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float | None = None,
+                    costs: Budget | None = None) -> float:
     """The GFLOPs fraction that pruning at ``cfg.ratio`` in one step reaches (planned on a copy, no calibration)."""
     gflops0 = gflops0 or hooks.gflops(net, cfg.imgsz)
     trial = copy.deepcopy(net)
-    _prune_step(trial, hooks, replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), gflops0, None, None)
+    _prune_step(trial, hooks, replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), gflops0, None, None,
+                costs=costs)
     return hooks.gflops(trial, cfg.imgsz) / gflops0
 
 
@@ -271,6 +295,8 @@ def _step_config(cfg: PruneConfig, i: int, gflops_ratio: float | None) -> PruneC
     the same ratio gives the same model size in any number of steps."""
     if cfg.steps == 1:
         return cfg
+    if cfg.target_cost:
+        return replace(cfg, target_cost=step_target(cfg.target_cost, i, cfg.steps))
     return replace(cfg, target_gflops=step_target(cfg.target_gflops or gflops_ratio, i, cfg.steps))
 
 
@@ -286,27 +312,31 @@ def _multi_step_targets(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, ima
 
 
 def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, calibration: torch.Tensor | None = None,
-          reference: Reference | None = None) -> Report:
+          reference: Reference | None = None, costs: CostTable | None = None) -> Report:
     """Prune ``net`` in place as ``cfg`` says.
 
     With ``calibration`` images (N, 3, H, W; no labels) or the unpruned model's recorded ``reference`` (reused
     across a sweep): mean compensation, least-squares reconstruction (``cfg.reconstruct``) and BatchNorm
     recalibration (``cfg.recalibrate_bn``), in ``cfg.steps`` steps; later steps record the model they start from
     afresh, and reconstruction always aims at the original model's outputs. Returns a Report with params and
-    GFLOPs before/after, per-layer widths and the refit layers' errors; ``report.model`` is ``net``.
+    GFLOPs before/after, per-layer widths and the refit layers' errors; ``report.model`` is ``net``. With a cost
+    table (``costs``, e.g. a latency table): ``cfg.target_cost`` is a fraction of its prediction for ``net``, and
+    the global threshold weighs each group's scores by its units' costs.
     """
     cfg.validate(calibrated=calibration is not None or reference is not None)
     before = snapshot(net, hooks, cfg.imgsz)
-    gflops_ratio = (one_step_gflops(net, hooks, cfg, before.gflops) if cfg.steps > 1 and not cfg.target_gflops
-                    else None)
+    budget = Budget(costs, costs.total(net)) if costs is not None else None
+    gflops_ratio = (one_step_gflops(net, hooks, cfg, before.gflops, budget) if cfg.steps > 1 and not cfg.target_gflops
+                    and not cfg.target_cost else None)
     reference, targets = _multi_step_targets(net, hooks, cfg, calibration, reference)
     removed, blocks = 0, []
     for i in range(1, cfg.steps + 1):
         step = _prune_step(net, hooks, _step_config(cfg, i, gflops_ratio), before.gflops, calibration,
-                           reference if i == 1 else None, targets)
+                           reference if i == 1 else None, targets, budget)
         removed += len(step.plan.remove)
         blocks += step.blocks
     action = f"prune {cfg.method} " + (f"target_gflops={cfg.target_gflops}" if cfg.target_gflops
+                                       else f"target_cost={cfg.target_cost:.4g}" if cfg.target_cost
                                        else f"ratio={cfg.ratio}") + (f" in {cfg.steps} steps" if cfg.steps > 1 else "")
     return Report.build(net, hooks, before, step.graph, removed=removed, imgsz=cfg.imgsz, action=action,
                         removed_blocks=blocks, refits=step.refits)

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +27,7 @@ from yoloprune.engine.plan import PruneConfig, step_target
 from yoloprune.engine.prune import one_step_gflops
 from yoloprune.errors import ConfigError, check_ratio
 from yoloprune.workflows.evaluate import Evaluator
+from yoloprune.workflows.speedup import search_speedup, speedup_of
 from yoloprune.workflows.tables import bar, markdown_table
 from yoloprune.workflows.train import TrainConfig, train
 
@@ -37,7 +38,10 @@ class IterativeConfig:
     data: str
     out: str
     ratio: float | None = None  # overall fraction of prunable channels removed, or
-    target_gflops: float | None = None  # final GFLOPs as a fraction of the original
+    target_gflops: float | None = None  # final GFLOPs as a fraction of the original, or
+    target_speedup: float | None = None  # final speed-up on ``runtime``: the one-shot search sets the final GFLOPs
+    runtime: str = "onnxruntime"  # where speed is measured (workflows.latency_table.RUNTIMES)
+    threads: int = 1
     steps: int = 3
     epochs: int = 1  # fine-tune epochs after each step (0: prune and reconstruct only)
     method: str = METHOD
@@ -50,8 +54,10 @@ class IterativeConfig:
     calib_images: int = CALIB_IMAGES
 
     def validate(self) -> None:
-        if (self.ratio is None) == (self.target_gflops is None):
-            raise ConfigError("give exactly one of ratio and target_gflops")
+        if sum(x is not None for x in (self.ratio, self.target_gflops, self.target_speedup)) != 1:
+            raise ConfigError("give exactly one of ratio, target_gflops and target_speedup")
+        if self.target_speedup is not None and not self.target_speedup > 1:
+            raise ConfigError(f"target_speedup must be above 1, got {self.target_speedup}")
         if self.ratio is not None and check_ratio(self.ratio) == 0:
             raise ConfigError("ratio 0 prunes nothing; give a ratio in (0, 1)")
         if self.target_gflops is not None and not 0 < self.target_gflops < 1:
@@ -95,10 +101,18 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     gflops0, params0 = hooks.gflops(original, cfg.imgsz), sum(p.numel() for p in original.parameters())
     first = evaluator(original)
     map0, metric = first.map50_95, first.metric  # the task's metric: mAP50-95, pose mAP50-95, top-1 accuracy, ...
-    target = cfg.target_gflops or one_step_gflops(original, hooks, PruneConfig(
-        ratio=cfg.ratio, method=cfg.method, round_to=cfg.round_to, imgsz=cfg.imgsz))
+    if cfg.target_speedup:  # the final GFLOPs and channel block of a one-shot prune that runs that fast
+        search = search_speedup(cfg.model, cfg.target_speedup, PruneConfig(method=cfg.method, round_to=cfg.round_to,
+                                imgsz=cfg.imgsz), threads=cfg.threads, runtime_name=cfg.runtime)
+        print(search.line(), file=sys.stderr, flush=True)
+        cfg = replace(cfg, round_to=search.round_to)
+        target = search.gflops_ratio
+    else:
+        target = cfg.target_gflops or one_step_gflops(original, hooks, PruneConfig(
+            ratio=cfg.ratio, method=cfg.method, round_to=cfg.round_to, imgsz=cfg.imgsz))
     rows: list[dict] = [{"step": 0, "gflops_ratio": 1.0, "params_ratio": 1.0, "map50_95_pruned": map0,
-                         "map50_95": map0, "epochs": 0, "seconds": 0.0, "metric": metric}]
+                         "map50_95": map0, "epochs": 0, "seconds": 0.0, "metric": metric,
+                         **({"speedup": 1.0} if cfg.target_speedup else {})}]
     meta = sources.source_meta(cfg.model)
     with tempfile.TemporaryDirectory(prefix="yoloprune-iter-") as tmp:
         current, kept = Path(cfg.model), None
@@ -119,6 +133,8 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
                    "params_ratio": sum(p.numel() for p in model.parameters()) / params0,
                    "map50_95_pruned": pruned_map, "map50_95": evaluator(model).map50_95, "epochs": cfg.epochs,
                    "seconds": time.perf_counter() - t0, "metric": metric}
+            if cfg.target_speedup:
+                row["speedup"] = speedup_of(model, original, cfg.imgsz, cfg.runtime, cfg.threads)
             rows.append(row)
             _progress(i, cfg.steps, row)
             if cfg.max_map_drop is not None and map0 - row["map50_95"] > cfg.max_map_drop:

@@ -1,11 +1,16 @@
-"""Prune to a speed-up measured on the runtime the model is deployed with, not to a GFLOPs fraction.
+"""Prune to a speed-up (or latency) measured on the runtime the model is deployed with, not to a GFLOPs fraction.
 
 GFLOPs are not time: on onnxruntime (one thread) the tea-bud yolov8n at 0.45x GFLOPs runs 1.68x faster, not 2.24x.
-``gflops_for_speedup`` searches the GFLOPs target whose pruned model, exported to ONNX, runs ``speedup`` times
-faster than the unpruned model's export, each trial timed in alternation with it (so a busy machine slows both
-alike and the ratio holds). Trials are planned without calibration: the widths a target gives do not depend on it
-(calibration only chooses which channels go and refits them), so the search is a few seconds per trial, and the
-final prune, calibrated, has the widths that were timed.
+By default (``budget="latency"``) every conv of the model is timed alone on the runtime at the widths pruning can
+leave (``workflows.latency_table``, cached per model, size, runtime and machine); the planner then weighs each
+channel's importance by the time it costs and cuts to a predicted latency. The prediction is checked by timing
+trial prunes against the unpruned model in alternation (so a busy machine slows both alike and the ratio holds),
+and the target corrected until the measured speed-up is within ``TOLERANCE``. ``budget="gflops"`` instead
+searches the GFLOPs target whose prune runs that much faster (the plan ignores time).
+
+Trials are planned without calibration: the widths a target gives do not depend on it (calibration only chooses
+which channels go and refits them), so the search costs a few seconds per trial, and the final prune, calibrated,
+has the widths that were timed.
 """
 
 from __future__ import annotations
@@ -16,75 +21,166 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from torch import nn
+
 from yoloprune import api
+from yoloprune.engine.costs import CostTable
 from yoloprune.engine.plan import PruneConfig
 from yoloprune.errors import ConfigError
-from yoloprune.workflows.export import export_onnx
-from yoloprune.workflows.latency import paired_onnx_latency
+from yoloprune.workflows.latency_table import Built, Runtime, channel_block, latency_table, runtime
 
 TOLERANCE = 0.03  # stop when the measured speed-up is within 3% of the target
+BUDGETS = ("latency", "gflops")
 
 
 @dataclass
 class SpeedupSearch:
+    """What a search for a speed-up found: the config field (``target_cost`` or ``target_gflops``) and its value,
+    the speed-up and latency measured at it, and (latency budget) the table's prediction."""
+
     target: float  # speed-up asked for
-    gflops: float  # the GFLOPs fraction found
+    budget: str  # "latency" or "gflops"
+    fraction: float  # the target_cost (latency) or target_gflops (gflops) found
     measured: float  # the speed-up measured at it
-    trials: list[tuple[float, float]] = field(default_factory=list)  # (GFLOPs fraction, measured speed-up)
+    base_ms: float  # the unpruned model's latency, measured
+    pruned_ms: float  # the pruned model's, measured
+    predicted_ms: float | None = None  # the pruned model's latency, predicted by the table
+    runtime: str = "onnxruntime"
+    trials: list[tuple[float, float]] = field(default_factory=list)  # (fraction, measured speed-up)
     latency_ms: float | None = None  # the latency asked for, when it was asked as one
+    table: Built | None = None
+    round_to: int = 8  # the widths' multiple: the runtime's channel block, for a latency budget
+    gflops_ratio: float = 1.0  # the pruned model's GFLOPs over the unpruned model's
+
+    def config(self, cfg: PruneConfig) -> PruneConfig:
+        """``cfg`` with the target found, the ratio cleared and widths rounded as the trials were."""
+        key = "target_cost" if self.budget == "latency" else "target_gflops"
+        return replace(cfg, ratio=0.0, round_to=self.round_to, **{key: self.fraction})
+
+    @property
+    def costs(self) -> CostTable | None:
+        return self.table.table if self.table is not None and self.budget == "latency" else None
 
     def line(self) -> str:
         asked = (f"target latency {self.latency_ms:g} ms (a {self.target:.2f}x speed-up here)" if self.latency_ms
                  else f"target speed-up {self.target:.2f}x")
-        return (f"{asked} on onnxruntime: {self.gflops:.3f}x GFLOPs measured {self.measured:.2f}x "
-                f"({len(self.trials)} trials timed beside the unpruned model)")
+        found = (f"{self.fraction:.3f} of the predicted latency, widths in blocks of {self.round_to}"
+                 if self.budget == "latency" else f"{self.fraction:.3f}x GFLOPs")
+        out = (f"{asked} on {self.runtime}: {found}, measured {self.measured:.2f}x ({self.base_ms:.2f} -> "
+               f"{self.pruned_ms:.2f} ms; {len(self.trials)} trials timed beside the unpruned model)")
+        if self.predicted_ms is not None:
+            off = self.predicted_ms / self.pruned_ms - 1
+            out += f"; predicted {self.predicted_ms:.2f} ms, measured {self.pruned_ms:.2f} ms ({off:+.0%})"
+            if abs(off) > 0.10:
+                out += " - the latency table is more than 10% off on this model"
+        if self.table is not None:
+            out += (f"\nlatency table: {'reused from' if self.table.cached else 'measured'} "
+                    f"{self.table.path}" + ("" if self.table.cached else f" in {self.table.seconds:.0f} s"))
+        return out
 
 
-def measure_speedup(model, base_onnx: Path, cfg: PruneConfig, folder: Path, threads: int, runs: int) -> float:
-    """The speed-up over ``base_onnx`` of ``model`` pruned (uncalibrated) as ``cfg`` says, both as ONNX."""
-    net, _ = api.load_model(model)
-    report = api.prune(copy.deepcopy(net), config=replace(cfg, selection="score", reconstruct=False))
-    trial = export_onnx(report.model, folder / "trial.onnx", cfg.imgsz)
-    base, lat = paired_onnx_latency([base_onnx, trial], cfg.imgsz, runs, threads)
-    return base / lat
+def build_table(net: nn.Module, imgsz: int, rt: Runtime, round_to: int) -> Built:
+    graph = api.trace_model(net)
+    return latency_table(net, imgsz, set(graph.bn_after), rt, round_to)
 
 
-def gflops_for_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int = 1, runs: int = 15,
-                       max_trials: int = 8, latency_ms: float | None = None) -> SpeedupSearch:
-    """The GFLOPs fraction (for ``cfg.target_gflops``) whose pruned model runs ``speedup`` times faster than the
-    unpruned one on onnxruntime with ``threads`` threads (or, with ``latency_ms``, in that many milliseconds on
-    this machine): bisection in log-GFLOPs between 1 and the smallest fraction pruning reaches, stopping within
-    ``TOLERANCE``."""
+def _trial(net: nn.Module, cfg: PruneConfig, costs: CostTable | None) -> nn.Module:
+    """``net`` pruned as ``cfg`` says, without calibration (the widths are what is timed)."""
+    return api.prune(copy.deepcopy(net), config=replace(cfg, selection="score", reconstruct=False), costs=costs).model
+
+
+def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int = 1, runs: int = 15,
+                   max_trials: int = 8, latency_ms: float | None = None, budget: str = "latency",
+                   runtime_name: str = "onnxruntime") -> SpeedupSearch:
+    """The target (``target_cost`` of the latency table, or ``target_gflops``) whose pruned model runs ``speedup``
+    times faster than the unpruned one on the runtime (or, with ``latency_ms``, in that many milliseconds on this
+    machine). Each trial's measured speed-up corrects the next by a log-log secant, inside the bracket the trials
+    so far leave, until one lands within ``TOLERANCE``."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget {budget!r}; choose {', '.join(BUDGETS)}")
     if latency_ms is None and not (speedup or 0) > 1:
         raise ConfigError(f"--target-speedup must be above 1 (a speed-up over the unpruned model), got {speedup}")
     if latency_ms is not None and not latency_ms > 0:
         raise ConfigError(f"--target-latency must be a positive number of milliseconds, got {latency_ms}")
+    rt = runtime(runtime_name, threads)
     net, _ = api.load_model(model)
-    trials: list[tuple[float, float]] = []
+    built = None
+    if budget == "latency":  # widths in whole blocks of what the runtime computes in: a part-block costs a whole
+        cfg = replace(cfg, round_to=math.lcm(cfg.round_to, channel_block(rt, cfg.round_to)))
+        built = build_table(net, cfg.imgsz, rt, cfg.round_to)
+    costs = built.table if built is not None else None
     with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
         folder = Path(tmp)
-        base = export_onnx(net, folder / "base.onnx", cfg.imgsz)
+        base = rt.prepare(net, folder, "base", cfg.imgsz)
+        base_ms = rt.paired_ms([base], cfg.imgsz, runs)[0]
         if latency_ms is not None:
-            base_ms = paired_onnx_latency([base], cfg.imgsz, runs, threads)[0] * 1e3
             speedup = base_ms / latency_ms
             if speedup <= 1:
                 raise ConfigError(f"the unpruned model already runs in {base_ms:.1f} ms here, within "
                                   f"--target-latency {latency_ms:g} ms: nothing to prune for")
-        lo, hi = 0.05, 1.0  # GFLOPs fractions: lo fast enough (assumed), hi too slow
-        best = (1.0, 1.0)
+        if costs is not None:  # the table's share of the time is what pruning can cut
+            table0 = costs.total(net)
+            overhead = max(base_ms - table0, 0.0)
+            frac = min(max((base_ms / speedup - overhead) / table0, 0.02), 1.0)
+        else:
+            frac = speedup ** -1.4  # GFLOPs fall faster than time
+        trials: list[tuple[float, float, float, nn.Module]] = []  # (fraction, speed-up, pruned ms, model)
+        lo, hi = 0.0, 1.0  # fractions known too fast / too slow
         for _ in range(max_trials):
-            g = math.sqrt(lo * hi)
-            s = measure_speedup(net, base, replace(cfg, target_gflops=g, ratio=0.0), folder, threads, runs)
-            trials.append((g, s))
-            if abs(s / speedup - 1) < abs(best[1] / speedup - 1):
-                best = (g, s)
+            key = "target_cost" if costs is not None else "target_gflops"
+            try:
+                pruned = _trial(net, replace(cfg, ratio=0.0, **{key: frac}), costs)
+            except ConfigError:  # out of reach under the constraints: aim higher
+                lo = frac
+                frac = math.sqrt(frac * hi)
+                continue
+            base_t, t = rt.paired_ms([base, rt.prepare(pruned, folder, f"trial{len(trials)}", cfg.imgsz)],
+                                     cfg.imgsz, runs)
+            s = base_t / t
+            trials.append((frac, s, t * base_ms / base_t, pruned))
             if abs(s / speedup - 1) <= TOLERANCE:
                 break
-            lo, hi = (lo, g) if s < speedup else (g, hi)
-    if abs(best[1] / speedup - 1) > 0.15:
-        raise ConfigError(f"a {speedup:.2f}x speed-up is out of reach by pruning this model on this runtime: the "
-                          f"closest was {best[1]:.2f}x at {best[0]:.3f}x GFLOPs")
-    return SpeedupSearch(speedup, best[0], best[1], trials, latency_ms)
+            lo, hi = (lo, frac) if s < speedup else (frac, hi)
+            frac = _next(trials, speedup, lo, hi)
+    if not trials:
+        raise ConfigError(f"a {speedup:.2f}x speed-up is out of reach by pruning this model under these constraints")
+    frac, s, t, pruned = min(trials, key=lambda tr: abs(tr[1] / speedup - 1))
+    if abs(s / speedup - 1) > 0.15:
+        raise ConfigError(f"a {speedup:.2f}x speed-up is out of reach by pruning this model on {rt.name}: the "
+                          f"closest was {s:.2f}x")
+    predicted = None
+    if costs is not None:
+        predicted = costs.total(pruned) + max(base_ms - costs.total(net), 0.0)
+    return SpeedupSearch(speedup, budget, frac, s, base_ms, t, predicted, rt.name,
+                         [(f, x) for f, x, _, _ in trials], latency_ms, built, cfg.round_to,
+                         api.gflops(pruned, cfg.imgsz) / api.gflops(net, cfg.imgsz))
 
 
-__all__ = ["TOLERANCE", "SpeedupSearch", "gflops_for_speedup", "measure_speedup"]
+def speedup_of(model: nn.Module, reference: nn.Module, imgsz: int, runtime_name: str = "onnxruntime",
+               threads: int = 1, runs: int = 20) -> float:
+    """How many times faster ``model`` runs than ``reference`` on the runtime, timed in alternation."""
+    rt = runtime(runtime_name, threads)
+    with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
+        a, b = (rt.prepare(m, Path(tmp), n, imgsz) for m, n in ((reference, "reference"), (model, "model")))
+        ref_ms, ms = rt.paired_ms([a, b], imgsz, runs)
+    return ref_ms / ms
+
+
+def _next(trials: list, speedup: float, lo: float, hi: float) -> float:
+    """The next fraction: a secant through the last two trials in log(fraction) against log(speed-up) (slope -1
+    after one), kept strictly inside the bracket (lo, hi)."""
+    f1, s1 = trials[-1][0], trials[-1][1]
+    slope = -1.0
+    if len(trials) >= 2:
+        f0, s0 = trials[-2][0], trials[-2][1]
+        if f0 != f1 and s0 != s1:
+            slope = (math.log(s1) - math.log(s0)) / (math.log(f1) - math.log(f0))
+            slope = min(max(slope, -3.0), -0.2)
+    f = f1 * math.exp((math.log(speedup) - math.log(s1)) / slope)
+    lo_b = max(lo, 0.01)
+    if not lo_b < f < hi:
+        f = math.sqrt(lo_b * hi)
+    return f
+
+
+__all__ = ["BUDGETS", "TOLERANCE", "SpeedupSearch", "build_table", "search_speedup", "speedup_of"]

@@ -64,14 +64,29 @@ class SweepConfig:
     recover_epochs: int = 0  # label-free recovery of every pruned point for this many epochs, before any fine-tune
     steps: int = 1  # prune-and-reconstruct steps per point (PruneConfig.steps)
     layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
+    # Instead of ratios: points at these speed-ups over the unpruned model on ``runtime`` (prune --target-speedup;
+    # the table's ratio column then holds the target speed-up, 1 being the unpruned model)
+    speedups: list[float] | None = None
+    runtime: str = "onnxruntime"
+    int8: bool = False  # also quantize every point's ONNX export (export --int8): its mAP and latency
+
+    @property
+    def axis(self) -> str:
+        return "speedup" if self.speedups else "ratio"
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in sweep_methods()]
         if bad or not self.methods:
             raise ConfigError(f"unknown method {bad[0] if bad else ''!r}; choose from {', '.join(sweep_methods())}")
-        if not self.ratios:
+        if self.speedups is not None:
+            if not self.speedups or any(not x >= 1 for x in self.speedups):
+                raise ConfigError(f"target speed-ups must be >= 1 (1: the unpruned model), got {self.speedups}")
+            if UNSTRUCTURED in self.methods or self.layers:
+                raise ConfigError("speed-up targets are reached by channel pruning: not with unstructured sparsity "
+                                  "or block removal")
+        elif not self.ratios:
             raise ConfigError("give at least one ratio")
-        for r in self.ratios:
+        for r in self.ratios if self.speedups is None else ():
             check_ratio(r)
         if self.recover_epochs < 0:
             raise ConfigError("recover_epochs must be >= 0")
@@ -86,10 +101,12 @@ class SweepConfig:
                 "round_to": self.round_to, "calibration": self.compensate, "reconstruct": self.reconstruct,
                 "calib_images": self.calib_images, "steps": self.steps, "distill": self.distill,
                 "recover_epochs": self.recover_epochs,
-                "layers": self.layers}
+                "layers": self.layers, "axis": self.axis, "int8": self.int8,
+                "runtime": self.runtime if self.speedups else None}
 
     def jobs(self) -> list[tuple[str, float, int]]:
-        return [(m, round(float(r), 4), self.finetune_epochs) for m in self.methods for r in self.ratios]
+        return [(m, round(float(r), 4), self.finetune_epochs) for m in self.methods
+                for r in (self.speedups or self.ratios)]
 
 
 def read_results(out: str | Path) -> pd.DataFrame:
@@ -151,18 +168,25 @@ def write_results(df: pd.DataFrame, out: str | Path, title: str = "") -> None:
 
 def _cell(column: str, value) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else (f"{value:.4f}" if column.startswith("map") else f"{value:.3g}")
+        return "" if math.isnan(value) else (f"{value:.4f}" if "map" in column else f"{value:.3g}")
     return str(value)
+
+
+def _by_speedup(df: pd.DataFrame) -> bool:
+    """The rows are points of a speed-up sweep: their ratio column holds target speed-ups."""
+    return "axis" in df.columns and len(df) > 0 and bool((df["axis"] == "speedup").all())
 
 
 def markdown(df: pd.DataFrame) -> str:
     cols = ["model", "method", "ratio", "finetune_epochs", "map50_95", "map50", "params_ratio", "gflops_ratio",
-            "ckpt_mb", "onnx_mb", "latency_ms", "speedup"]
+            "ckpt_mb", "onnx_mb", "latency_ms", "speedup", "int8_map50_95", "int8_ms", "int8_speedup"]
     if "blocks_removed" in df.columns and (df["blocks_removed"].fillna(0) > 0).any():
         cols.append("blocks_removed")
     if metric_names(df) != DETECTION_METRICS:  # map50_95 / map50 hold another task's metric: say which
         cols.insert(cols.index("map50_95"), "metric")
     view = df[[c for c in cols if c in df.columns]].copy()
+    if _by_speedup(df):
+        view = view.rename(columns={"ratio": "target_speedup"})
     if "status" in df.columns and (df["status"] != "ok").any():
         view["note"] = ["" if st == "ok" else str(st).split(":")[0] + " (reason in results.csv)" for st in df["status"]]
     return markdown_table(view.to_dict("records"), list(view.columns), _cell) + "\n"
@@ -187,7 +211,7 @@ def _draw(ax, df: pd.DataFrame, x: str, y: str, label_ratios: bool) -> None:
             for _, r in g.iterrows():
                 ax.annotate(f"{r['ratio']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 4), fontsize=7,
                             color=line.get_color())
-    base = ok[ok["ratio"] == 0]
+    base = ok[ok["ratio"] == (1 if _by_speedup(df) else 0)]
     if len(base):
         ax.axhline(float(base[y].max()), color="gray", ls="--", lw=1, label=f"unpruned {float(base[y].max()):.3f}")
     refused = df[df["status"].astype(str).str.startswith("refused")] if "status" in df.columns else df.iloc[:0]
@@ -206,7 +230,8 @@ def plot(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
     from matplotlib.figure import Figure
 
     written = []
-    for name, x, ys, xlabel in (("map_vs_ratio.png", "ratio", ("map50_95", "map50"), "prune ratio"),
+    for name, x, ys, xlabel in (("map_vs_ratio.png", "ratio", ("map50_95", "map50"),
+                                 "target speed-up" if _by_speedup(df) else "prune ratio"),
                                 ("map_vs_latency.png", "latency_ms", ("map50_95",), "onnxruntime CPU latency (ms)")):
         fig = Figure(figsize=(5.5 * len(ys), 4.3))
         axes = fig.subplots(1, len(ys), squeeze=False)[0]
@@ -224,14 +249,23 @@ def plot(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
 
 
 def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration, reference) -> tuple[object, int]:
-    """A pruned copy of ``base`` and the number of residual blocks removed with it."""
+    """A pruned copy of ``base`` and the number of residual blocks removed with it (``ratio``: the target speed-up
+    in a speed-up sweep)."""
     model = copy.deepcopy(base)
     if method == UNSTRUCTURED:
         return api.sparsify(model, amount=ratio).model, 0
-    pc = PruneConfig(ratio=ratio, method=method, imgsz=cfg.imgsz, round_to=cfg.round_to,
-                     blocks=cfg.layers and method == "bn" and ratio > 0, reconstruct=cfg.reconstruct,
-                     steps=cfg.steps if not (cfg.layers and method == "bn") else 1)
-    report = api.prune(model, config=pc, calibration=calibration, reference=reference)
+    pc = PruneConfig(ratio=ratio if cfg.axis == "ratio" else 0.0, method=method, imgsz=cfg.imgsz,
+                     round_to=cfg.round_to, blocks=cfg.layers and method == "bn" and ratio > 0,
+                     reconstruct=cfg.reconstruct, steps=cfg.steps if not (cfg.layers and method == "bn") else 1)
+    costs = None
+    if cfg.axis == "speedup":
+        if ratio == 1:
+            return model, 0
+        from yoloprune.workflows.speedup import search_speedup
+
+        search = search_speedup(base, ratio, pc, threads=cfg.latency_threads, runtime_name=cfg.runtime)
+        pc, costs = search.config(pc), search.costs
+    report = api.prune(model, config=pc, calibration=calibration, reference=reference, costs=costs)
     return report.model, len(report.removed_blocks)
 
 
@@ -263,10 +297,22 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
         model, _ = sources.load_model(ckpt)
     res = evaluator(model)
     onnx = export_onnx(ckpt, work / f"{name}.onnx", cfg.imgsz)
-    base_lat, lat = paired_onnx_latency([base_stats["onnx"], onnx], cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
+    files = [base_stats["onnx"], onnx]
+    if cfg.int8:
+        from yoloprune.workflows.export import int8_path
+        from yoloprune.workflows.quantize import quantize_int8
+
+        images = base_stats.get("calibration")
+        images = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images) if images is None else images
+        q = quantize_int8(onnx, int8_path(onnx), images.numpy().astype("float32"), nc=len(model.names))
+        row.update(int8_map50_95=evaluator(str(q.path)).map50_95, int8_float=q.kept_float)
+        files.append(q.path)
+    base_lat, lat, *int8_lat = paired_onnx_latency(files, cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
+    if int8_lat:
+        row.update(int8_ms=int8_lat[0] * 1e3, int8_speedup=base_lat / int8_lat[0])
     params = sum(p.numel() for p in model.parameters())
     gfl = api.gflops(model, cfg.imgsz)
-    return {**row, "status": "ok", "metric": res.metric, "map50_95": res.map50_95, "map50": res.map50,
+    return {**row, "axis": cfg.axis, "status": "ok", "metric": res.metric, "map50_95": res.map50_95, "map50": res.map50,
             "ultralytics_map50_95": res.ultralytics_map50_95, "params": params,
             "params_ratio": params / base_stats["params"], "gflops": gfl, "gflops_ratio": gfl / base_stats["gflops"],
             "ckpt_mb": ckpt.stat().st_size / 1e6, "onnx_mb": onnx.stat().st_size / 1e6, "latency_ms": lat * 1e3,
@@ -297,7 +343,7 @@ def reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
     return {**done.iloc[0].to_dict(), "method": method}
 
 
-_LATER_SETTINGS = {"recover_epochs": 0}  # recipe settings added later, with the value older sweeps had
+_LATER_SETTINGS = {"recover_epochs": 0, "axis": "ratio", "int8": False, "runtime": None}  # recipe settings added later, with the value older sweeps had
 
 
 def _check_recipe(cfg: SweepConfig, out: Path, df: pd.DataFrame) -> None:
