@@ -1,10 +1,15 @@
-"""What is deployed: FP32 and INT8 ONNX files of the unpruned and pruned tea-bud yolov8n, side by side in one run.
+"""What is deployed: the tea-bud yolov8n pruned to measured speed-ups, GFLOPs-targeted against latency-targeted,
+as FP32 and INT8 ONNX files, OpenVINO and ncnn, side by side in one run.
 
-For the unpruned model and the default one-shot prune at each target speed-up (``prune --target-speedup``, which
-finds the GFLOPs target by timing trial exports on onnxruntime): the ONNX export and its INT8 copy (``export
---int8``, calibrated on 64 unlabeled train images), each scored on val and test by pycocotools through ``val`` on
-the file itself, and all files timed together in alternation on onnxruntime (batch 1, one thread, 320 px); speed-ups
-are ratios of medians against the unpruned FP32 file. Finished rows are kept in ``--work``.
+Points: the unpruned model, and at each target speed-up (1.3x, 1.6x, 2x on onnxruntime, one thread) the default
+one-shot prune two ways: **gflops** (``budget="gflops"``: the GFLOPs target whose prune runs that fast, widths in
+multiples of 8 as the GFLOPs path has them) and **latency** (``prune --target-speedup``'s default: a latency table
+of every conv on this machine's onnxruntime, widths in the runtime's measured channel block). Each point's ONNX
+export and its INT8 copy (``export --int8``, calibrated on 64 unlabeled train images) are scored on val and test by
+pycocotools through ``val`` on the file itself. All ONNX files are timed together in alternation (batch 1, one
+thread, 320 px), and the latency points' OpenVINO and ncnn exports (one thread each) in alternation with the
+unpruned ONNX file; speed-ups are ratios of medians against the unpruned FP32 ONNX file. Finished rows are kept in
+``--work``.
 
     python benchmarks/deploy.py [--speedups 1.3,1.6,2.0] [--work outputs/deploy] [--out benchmarks/deploy.md]
 """
@@ -16,10 +21,11 @@ from yoloprune.runtime import offline_runtime
 offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
 
 import argparse
+import importlib.util
 import json
+import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +38,10 @@ import yoloprune as yp  # noqa: E402
 from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
 from yoloprune.data.images import calibration_images  # noqa: E402
-from yoloprune.workflows.export import export_onnx, int8_path  # noqa: E402
-from yoloprune.workflows.latency import paired_onnx_latency  # noqa: E402
+from yoloprune.workflows.export import ExportConfig, export, export_onnx, int8_path  # noqa: E402
+from yoloprune.workflows.latency import ort_session  # noqa: E402
 from yoloprune.workflows.quantize import quantize_int8  # noqa: E402
-from yoloprune.workflows.speedup import gflops_for_speedup  # noqa: E402
+from yoloprune.workflows.speedup import search_speedup  # noqa: E402
 from yoloprune.workflows.tables import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +58,10 @@ class Bench(WorkFolder):
         self.test = yp.Evaluator(str(DATA), "test", imgsz=IMGSZ)
         self.base_gflops = gflops(load_model(V8)[0], IMGSZ)
 
-    def point(self, key: str, speedup: float | None) -> None:
+    def onnx(self, key: str) -> Path:
+        return self.work / "models" / f"{key}.onnx"
+
+    def point(self, key: str, speedup: float | None, budget: str) -> None:
         """The checkpoint, its ONNX file and INT8 copy, scored."""
         if self.done(key):
             return
@@ -63,15 +72,20 @@ class Bench(WorkFolder):
             save_checkpoint(model, ckpt, meta)
         else:
             cfg = yp.PruneConfig(imgsz=IMGSZ)
-            search = gflops_for_speedup(str(V8), speedup, cfg)
-            report = yp.prune(str(V8), config=replace(cfg, target_gflops=search.gflops), calibration=self.calib)
+            search = search_speedup(str(V8), speedup, cfg, budget=budget)
+            print(search.line(), flush=True)
+            report = yp.prune(str(V8), config=search.config(cfg), calibration=self.calib, costs=search.costs)
             save_checkpoint(report.model, ckpt, report.ckpt)
             model = report.model
-        onnx = export_onnx(ckpt, self.work / "models" / f"{key}.onnx", IMGSZ)
+        onnx = export_onnx(ckpt, self.onnx(key), IMGSZ)
         q = quantize_int8(onnx, int8_path(onnx), self.calib.numpy().astype(np.float32), nc=len(model.names))
-        row = {"point": key, "target_speedup": speedup or 1.0, "gflops_ratio": gflops(model, IMGSZ) / self.base_gflops,
-               "search_speedup": search.measured if search else 1.0, "int8_float": q.kept_float,
-               "int8_box_drift": q.drift.box, "int8_score_drift": q.drift.score, "minutes": 0.0}
+        row = {"point": key, "budget": budget, "target_speedup": speedup or 1.0,
+               "gflops_ratio": gflops(model, IMGSZ) / self.base_gflops,
+               "round_to": search.round_to if search else "",
+               "search_speedup": search.measured if search else 1.0,
+               "predicted_ms": search.predicted_ms if search and search.predicted_ms else "",
+               "search_ms": search.pruned_ms if search else "",
+               "int8_float": q.kept_float, "int8_box_drift": q.drift.box, "minutes": 0.0}
         for kind, path in (("fp32", onnx), ("int8", q.path)):
             row[f"{kind}_val"], row[f"{kind}_test"] = self.val(str(path)).map50_95, self.test(str(path)).map50_95
         row["minutes"] = (time.perf_counter() - t0) / 60
@@ -80,21 +94,89 @@ class Bench(WorkFolder):
         print(f"{key}: FP32 {row['fp32_val']:.4f} INT8 {row['int8_val']:.4f} ({row['minutes']:.1f} min)", flush=True)
 
     def latency(self, runs: int) -> None:
-        """Every file timed together, in alternation; speed-ups against the unpruned FP32 file."""
+        """Every ONNX file timed together, in alternation; speed-ups against the unpruned FP32 file."""
         keys = list(self.rows)
-        files = [self.work / "models" / f"{k}.onnx" for k in keys]
-        times = paired_onnx_latency(files + [int8_path(f) for f in files], IMGSZ, runs, 1)
+        files = [self.onnx(k) for k in keys]
+        sessions = [ort_session(f, 1) for f in files + [int8_path(f) for f in files]]
+        times = alternate([_ort_runner(s) for s in sessions], runs)
         base = times[keys.index("unpruned")]
         for i, k in enumerate(keys):
-            self.rows[k].update(fp32_ms=times[i] * 1e3, int8_ms=times[len(keys) + i] * 1e3,
-                                fp32_speedup=base / times[i], int8_speedup=base / times[len(keys) + i])
+            self.rows[k].update(fp32_ms=times[i], int8_ms=times[len(keys) + i], fp32_speedup=base / times[i],
+                                int8_speedup=base / times[len(keys) + i])
         self.save()
+
+    def runtimes(self, runs: int) -> None:
+        """OpenVINO and ncnn files of the unpruned and latency points (one thread each), timed in alternation with
+        the unpruned ONNX file."""
+        keys = [k for k, r in self.rows.items() if r["budget"] in ("", "latency")]
+        for fmt, runner in (("openvino", _openvino_runner), ("ncnn", _ncnn_runner)):
+            if any(importlib.util.find_spec(m) is None for m in {"openvino": ["openvino"],
+                                                                 "ncnn": ["ncnn", "pnnx"]}[fmt]):
+                print(f"{fmt}: not installed, skipped", flush=True)
+                continue
+            runners = [_ort_runner(ort_session(self.onnx("unpruned"), 1))]
+            for k in keys:
+                folder = self.work / "models" / f"{k}_{fmt}_model"
+                if not folder.exists():
+                    export(ExportConfig(model=str(self.path(k)), out=str(folder), imgsz=IMGSZ, data=str(DATA),
+                                        format=fmt))
+                runners.append(runner(folder))
+            times = alternate(runners, runs)
+            for k, t in zip(keys, times[1:], strict=True):
+                self.rows[k].update({f"{fmt}_ms": t, f"{fmt}_speedup": times[0] / t})
+            self.save()
+
+
+def alternate(runners: list, runs: int) -> list[float]:
+    """Median milliseconds of each runner, run in turn ``runs`` times after three warm-up rounds."""
+    times: list[list[float]] = [[] for _ in runners]
+    for i in range(runs + 3):
+        for k, run in enumerate(runners):
+            t = time.perf_counter()
+            run()
+            if i >= 3:
+                times[k].append(time.perf_counter() - t)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def _ort_runner(sess):
+    feed = {sess.get_inputs()[0].name: np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)}
+    return lambda: sess.run(None, feed)
+
+
+def _openvino_runner(folder: Path):
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(next(folder.glob("*.xml")))), "CPU",
+                                  {"INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    x = np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)
+    return lambda: request.infer({0: x})
+
+
+def _ncnn_runner(folder: Path):
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.num_threads = 1
+    net.load_param(str(folder / "model.ncnn.param"))
+    net.load_model(str(folder / "model.ncnn.bin"))
+    x = ncnn.Mat(np.zeros((3, IMGSZ, IMGSZ), np.float32))
+
+    def run():
+        ex = net.create_extractor()
+        ex.input(net.input_names()[0], x)
+        ex.extract(net.output_names()[0])
+    return run
+
+
+COLS = ["point", "target_speedup", "gflops_ratio", "round_to", "search_speedup", "predicted_ms", "search_ms",
+        "fp32_val", "fp32_test", "fp32_ms", "fp32_speedup", "int8_val", "int8_test", "int8_ms", "int8_speedup",
+        "openvino_ms", "openvino_speedup", "ncnn_ms", "ncnn_speedup", "int8_float"]
 
 
 def table(rows: dict) -> str:
-    cols = ["point", "target_speedup", "gflops_ratio", "search_speedup", "fp32_val", "fp32_test", "fp32_ms",
-            "fp32_speedup", "int8_val", "int8_test", "int8_ms", "int8_speedup", "int8_float", "int8_box_drift"]
-
     def cell(c: str, v) -> str:
         if c.endswith(("_val", "_test")) and isinstance(v, float):
             return f"{v:.4f}"
@@ -102,16 +184,21 @@ def table(rows: dict) -> str:
             return f"{v:.2f}x"
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    return markdown_table(sorted(rows.values(), key=lambda r: r["target_speedup"]), cols, cell)
+    order = sorted(rows.values(), key=lambda r: (r["target_speedup"], r["budget"]))
+    return markdown_table(order, [c for c in COLS if any(c in r for r in order)], cell)
 
 
-HEADER = ("# Deployed files: FP32 and INT8 ONNX, unpruned and pruned to a measured speed-up\n\n"
-          "`python benchmarks/deploy.py`: the tea-bud yolov8n, one run on 2 CPU cores, 320 px. mAP50-95 by "
-          "pycocotools on val and test, computed on the ONNX files themselves (`yoloprune val`); latency on "
-          "onnxruntime, batch 1, one thread, every file timed together in alternation (medians), speed-ups against "
-          "the unpruned FP32 file. `search_speedup` is what `--target-speedup`'s search measured for its choice; "
-          "`int8_float` is what INT8 export kept in float by its measured drift (`int8_box_drift`: mean box error "
-          "at detected positions as a fraction of the image size).\n\n")
+HEADER = ("# Deployed files: pruned to a measured speed-up, GFLOPs-targeted against latency-targeted; FP32, INT8, "
+          "OpenVINO, ncnn\n\n"
+          "`python benchmarks/deploy.py`: the tea-bud yolov8n, one run on 2 CPU cores, 320 px. `gflops` points: the "
+          "GFLOPs target whose prune runs the target speed-up (widths in multiples of 8); `latency` points: `prune "
+          "--target-speedup` (a latency table of this machine's onnxruntime, widths in its measured channel block, "
+          "`round_to`). `search_speedup` / `search_ms`: what the search measured for its choice; `predicted_ms`: "
+          "the latency table's prediction for it. mAP50-95 by pycocotools on val and test, computed on the ONNX "
+          "files themselves (`yoloprune val`). Latency: onnxruntime, batch 1, one thread, every ONNX file timed "
+          "together in alternation (medians); OpenVINO (its CPU plugin's default precision) and ncnn, one thread, "
+          "timed in alternation with the unpruned ONNX file; every speed-up is against the unpruned FP32 ONNX "
+          "file. `int8_float`: what INT8 export kept in float by its measured drift.\n\n")
 
 
 def main() -> None:
@@ -122,11 +209,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "deploy.md"))
     args = ap.parse_args()
     bench = Bench(Path(args.work))
-    bench.point("unpruned", None)
+    bench.point("unpruned", None, "")
     for s in (float(x) for x in args.speedups.split(",")):
-        bench.point(f"speedup{s:g}", s)
-        atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
+        for budget in ("gflops", "latency"):
+            bench.point(f"{budget}{s:g}", s, budget)
+            atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
     bench.latency(args.runs)
+    bench.runtimes(args.runs)
     atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
     print(table(bench.rows))
     print(json.dumps(bench.rows, indent=1))

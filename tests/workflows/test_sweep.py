@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pandas as pd
 import pytest
@@ -188,3 +190,22 @@ def test_sweep_recovers_pruned_points_without_labels_and_resumes_older_folders(s
     del recipe["recover_epochs"]  # as a sweep folder from before the setting existed
     (old / "sweep.json").write_text(json.dumps(recipe))
     assert len(sweep(_cfg(setup, old, [0.0, 0.4]))) == 2
+
+
+def test_sweep_at_target_speedups_with_int8_columns(tmp_path):
+    """Points at measured speed-ups (1 = the unpruned model), each also quantized to INT8 and scored and timed."""
+    data, _ = tiny_project(tmp_path / "p", n_train=6, n_val=3)
+    weights = Path(__file__).resolve().parents[2] / "weights" / "teabud-yolov8n.pt"
+    cfg = SweepConfig(model=str(weights), data=str(data), out=str(tmp_path / "s"), speedups=[1.0, 1.3], imgsz=160,
+                      batch=4, workers=0, latency_runs=15, calib_images=8, int8=True)
+    df = sweep(cfg).set_index("ratio")
+    assert set(df["status"]) == {"ok"} and list(df.index) == [1.0, 1.3]
+    assert df.loc[1.0, "gflops_ratio"] == 1.0 and df.loc[1.3, "gflops_ratio"] < 0.9
+    assert 1.1 < df.loc[1.3, "speedup"] < 1.6, df["speedup"]  # remeasured in the sweep, beside the unpruned file
+    for r in (1.0, 1.3):
+        assert 0 <= df.loc[r, "int8_map50_95"] <= 1 and df.loc[r, "int8_ms"] > 0
+        assert df.loc[r, "int8_speedup"] > df.loc[r, "speedup"], "INT8 runs faster than the same point's FP32"
+    md = (tmp_path / "s" / "results.md").read_text().splitlines()
+    assert md[0].startswith("| method | target_speedup") and "int8_map50_95" in md[0]
+    with pytest.raises(yp.ConfigError, match="speed-ups"):
+        sweep(SweepConfig(model=str(weights), data=str(data), out=str(tmp_path / "x"), speedups=[0.5]))
