@@ -106,24 +106,31 @@ class Bench(WorkFolder):
         self.save()
 
     def runtimes(self, runs: int) -> None:
-        """OpenVINO and ncnn files of the unpruned and latency points (one thread each), timed in alternation with
-        the unpruned ONNX file."""
+        """OpenVINO (its default precision, and INT8 by NNCF through Ultralytics' exporter, calibrated on 64 train
+        images) and ncnn folders of the unpruned and latency points, scored on val and test, and timed (one thread
+        each) in alternation with the unpruned ONNX file."""
         keys = [k for k, r in self.rows.items() if r["budget"] in ("", "latency")]
-        for fmt, runner in (("openvino", _openvino_runner), ("ncnn", _ncnn_runner)):
-            if any(importlib.util.find_spec(m) is None for m in {"openvino": ["openvino"],
-                                                                 "ncnn": ["ncnn", "pnnx"]}[fmt]):
-                print(f"{fmt}: not installed, skipped", flush=True)
+        for name, fmt, int8, runner in (("openvino", "openvino", False, _openvino_runner),
+                                        ("openvino_int8", "openvino", True, _openvino_runner),
+                                        ("ncnn", "ncnn", False, _ncnn_runner)):
+            needs = {"openvino": ["openvino", "nncf"] if int8 else ["openvino"], "ncnn": ["ncnn", "pnnx"]}[fmt]
+            if any(importlib.util.find_spec(m) is None for m in needs):
+                print(f"{name}: {' or '.join(needs)} not installed, skipped", flush=True)
                 continue
             runners = [_ort_runner(ort_session(self.onnx("unpruned"), 1))]
             for k in keys:
-                folder = self.work / "models" / f"{k}_{fmt}_model"
+                folder = self.work / "models" / f"{k}{'-int8' if int8 else ''}_{fmt}_model"
                 if not folder.exists():
                     export(ExportConfig(model=str(self.path(k)), out=str(folder), imgsz=IMGSZ, data=str(DATA),
-                                        format=fmt))
+                                        format=fmt, int8=int8, calib_data=str(DATA), calib_images=64))
+                if f"{name}_val" not in self.rows[k]:
+                    self.rows[k][f"{name}_val"] = self.val(str(folder)).map50_95
+                    self.rows[k][f"{name}_test"] = self.test(str(folder)).map50_95
+                    self.save()
                 runners.append(runner(folder))
             times = alternate(runners, runs)
             for k, t in zip(keys, times[1:], strict=True):
-                self.rows[k].update({f"{fmt}_ms": t, f"{fmt}_speedup": times[0] / t})
+                self.rows[k].update({f"{name}_ms": t, f"{name}_speedup": times[0] / t})
             self.save()
 
 
@@ -173,7 +180,8 @@ def _ncnn_runner(folder: Path):
 
 COLS = ["point", "target_speedup", "gflops_ratio", "round_to", "search_speedup", "predicted_ms", "search_ms",
         "fp32_val", "fp32_test", "fp32_ms", "fp32_speedup", "int8_val", "int8_test", "int8_ms", "int8_speedup",
-        "openvino_ms", "openvino_speedup", "ncnn_ms", "ncnn_speedup", "int8_float"]
+        "openvino_val", "openvino_ms", "openvino_speedup", "openvino_int8_val", "openvino_int8_test", "openvino_int8_ms",
+        "openvino_int8_speedup", "ncnn_val", "ncnn_ms", "ncnn_speedup", "int8_float"]
 
 
 def table(rows: dict) -> str:
@@ -196,8 +204,10 @@ HEADER = ("# Deployed files: pruned to a measured speed-up, GFLOPs-targeted agai
           "`round_to`). `search_speedup` / `search_ms`: what the search measured for its choice; `predicted_ms`: "
           "the latency table's prediction for it. mAP50-95 by pycocotools on val and test, computed on the ONNX "
           "files themselves (`yoloprune val`). Latency: onnxruntime, batch 1, one thread, every ONNX file timed "
-          "together in alternation (medians); OpenVINO (its CPU plugin's default precision) and ncnn, one thread, "
-          "timed in alternation with the unpruned ONNX file; every speed-up is against the unpruned FP32 ONNX "
+          "together in alternation (medians); OpenVINO (its CPU plugin's default precision: bfloat16 on this CPU), "
+          "OpenVINO INT8 (`export --format openvino --int8`: NNCF through Ultralytics' exporter, the head in float, "
+          "calibrated on 64 train images) and ncnn, one thread each, scored the same way and timed in alternation "
+          "with the unpruned ONNX file; every speed-up is against the unpruned FP32 ONNX "
           "file. `int8_float`: what INT8 export kept in float by its measured drift.\n\n")
 
 

@@ -6,6 +6,10 @@ import copy
 import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+if "YOLOPRUNE_CACHE" not in os.environ:  # latency tables of the tests' models stay out of the user's cache
+    import tempfile
+
+    os.environ["YOLOPRUNE_CACHE"] = tempfile.mkdtemp(prefix="yoloprune-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

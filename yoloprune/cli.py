@@ -509,7 +509,9 @@ def _add_export(sub) -> None:
     p.add_argument("--data", default=None, help="data yaml whose val images feed the check (default: random)")
     p.add_argument("--baseline", default=None, help="unpruned checkpoint whose export's latency is measured beside")
     p.add_argument("--int8", action="store_true", help="also write OUT's stem + .int8.onnx: onnxruntime static INT8 "
-                   "(QDQ, per-channel weights), with as much of the head in float as its measured drift needs")
+                   "(QDQ, per-channel weights), with as much of the head in float as its measured drift needs; "
+                   "with --format openvino, the folder itself is INT8 (NNCF through Ultralytics' exporter, the "
+                   "head in float)")
     p.add_argument("--calib-data", default=None, help="INT8 calibration images: a folder or a data yaml (default: "
                    "--data, else the checkpoint's recorded training data)")
     p.add_argument("--calib-images", type=_positive_int, default=64, help="INT8 calibration images to use")

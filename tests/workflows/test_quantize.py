@@ -91,6 +91,24 @@ def test_another_runtimes_export_is_checked_against_pytorch_and_loads_in_ultraly
     assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out", str(tmp_path / "x"),
                  "--format", "openvino"]) == 2  # Ultralytics finds the format by the folder's name
     assert "_openvino_model" in capsys.readouterr().err
+    evaluator = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ)  # val reads the folder as it reads an ONNX file
+    ckpt = evaluator(str(ROOT / "weights" / "teabud-yolov8n.pt")).map50_95
+    assert abs(evaluator(str(out)).map50_95 - ckpt) < 0.01, "OpenVINO (bf16 where the CPU has it) keeps the mAP"
+
+
+def test_openvino_int8_is_calibrated_on_train_images_and_keeps_the_map(tmp_path, capsys):
+    pytest.importorskip("nncf")  # with openvino, a dev dependency: CI has it
+    out = tmp_path / "m_openvino_model"
+    assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out", str(out), "--imgsz",
+                 str(IMGSZ), "--format", "openvino", "--int8", "--data", str(DATA), "--calib-images", "32"]) == 0
+    xml = (out / "model.xml").read_text()
+    assert "i8" in xml or "u8" in xml, "the network holds INT8 weights"
+    evaluator = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ)
+    ckpt = evaluator(str(ROOT / "weights" / "teabud-yolov8n.pt")).map50_95
+    assert abs(evaluator(str(out)).map50_95 - ckpt) < 0.03
+    assert main(["export", "--model", str(ROOT / "weights" / "teabud-yolov8n.pt"), "--out",
+                 str(tmp_path / "n_ncnn_model"), "--format", "ncnn", "--int8", "--data", str(DATA)]) == 2
+    assert "--int8" in capsys.readouterr().err
 
 
 def test_a_runtime_that_is_not_installed_is_one_line_and_exit_2(tmp_path, capsys):

@@ -221,3 +221,22 @@ def test_ddp_workers_rebuild_the_pruned_model_and_the_penalty(tiny, tmp_path, mo
     header, row = results[0].split(","), results[1].split(",")
     assert float(row[header.index("slim/sr")]) == pytest.approx(3e-3)  # not the class default 1e-4
     assert header.count("slim/sr") == 1 and len(results) == 2  # callbacks ran once per event, one epoch
+
+
+def test_iterative_pruning_to_a_speedup_times_every_step(pruned_from, tmp_path):
+    from yoloprune.workflows.iterative import IterativeConfig, iterative_prune
+
+    root, data, base, _ = pruned_from
+    out = tmp_path / "it.pt"
+    df = iterative_prune(IterativeConfig(model=str(base), data=str(data), out=str(out), target_speedup=1.3, steps=2,
+                                         epochs=0, imgsz=192, batch=4, workers=0, calib_images=4))
+    assert list(df["step"]) == [0, 1, 2] and df["speedup"].iloc[0] == 1.0
+    assert 1.1 < df["speedup"].iloc[-1] < 1.6, df  # each step timed beside the original, in alternation
+    assert df["gflops_ratio"].iloc[1] > df["gflops_ratio"].iloc[2]
+    from yoloprune.workflows.latency_table import channel_block, runtime
+
+    block = channel_block(runtime("onnxruntime"), 8)  # measured on this machine (cached by the search)
+    widths = [m.out_channels for m in yp.load_model(str(out))[0].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sum(w % block == 0 for w in widths) > 0.8 * len(widths), "widths in the runtime's channel block"
+    with pytest.raises(yp.ConfigError, match="exactly one"):
+        IterativeConfig(model=str(base), data=str(data), out=str(out), target_speedup=1.3, ratio=0.3).validate()

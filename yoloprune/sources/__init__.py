@@ -53,14 +53,21 @@ def save_checkpoint(model: nn.Module, path: str | Path, ckpt: dict | None = None
     return adapter_for(model).save(model, path, ckpt, meta)
 
 
+EXPORTED_FOLDERS = ("_openvino_model", "_ncnn_model")  # the folder names Ultralytics' runtimes are told by
+
+
 def is_exported(src: Any) -> bool:
-    """Whether ``src`` names an exported model file (ONNX) rather than a checkpoint."""
-    return isinstance(src, (str, Path)) and Path(src).suffix.lower() == ".onnx"
+    """Whether ``src`` names an exported model (an ONNX file, or an OpenVINO / ncnn folder) rather than a
+    checkpoint."""
+    if not isinstance(src, (str, Path)):
+        return False
+    path = Path(src)
+    return path.suffix.lower() == ".onnx" or path.name.endswith(EXPORTED_FOLDERS)
 
 
 def read_exported(src: str | Path) -> Exported:
-    """An exported file's task, classes and image size, from the metadata Ultralytics' exporter writes."""
-    if not Path(src).is_file():
+    """An exported model's task, classes and image size, from the metadata Ultralytics' exporter writes."""
+    if not (Path(src).is_file() or Path(src).is_dir()):
         raise YoloPruneError(f"exported model not found: {src}")
     return read_ultralytics_export(src)
 

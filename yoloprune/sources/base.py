@@ -139,8 +139,11 @@ class Adapter(ModelHooks):
 
         raise ConfigError(f"running exported {self.name or 'this source'} models is not offered")
 
-    def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
-        """Another runtime's format (``openvino``, ``ncnn``), a folder at ``out``; a source without one refuses."""
+    def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str,
+                      int8_data: str | None = None, fraction: float = 1.0) -> Path:
+        """Another runtime's format (``openvino``, ``ncnn``), a folder at ``out``; with ``int8_data`` (a data yaml),
+        quantized to INT8 by that runtime's tools, calibrated on ``fraction`` of its train split. A source without
+        one refuses."""
         from yoloprune.errors import ConfigError
 
         raise ConfigError(f"--format {fmt} is not offered for {self.name or 'this source'}'s models; export ONNX")

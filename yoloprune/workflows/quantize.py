@@ -98,17 +98,23 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray, exclude: list[str]) -> 
 
 
 def drift(fp32: str | Path, int8: str | Path, images: np.ndarray, nc: int) -> Drift:
-    """Box and score drift of the INT8 file from the FP32 one on ``images``: the first output, (N, 4 + nc + extras,
-    anchors), holds pixel boxes in its first 4 rows and ``nc`` class scores after them."""
-    boxes = 4
+    """Box and score drift of the INT8 file from the FP32 one on ``images`` (as ``drift_between``)."""
     from yoloprune.workflows.latency import ort_session
 
     a, b = ort_session(fp32), ort_session(int8)
     name = a.get_inputs()[0].name
+    return drift_between(lambda x: a.run(None, {name: x})[0], lambda x: b.run(None, {name: x})[0], images, nc)
+
+
+def drift_between(run_a, run_b, images: np.ndarray, nc: int) -> Drift:
+    """Box and score drift of ``run_b`` from ``run_a`` (each a batch -> its first output as an array) on
+    ``images``: that output, (N, 4 + nc + extras, anchors), holds pixel boxes in its first 4 rows and ``nc`` class
+    scores after them; the drift is measured where either finds a detection."""
+    boxes = 4
     box_err, score_err, count = 0.0, 0.0, 0
     for i in range(len(images)):
         x = images[i:i + 1]
-        ya, yb = a.run(None, {name: x})[0][0], b.run(None, {name: x})[0][0]  # (C, anchors)
+        ya, yb = run_a(x)[0], run_b(x)[0]  # (C, anchors)
         sa, sb = ya[boxes:boxes + nc], yb[boxes:boxes + nc]
         hit = (sa.max(0) > CONF) | (sb.max(0) > CONF)
         if not hit.any():
@@ -139,4 +145,5 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int
     return Int8Result(written, *tried[-1], tried)
 
 
-__all__ = ["BOX_TOLERANCE", "SCORE_TOLERANCE", "Drift", "Int8Result", "drift", "float_candidates", "quantize_int8"]
+__all__ = ["BOX_TOLERANCE", "SCORE_TOLERANCE", "Drift", "Int8Result", "drift", "drift_between", "float_candidates",
+           "quantize_int8"]

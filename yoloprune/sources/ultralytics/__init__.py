@@ -111,9 +111,10 @@ class UltralyticsAdapter(Adapter):
             return y[0] if isinstance(y, (list, tuple)) else y
         return run
 
-    def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
-        """OpenVINO or ncnn through Ultralytics' exporter: a folder at ``out``."""
-        return um.export_format(model, ckpt, out, imgsz, fmt)
+    def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str,
+                      int8_data: str | None = None, fraction: float = 1.0) -> Path:
+        """OpenVINO or ncnn through Ultralytics' exporter: a folder at ``out`` (INT8 calibrated on ``int8_data``)."""
+        return um.export_format(model, ckpt, out, imgsz, fmt, int8_data, fraction)
 
 
 __all__ = ["UltralyticsAdapter"]

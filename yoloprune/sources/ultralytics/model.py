@@ -385,6 +385,8 @@ def read_exported(path: str | Path) -> Exported:
     import onnx
 
     path = Path(path)
+    if path.is_dir():  # an OpenVINO or ncnn folder: its metadata.yaml
+        return _folder_metadata(path)
     try:
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as e:  # onnx raises DecodeError, ValueError, OSError, ... on a broken file
@@ -400,16 +402,33 @@ def read_exported(path: str | Path) -> Exported:
                               "ONNX files written by its export command or Ultralytics' exporter") from None
 
 
-def export_format(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str) -> Path:
+def _folder_metadata(path: Path) -> Exported:
+    import yaml
+
+    try:
+        meta = yaml.safe_load((path / "metadata.yaml").read_text())
+        imgsz, kpt = meta["imgsz"], meta.get("kpt_shape")
+        return Exported(path, meta["task"], dict(meta["names"]),
+                        max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz), tuple(kpt) if kpt else None)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"{path}: no readable metadata.yaml (task, names, imgsz); yoloprune evaluates folders "
+                              "written by its export command or Ultralytics' exporter") from None
+
+
+def export_format(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str,
+                  int8_data: str | None = None, fraction: float = 1.0) -> Path:
     """Another runtime's format (``openvino``, ``ncnn``) through Ultralytics' exporter, run on a private copy of
-    the checkpoint in a temp folder; the produced folder is copied to ``out`` atomically."""
+    the checkpoint in a temp folder; the produced folder is copied to ``out`` atomically. ``int8_data``: a data
+    yaml whose train split (``fraction`` of it) calibrates Ultralytics' INT8 quantization (OpenVINO: NNCF, the
+    head kept in float)."""
     import tempfile
 
     from yoloprune.atomic import atomic_copy_dir
 
+    int8 = {"int8": True, "data": int8_data, "split": "train", "fraction": fraction} if int8_data else {}
     with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
         src = save_checkpoint(model, Path(tmp) / "model.pt", ckpt)
-        produced = YOLO(str(src)).export(format=fmt, imgsz=imgsz, device="cpu", verbose=False)
+        produced = YOLO(str(src)).export(format=fmt, imgsz=imgsz, device="cpu", verbose=False, **int8)
         return atomic_copy_dir(produced, out)
 
 
