@@ -61,14 +61,15 @@ class Bench(WorkFolder):
     def onnx(self, key: str) -> Path:
         return self.work / "models" / f"{key}.onnx"
 
-    def point(self, key: str, speedup: float | None, budget: str) -> None:
-        """The checkpoint, its ONNX file and INT8 copy, scored."""
+    def point(self, key: str, speedup: float | None, budget: str, tuned: Path | None = None) -> None:
+        """The checkpoint, its ONNX file and INT8 copy, scored (``tuned``: a fine-tuned copy of a point, which
+        has its widths)."""
         if self.done(key):
             return
         t0 = time.perf_counter()
         ckpt, search = self.path(key), None
-        if speedup is None:
-            model, meta = load_model(V8)
+        if speedup is None or tuned is not None:
+            model, meta = load_model(tuned or V8)
             save_checkpoint(model, ckpt, meta)
         else:
             cfg = yp.PruneConfig(imgsz=IMGSZ)
@@ -109,7 +110,7 @@ class Bench(WorkFolder):
         """OpenVINO (its default precision, and INT8 by NNCF through Ultralytics' exporter, calibrated on 64 train
         images) and ncnn folders of the unpruned and latency points, scored on val and test, and timed (one thread
         each) in alternation with the unpruned ONNX file."""
-        keys = [k for k, r in self.rows.items() if r["budget"] in ("", "latency")]
+        keys = [k for k, r in self.rows.items() if r["budget"] in ("", "latency", "latency-ft")]
         for name, fmt, int8, runner in (("openvino", "openvino", False, _openvino_runner),
                                         ("openvino_int8", "openvino", True, _openvino_runner),
                                         ("ncnn", "ncnn", False, _ncnn_runner)):
@@ -208,13 +209,18 @@ HEADER = ("# Deployed files: pruned to a measured speed-up, GFLOPs-targeted agai
           "OpenVINO INT8 (`export --format openvino --int8`: NNCF through Ultralytics' exporter, the head in float, "
           "calibrated on 64 train images) and ncnn, one thread each, scored the same way and timed in alternation "
           "with the unpruned ONNX file; every speed-up is against the unpruned FP32 ONNX "
-          "file. `int8_float`: what INT8 export kept in float by its measured drift.\n\n")
+          "file. `int8_float`: what INT8 export kept in float by its measured drift. `-ft15` rows: that latency point "
+          "fine-tuned 15 epochs on the labelled train split (`yoloprune finetune --epochs 15 --imgsz 320`, plain), "
+          "its widths unchanged; the unpruned model fine-tuned the same way scores 0.5255 val / 0.5475 test "
+          "([finetune15.md](finetune15.md)).\n\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--speedups", default="1.3,1.6,2.0")
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--finetuned", type=int, default=15,
+                    help="also score <point>-ft<E>.pt in the work folder's models, where present (yoloprune finetune)")
     ap.add_argument("--work", default=str(ROOT / "outputs" / "deploy"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "deploy.md"))
     args = ap.parse_args()
@@ -224,6 +230,10 @@ def main() -> None:
         for budget in ("gflops", "latency"):
             bench.point(f"{budget}{s:g}", s, budget)
             atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
+    for key in [k for k in bench.rows if k.startswith("latency")]:  # fine-tuned copies, when they are there
+        tuned = bench.work / "models" / f"{key}-ft{args.finetuned}.pt"
+        if tuned.is_file() and "-ft" not in key:
+            bench.point(f"{key}-ft{args.finetuned}", bench.rows[key]["target_speedup"], "latency-ft", tuned)
     bench.latency(args.runs)
     bench.runtimes(args.runs)
     atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")

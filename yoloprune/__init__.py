@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "apply": "api", "compact": "api", "load_model": "api", "prune": "api", "save_checkpoint": "api",
     "sparsify": "api", "trace_model": "api", "gflops": "api",
-    "CostTable": "engine.costs", "latency_table": "workflows.latency_table", "search_speedup": "workflows.speedup",
+    "CostTable": "engine.costs", "build_table": "workflows.speedup", "search_speedup": "workflows.speedup",
     "calibration_images": "data.images",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
     "UnsupportedModelError": "errors", "YoloPruneError": "errors",

@@ -54,13 +54,14 @@ def prune(model: Any, ratio: float = 0.0, method: str = METHOD, config: PruneCon
     """Prune ``model`` (YOLO, model, or checkpoint path, which is read and never written) with genuine channel
     removal. ``config`` (else ``ratio``, ``method`` and ``options``) says how; ``calibration`` images (N, 3, H, W,
     no labels; ``yoloprune.calibration_images``) or a recorded ``reference`` of the unpruned model turn on mean
-    compensation and least-squares reconstruction; a cost table (``costs``: a ``yoloprune.latency_table``) makes the
-    plan able to weigh what each channel costs and gives ``config.target_cost`` its meaning. Returns the Report;
+    compensation and least-squares reconstruction; a cost table (``costs``: ``yoloprune.search_speedup(...).costs``,
+    or ``yoloprune.build_table(...)``, a latency table) gives ``config.target_cost`` its meaning. Returns the Report;
     ``report.model`` is the pruned model.
     """
     cfg = config or PruneConfig(ratio=ratio, method=method, **options)
     cfg.validate(calibrated=calibration is not None or reference is not None)
     net, ckpt = load_model(model)
+    costs = getattr(costs, "table", costs)  # a built latency table, or its CostTable
     return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference, costs), ckpt=ckpt)
 
 

@@ -167,9 +167,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(search.line(), flush=True)
         cfg, costs = search.config(cfg), search.costs
     else:
-        costs = None
+        search = costs = None
     report = prune(args.model, config=cfg, calibration=calibration, costs=costs)
     print(report.table())
+    if search is not None:  # the saved model itself, timed again beside the unpruned one
+        from yoloprune.api import load_model
+        from yoloprune.workflows.speedup import speedup_of
+
+        again = speedup_of(report.model, load_model(args.model)[0], cfg.imgsz, args.runtime, args.threads)
+        print(f"the pruned model, timed again beside the unpruned one on {args.runtime}: {again:.2f}x")
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
     print(f"saved {out}")
     return 0
@@ -196,8 +202,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _add_speed_targets(p, many: bool = False) -> None:
     if many:
         p.add_argument("--target-speedups", type=_speedups, default=None, metavar="X,Y,...",
-                       help="instead of --ratios: points at these speed-ups over the unpruned model, measured on "
-                            "--runtime on this machine (each pruned as prune --target-speedup does)")
+                       help="instead of --ratios: points at these speed-ups over the unpruned model on onnxruntime "
+                            "(CPU), measured on this machine (each pruned as prune --target-speedup does)")
+        p.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads for timing")
+        return
     else:
         p.add_argument("--target-speedup", type=float, default=None,
                        help="instead of --ratio: prune until the model runs this many times faster than the "
@@ -206,7 +214,11 @@ def _add_speed_targets(p, many: bool = False) -> None:
         p.add_argument("--target-latency", type=float, default=None, metavar="MS",
                        help="instead of --ratio: prune until the model runs in MS milliseconds (batch 1) on "
                             "--runtime on this machine")
-    p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+    _add_runtime(p)
+
+
+def _add_runtime(p) -> None:
+    p.add_argument("--runtime", choices=defaults.SPEED_RUNTIMES, default=defaults.SPEED_RUNTIMES[0],
                    help="where latency is measured: onnxruntime on the CPU (the ONNX export), or eager PyTorch (on "
                         "the CUDA device when there is one, else the CPU)")
     p.add_argument("--threads", type=_positive_int, default=1,
@@ -283,9 +295,7 @@ def _add_iterative(sub) -> None:
     p.add_argument("--target-speedup", type=float, default=None,
                    help="final speed-up over the original on --runtime: a one-shot prune --target-speedup search "
                         "sets the final GFLOPs and channel block; each step's speed-up is measured and tabled")
-    p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
-                   help="where --target-speedup is measured (as for prune)")
-    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for timing")
+    _add_runtime(p)
     p.add_argument("--steps", type=_positive_int, default=3, help="pruning steps")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step")
     p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
@@ -421,13 +431,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if not args.model or not args.data:
             raise ConfigError("sweep needs --model and --data (or --merge DIR...)")
-        cfg = SweepConfig(model=args.model, data=args.data, out=args.out, ratios=args.ratios, methods=args.method,
+        if args.ratios is not None and args.target_speedups is not None:
+            raise ConfigError("give --ratios or --target-speedups, not both")
+        cfg = SweepConfig(model=args.model, data=args.data, out=args.out,
+                          ratios=args.ratios or list(defaults.SWEEP_RATIOS), methods=args.method,
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
                           batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers,
                           reconstruct=not args.no_reconstruct, calib_images=args.calib_images,
                           distill=args.distill, steps=args.steps, device=args.device,
                           recover_epochs=args.recover_epochs, speedups=args.target_speedups,
-                          runtime=args.runtime, latency_threads=args.threads, int8=args.int8)
+                          latency_threads=args.threads, int8=args.int8)
         if args.ray is not None:
             rc = RayConfig(address=None if args.ray == "local" else args.ray, cpus_per_point=args.cpus_per_point,
                            gpus_per_point=args.gpus_per_point, local_cpus=args.ray_cpus, shared=args.ray_shared)
@@ -443,7 +456,8 @@ def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="prune at several ratios, evaluate, measure; table and plots")
     p.add_argument("--model")
     p.add_argument("--data")
-    p.add_argument("--ratios", type=_ratios, default=list(defaults.SWEEP_RATIOS))
+    p.add_argument("--ratios", type=_ratios, default=None,
+                   help=f"prune ratios (default: {','.join(f'{r:g}' for r in defaults.SWEEP_RATIOS)})")
     _add_speed_targets(p, many=True)
     p.add_argument("--int8", action="store_true",
                    help="also quantize every point's ONNX export (as export --int8 does): INT8 mAP and latency columns")

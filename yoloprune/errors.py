@@ -21,6 +21,10 @@ class ConfigError(YoloPruneError):
     """An impossible setting: a ratio out of range, an unknown method, an output path equal to the input."""
 
 
+class BudgetError(ConfigError):
+    """A GFLOPs or cost target that pruning cannot reach under the config's constraints."""
+
+
 class DataError(YoloPruneError):
     """A data yaml, label file or image is missing or malformed."""
 

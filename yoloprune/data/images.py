@@ -42,13 +42,18 @@ def image_folder(folder: str | Path, n: int) -> list[Path]:
     return files[:n]
 
 
+def is_image_folder(source: str | Path) -> bool:
+    """A folder of images (no labels needed), not a dataset folder (a classification set has ``train/``)."""
+    return Path(source).is_dir() and not (Path(source) / "train").is_dir()
+
+
 def calibration_images(source: str | Path, imgsz: int = CALIB_IMGSZ, n: int = CALIB_IMAGES) -> torch.Tensor:
     """Up to ``n`` calibration images, letterboxed as the validator does: (n, 3, imgsz, imgsz). ``source`` is a
     data yaml or a classification dataset folder (its first train images), or a folder of images; no labels are
     read."""
     if n < 1:
         raise ConfigError(f"the number of calibration images must be >= 1, got {n}")
-    if Path(source).is_dir() and not (Path(source) / "train").is_dir():  # a folder of images, not a dataset
+    if is_image_folder(source):
         return torch.from_numpy(letterboxed_files(image_folder(source, n), imgsz))
     return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))
 

@@ -5,7 +5,7 @@ the runtime the model is deployed with) and passes it beside the config. The eng
 
 - ``total``: the predicted cost of a model at its current widths (bilinear in a layer's input and output widths
   between the measured grid points), the budget of ``PruneConfig.target_cost``;
-- ``unit_costs``: what removing one unit of a coupled group saves (the table's slope, summed over the layers the
+- ``unit_cost``: what removing one unit of a coupled group saves (the table's slope, summed over the layers the
   unit touches), by which ``weigh`` divides the group's importance scores, so that a global threshold removes
   first what costs most time per unit of importance (as hardware-aware pruning does, e.g. HALP).
 """
@@ -32,7 +32,7 @@ class LayerCost:
 
     def at(self, cin: int, cout: int) -> float:
         if self.depthwise:
-            return _interp(self.cout, [self.values[k][k] for k in range(len(self.cout))], cout)
+            return max(_interp(self.cout, [self.values[k][k] for k in range(len(self.cout))], cout), 0.0)
         rows = [_interp(self.cout, row, cout) for row in self.values]
         return max(_interp(self.cin, rows, cin), 0.0)
 
@@ -44,7 +44,7 @@ class LayerCost:
                 return 0.0
             if len(self.cout) < 2:
                 return self.values[-1][-1] / self.cout[-1]
-            return (self.values[-1][-1] - self.values[-2][-2]) / (self.cout[-1] - self.cout[-2])
+            return max(self.values[-1][-1] - self.values[-2][-2], 0.0) / (self.cout[-1] - self.cout[-2])
         ws = self.cout if dim == 0 else self.cin
         full = self.values[-1][-1]
         if len(ws) < 2:  # one measured width: cost in proportion to it

@@ -69,6 +69,8 @@ class PruneConfig:
                             or self.target_cost is not None
                             or self.steps > 1):
             raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
+        if not (isinstance(self.cost_power, (int, float)) and math.isfinite(self.cost_power) and self.cost_power >= 0):
+            raise ConfigError(f"cost_power must be a finite number >= 0, got {self.cost_power!r}")
         if self.target_cost is not None and not 0 < self.target_cost <= 1:
             raise ConfigError(f"target_cost is a fraction of the unpruned model's cost in (0, 1], got {self.target_cost}")
         if self.target_cost is not None and (self.target_gflops is not None or self.scope == "damage"):

@@ -32,7 +32,7 @@ from yoloprune.engine.reconstruct import Reference, Refit, foreground, recalibra
 from yoloprune.engine.report import Report, snapshot
 from yoloprune.engine.solver import Curve, allocate, layer_costs, removal_curve, total_flops
 from yoloprune.engine.surgery import channels, dead_blocks, filter_of, keep_channels, remove_blocks
-from yoloprune.errors import ConfigError, UnsupportedModelError
+from yoloprune.errors import BudgetError, ConfigError, UnsupportedModelError
 
 
 @torch.no_grad()
@@ -119,7 +119,7 @@ def _plan_for_budget(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Pru
     if best is None:
         what = (f"{cfg.target_cost:.0%} of the original predicted cost" if cfg.target_cost
                 else f"{cfg.target_gflops:.0%} of the original GFLOPs")
-        raise ConfigError(f"cannot reach {what} under these constraints")
+        raise BudgetError(f"cannot reach {what} under these constraints")
     return best
 
 
@@ -155,7 +155,7 @@ def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Prun
         if got <= goal:
             return candidate
         share += 1.05 * (got - goal) / now + 1e-3
-    raise ConfigError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
+    raise BudgetError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
 
 
 def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
@@ -326,6 +326,8 @@ def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, calibration: torc
     cfg.validate(calibrated=calibration is not None or reference is not None)
     before = snapshot(net, hooks, cfg.imgsz)
     budget = Budget(costs, costs.total(net)) if costs is not None else None
+    if budget is not None and not budget.base > 0:
+        raise ConfigError("the cost table names none of this model's layers (a table of another model?)")
     gflops_ratio = (one_step_gflops(net, hooks, cfg, before.gflops, budget) if cfg.steps > 1 and not cfg.target_gflops
                     and not cfg.target_cost else None)
     reference, targets = _multi_step_targets(net, hooks, cfg, calibration, reference)

@@ -242,7 +242,7 @@ def ray_sweep(cfg: SweepConfig, rc: RayConfig) -> pd.DataFrame:
             pending[task.remote(task_cfg, job, key, *refs, meta, cfg.keep_models, device)] = job
 
         for job in jobs:
-            row = reuse_unpruned(df, job)
+            row = reuse_unpruned(df, job, cfg.unpruned)
             if row is not None:
                 df = add_row(df, row, cfg, progress)
             elif _unpruned(job) and any(_unpruned(j) for j in pending.values()):
@@ -263,7 +263,7 @@ def ray_sweep(cfg: SweepConfig, rc: RayConfig) -> pd.DataFrame:
                 atomic_write_bytes(out / "models" / f"{tag(job)}.pt", ckpt)
             df = add_row(df, row, cfg, progress)
             for other in list(waiting):
-                row = reuse_unpruned(df, other)
+                row = reuse_unpruned(df, other, cfg.unpruned)
                 if row is not None:
                     waiting.remove(other)
                     df = add_row(df, row, cfg, progress)

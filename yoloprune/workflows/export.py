@@ -182,14 +182,12 @@ def _runtime_calibration(cfg: ExportConfig, net, tmp: Path) -> tuple[str, float]
     """A data yaml whose train split calibrates another runtime's INT8 quantization, and the fraction of it that
     makes ``cfg.calib_images`` images: the calibration data's own yaml, or one written under ``tmp`` for a folder of
     images (no labels are read)."""
-    from yoloprune.data.images import image_folder, recorded_train_images
+    from yoloprune.data.images import image_folder, is_image_folder
     from yoloprune.data.spec import load_data
 
-    source = cfg.calib_data or cfg.data or recorded_train_images(cfg.model)[0]
-    if source is None:
-        raise ConfigError("--int8 needs calibration images: give --calib-data (a folder of a few dozen of your "
-                          "images, or a data yaml)")
-    if Path(source).is_dir() and not (Path(source) / "train").is_dir():  # a folder of images
+    check_int8_head(net)
+    source = _calibration_source(cfg)
+    if is_image_folder(source):
         import yaml
 
         folder, names = str(image_folder(source, 1)[0].parent.resolve()), net.names
@@ -219,6 +217,9 @@ def _export_runtime(cfg: ExportConfig) -> ExportResult:
         path = sources.adapter_for(net).export_format(net, ckpt, cfg.out, cfg.imgsz, cfg.format, *calib)
     err, lat, drift = _runtime_parity(path, cfg.model, _images(cfg.data, cfg.split, cfg.images, cfg.imgsz), cfg.int8)
     if drift is not None:  # INT8: judged where it detects, as export --int8 judges its ONNX copy
+        if not drift.positions:
+            raise ParityError(f"{path}: the model detects nothing on the check images, so its INT8 drift cannot be "
+                              "judged: give --data with images it detects objects in")
         if not (drift.box <= RUNTIME_INT8_BOX and drift.score <= SCORE_TOLERANCE):
             raise ParityError(f"{path}: INT8 {cfg.format} drifts from PyTorch by {drift.box:.5f} of the image size "
                               f"(boxes) and {drift.score:.4f} (scores) at {drift.positions} detected positions, "
@@ -263,18 +264,31 @@ def int8_path(out: str | Path) -> Path:
 
 def _int8(cfg: ExportConfig, fp32: Path):
     """The INT8 copy of the exported file, calibrated on the calibration images (quantize.quantize_int8)."""
-    from yoloprune.data.images import calibration_images, recorded_train_images
+    from yoloprune.data.images import calibration_images
     from yoloprune.workflows.quantize import quantize_int8
+
+    net, _ = sources.load_model(cfg.model)
+    check_int8_head(net)
+    images = calibration_images(_calibration_source(cfg), cfg.imgsz, cfg.calib_images).numpy().astype(np.float32)
+    return quantize_int8(fp32, int8_path(cfg.out), images, nc=len(net.names))
+
+
+def _calibration_source(cfg: ExportConfig) -> str:
+    """INT8 calibration images: ``--calib-data``, else ``--data``, else the checkpoint's recorded training data."""
+    from yoloprune.data.images import recorded_train_images
 
     source = cfg.calib_data or cfg.data or recorded_train_images(cfg.model)[0]
     if source is None:
         raise ConfigError("--int8 needs calibration images: give --calib-data (a folder of a few dozen of your "
                           "images, or a data yaml)")
-    images = calibration_images(source, cfg.imgsz, cfg.calib_images).numpy().astype(np.float32)
-    net, _ = sources.load_model(cfg.model)
+    return str(source)
+
+
+def check_int8_head(net) -> None:
+    """Refuse INT8 for a model whose first output is not (batch, 4 boxes + classes + extras, anchors): the layout
+    the drift checks read."""
     adapter = sources.adapter_for(net)
     axis, pixels = adapter.output_layout(net)[0]
     if adapter.task(net) == "classify" or axis != 1 or pixels[:4] != [0, 1, 2, 3]:
         raise ConfigError("--int8 supports detection heads that export (batch, 4 + classes + extras, anchors): "
                           "not classifiers or end-to-end heads")
-    return quantize_int8(fp32, int8_path(cfg.out), images, nc=len(net.names))

@@ -61,16 +61,21 @@ def ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def paired_onnx_latency(paths: list[str | Path], imgsz: int, runs: int = 20, threads: int | None = None) -> list[float]:
-    """Median seconds per run of several ONNX models measured in alternation, so that a busy or throttled
-    machine slows them alike and their ratios stay meaningful."""
-    sessions = [ort_session(p, threads) for p in paths]
-    feeds = [{s.get_inputs()[0].name: np.zeros((1, 3, imgsz, imgsz), np.float32)} for s in sessions]
-    times: list[list[float]] = [[] for _ in sessions]
-    for i in range(runs + 3):
-        for k, (s, feed) in enumerate(zip(sessions, feeds, strict=True)):
+def alternate(fns: list[Callable[[], object]], runs: int = 20, warmup: int = 3) -> list[float]:
+    """Median seconds per call of each function, called in turn ``runs`` times after ``warmup`` untimed rounds,
+    so that a busy or throttled machine slows them alike and their ratios stay meaningful."""
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(runs + warmup):
+        for k, fn in enumerate(fns):
             t = time.perf_counter()
-            s.run(None, feed)
-            if i >= 3:  # warm-up rounds are not timed
+            fn()
+            if i >= warmup:
                 times[k].append(time.perf_counter() - t)
     return [statistics.median(t) for t in times]
+
+
+def paired_onnx_latency(paths: list[str | Path], imgsz: int, runs: int = 20, threads: int | None = None) -> list[float]:
+    """Median seconds per run of several ONNX models measured in alternation (``alternate``)."""
+    sessions = [ort_session(p, threads) for p in paths]
+    feeds = [{s.get_inputs()[0].name: np.zeros((1, 3, imgsz, imgsz), np.float32)} for s in sessions]
+    return alternate([lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)], runs)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import os
-import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from torch import nn
 from yoloprune.atomic import atomic_write_text
 from yoloprune.engine.costs import CostTable, LayerCost
 from yoloprune.errors import ConfigError
-from yoloprune.workflows.latency import machine
+from yoloprune.workflows.latency import alternate, machine
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # of a layer's width, plus the narrowest width pruning may leave
 VERSION = 1  # of the table's measurement; a change makes old caches stale
@@ -53,6 +53,11 @@ class ConvSpec:
     @property
     def depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.cin == self.cout
+
+    @property
+    def grouped(self) -> bool:
+        """Grouped but not depthwise: its widths are not pruned (the graph freezes such convs)."""
+        return self.groups > 1 and not self.depthwise
 
     def at(self, cin: int, cout: int) -> ConvSpec:
         groups = cout if self.depthwise else self.groups
@@ -189,19 +194,15 @@ class TorchRuntime(Runtime):
         x = imgsz if isinstance(imgsz, torch.Tensor) else torch.zeros(1, 3, imgsz, imgsz, device=self.device)
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        times: list[list[float]] = [[] for _ in prepared]
+
+        def run(model):
+            model(x)
+            self.sync()  # a CUDA launch returns before the work is done
         try:
-            for i in range(runs + 2):
-                for k, model in enumerate(prepared):
-                    self.sync()
-                    t = time.perf_counter()
-                    model(x)
-                    self.sync()
-                    if i >= 2:  # warm-up rounds are not timed
-                        times[k].append(time.perf_counter() - t)
+            self.sync()
+            return [t * 1e3 for t in alternate([lambda m=m: run(m) for m in prepared], runs)]
         finally:
             torch.set_num_threads(threads)
-        return [statistics.median(t) * 1e3 for t in times]
 
 
 RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OnnxRuntimeCPU, "torch": TorchRuntime}
@@ -213,15 +214,8 @@ def runtime(name: str, threads: int = 1) -> Runtime:
     return RUNTIMES[name](threads)
 
 
-def _median_ms(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+def _median_ms(fn, runs: int) -> float:
+    return alternate([fn], runs, warmup=2)[0] * 1e3
 
 
 def _onnx_block(spec: ConvSpec) -> bytes:
@@ -250,16 +244,21 @@ def channel_block(rt: Runtime, round_to: int, runs: int = 20) -> int:
     such that a conv's time is best told by its width rounded up to a multiple of ``g`` (an
     AVX-512 CPU's onnxruntime pads channels to blocks of 16, so 40 channels cost what 48 do). Measured on a probe
     conv (3x3, 64 inputs, 40 x 40) at widths ``round_to`` to 128, and cached per runtime and machine."""
-    path = cache_dir() / f"block-{_digest({'version': VERSION, 'round_to': round_to, **rt.key(), 'machine': machine()})}.json"
+    path = cache_dir() / f"block-{_digest({'table': VERSION, 'round_to': round_to, 'runtime': rt.key(), **_host()})}.json"
     if path.is_file():
         try:
             return int(json.loads(path.read_text())["block"])
         except (ValueError, KeyError, TypeError):
             pass
+    if getattr(rt, "device", None) is not None and rt.device.type == "cuda":
+        return round_to  # a GPU's conv time at these sizes is launch-bound: no staircase to read
     probe = ConvSpec(64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 40, 40, True)
     widths = list(range(round_to, 129, round_to))
     t = {w: min(rt.block_ms(probe.at(64, w), runs) for _ in range(3)) for w in widths}
     block, best = round_to, math.inf
+    if t[widths[-1]] < 2 * t[widths[0]]:  # time barely grows with the width: nothing to read a block from
+        _cache_write(path, {"block": block, "ms": {str(w): v for w, v in t.items()}})
+        return block
     for g in (round_to * m for m in (1, 2, 4, 8)):
         if g > 64:
             break
@@ -270,7 +269,7 @@ def channel_block(rt: Runtime, round_to: int, runs: int = 20) -> int:
         err = float(((y - fit) ** 2).sum())
         if err < 0.8 * best:  # a coarser block must fit clearly better
             block, best = g, err
-    atomic_write_text(path, json.dumps({"block": block, "ms": {str(w): v for w, v in t.items()}}))
+    _cache_write(path, {"block": block, "ms": {str(w): v for w, v in t.items()}})
     return block
 
 
@@ -287,8 +286,15 @@ def cache_dir() -> Path:
 
 
 def _cache_key(specs: dict[str, ConvSpec], imgsz: int, rt: Runtime, round_to: int) -> str:
-    return _digest({"version": VERSION, "fractions": FRACTIONS, "round_to": round_to, "imgsz": imgsz, **rt.key(),
-                    "machine": machine(), "layers": {n: asdict(s) for n, s in specs.items()}})
+    return _digest({"table": VERSION, "fractions": FRACTIONS, "round_to": round_to, "imgsz": imgsz,
+                    "runtime": rt.key(), **_host(), "layers": {n: asdict(s) for n, s in specs.items()}})
+
+
+def _host() -> dict:
+    """The machine a table is valid on: its CPU model and how many CPUs this process may use (not the host
+    name, which containers change on every start)."""
+    return {"cpu": machine()["cpu"], "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count()}
 
 
 @dataclass
@@ -320,6 +326,8 @@ def latency_table(model: nn.Module, imgsz: int, activated: set[str], rt: Runtime
         cins, couts = grid(spec.cin, round_to), grid(spec.cout, round_to)
         if spec.depthwise:
             cins = couts
+        elif spec.grouped:  # timed at its own widths alone
+            cins, couts = [spec.cin], [spec.cout]
         values = []
         for ci in cins:
             row = []
@@ -334,8 +342,17 @@ def latency_table(model: nn.Module, imgsz: int, activated: set[str], rt: Runtime
             values.append(row)
         layers[name] = LayerCost(cins, couts, values, spec.depthwise)
     table = CostTable(layers, "ms", {"imgsz": imgsz, **rt.key(), "machine": machine(), "blocks": len(timed)})
-    atomic_write_text(path, json.dumps(_to_json(table)))
+    _cache_write(path, _to_json(table))
     return Built(table, path, False, time.perf_counter() - t0)
+
+
+def _cache_write(path: Path, data: dict) -> None:
+    """Write a cache file; a cache that cannot be written is said once and measured again next time."""
+    try:
+        atomic_write_text(path, json.dumps(data))
+    except OSError as e:
+        print(f"yoloprune: latency cache {path.parent} not writable ({e.strerror}); set YOLOPRUNE_CACHE to keep "
+              "tables between runs", file=sys.stderr)
 
 
 def _to_json(table: CostTable) -> dict:

@@ -1,9 +1,11 @@
 """Prune to a speed-up (or latency) measured on the runtime the model is deployed with, not to a GFLOPs fraction.
 
 GFLOPs are not time: on onnxruntime (one thread) the tea-bud yolov8n at 0.45x GFLOPs runs 1.68x faster, not 2.24x.
-By default (``budget="latency"``) every conv of the model is timed alone on the runtime at the widths pruning can
-leave (``workflows.latency_table``, cached per model, size, runtime and machine); the planner then weighs each
-channel's importance by the time it costs and cuts to a predicted latency. The prediction is checked by timing
+By default (``budget="latency"``) the runtime's channel block is measured and widths are kept in whole blocks, and
+every conv of the model is timed alone on the runtime at the widths pruning can leave (``workflows.latency_table``,
+cached per model, size, runtime and machine); the planner cuts to the latency that table predicts (with
+``PruneConfig.cost_power`` > 0 it would also weigh each channel's importance by the time it costs; off by default,
+as it cost accuracy). The prediction is checked by timing
 trial prunes against the unpruned model in alternation (so a busy machine slows both alike and the ratio holds),
 and the target corrected until the measured speed-up is within ``TOLERANCE``. ``budget="gflops"`` instead
 searches the GFLOPs target whose prune runs that much faster (the plan ignores time).
@@ -25,12 +27,13 @@ from torch import nn
 
 from yoloprune import api
 from yoloprune.engine.costs import CostTable
+from yoloprune.engine.importance import entry
 from yoloprune.engine.plan import PruneConfig
-from yoloprune.errors import ConfigError
+from yoloprune.errors import BudgetError, ConfigError
 from yoloprune.workflows.latency_table import Built, Runtime, channel_block, latency_table, runtime
 
 TOLERANCE = 0.03  # stop when the measured speed-up is within 3% of the target
-BUDGETS = ("latency", "gflops")
+BUDGETS = {"latency": "target_cost", "gflops": "target_gflops"}  # each budget's PruneConfig field
 
 
 @dataclass
@@ -54,8 +57,7 @@ class SpeedupSearch:
 
     def config(self, cfg: PruneConfig) -> PruneConfig:
         """``cfg`` with the target found, the ratio cleared and widths rounded as the trials were."""
-        key = "target_cost" if self.budget == "latency" else "target_gflops"
-        return replace(cfg, ratio=0.0, round_to=self.round_to, **{key: self.fraction})
+        return replace(cfg, ratio=0.0, round_to=self.round_to, **{BUDGETS[self.budget]: self.fraction})
 
     @property
     def costs(self) -> CostTable | None:
@@ -79,7 +81,9 @@ class SpeedupSearch:
         return out
 
 
-def build_table(net: nn.Module, imgsz: int, rt: Runtime, round_to: int) -> Built:
+def build_table(net: nn.Module, imgsz: int, rt: Runtime | str = "onnxruntime", round_to: int = 8) -> Built:
+    """The latency table of a loaded model's convs on a runtime (by name or a ``Runtime``), cached."""
+    rt = runtime(rt) if isinstance(rt, str) else rt
     graph = api.trace_model(net)
     return latency_table(net, imgsz, set(graph.bn_after), rt, round_to)
 
@@ -102,13 +106,10 @@ def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int 
         raise ConfigError(f"--target-speedup must be above 1 (a speed-up over the unpruned model), got {speedup}")
     if latency_ms is not None and not latency_ms > 0:
         raise ConfigError(f"--target-latency must be a positive number of milliseconds, got {latency_ms}")
+    _check_searchable(cfg)
     rt = runtime(runtime_name, threads)
     net, _ = api.load_model(model)
-    built = None
-    if budget == "latency":  # widths in whole blocks of what the runtime computes in: a part-block costs a whole
-        cfg = replace(cfg, round_to=math.lcm(cfg.round_to, channel_block(rt, cfg.round_to)))
-        built = build_table(net, cfg.imgsz, rt, cfg.round_to)
-    costs = built.table if built is not None else None
+    key = BUDGETS[budget]
     with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
         folder = Path(tmp)
         base = rt.prepare(net, folder, "base", cfg.imgsz)
@@ -118,19 +119,24 @@ def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int 
             if speedup <= 1:
                 raise ConfigError(f"the unpruned model already runs in {base_ms:.1f} ms here, within "
                                   f"--target-latency {latency_ms:g} ms: nothing to prune for")
-        if costs is not None:  # the table's share of the time is what pruning can cut
-            table0 = costs.total(net)
-            overhead = max(base_ms - table0, 0.0)
+        built, overhead = None, 0.0
+        if budget == "latency":  # widths in whole blocks of what the runtime computes in: a part-block costs a whole
+            cfg = replace(cfg, round_to=math.lcm(cfg.round_to, channel_block(rt, cfg.round_to)))
+            built = build_table(net, cfg.imgsz, rt, cfg.round_to)
+            table0 = built.table.total(net)
+            if not table0 > 0:
+                raise ConfigError(f"no conv of this model could be timed on {rt.name}: give --target-gflops instead")
+            overhead = max(base_ms - table0, 0.0)  # what the table does not hold (concat, decoding): kept as is
             frac = min(max((base_ms / speedup - overhead) / table0, 0.02), 1.0)
         else:
             frac = speedup ** -1.4  # GFLOPs fall faster than time
+        costs = built.table if built is not None else None
         trials: list[tuple[float, float, float, nn.Module]] = []  # (fraction, speed-up, pruned ms, model)
         lo, hi = 0.0, 1.0  # fractions known too fast / too slow
         for _ in range(max_trials):
-            key = "target_cost" if costs is not None else "target_gflops"
             try:
                 pruned = _trial(net, replace(cfg, ratio=0.0, **{key: frac}), costs)
-            except ConfigError:  # out of reach under the constraints: aim higher
+            except BudgetError:  # out of reach under the constraints: aim higher
                 lo = frac
                 frac = math.sqrt(frac * hi)
                 continue
@@ -148,12 +154,24 @@ def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int 
     if abs(s / speedup - 1) > 0.15:
         raise ConfigError(f"a {speedup:.2f}x speed-up is out of reach by pruning this model on {rt.name}: the "
                           f"closest was {s:.2f}x")
-    predicted = None
-    if costs is not None:
-        predicted = costs.total(pruned) + max(base_ms - costs.total(net), 0.0)
+    predicted = costs.total(pruned) + overhead if costs is not None else None
     return SpeedupSearch(speedup, budget, frac, s, base_ms, t, predicted, rt.name,
                          [(f, x) for f, x, _, _ in trials], latency_ms, built, cfg.round_to,
                          api.gflops(pruned, cfg.imgsz) / api.gflops(net, cfg.imgsz))
+
+
+def _check_searchable(cfg: PruneConfig) -> None:
+    """Refuse, before any timing, what a speed-up search cannot combine: trials are planned without calibration,
+    by a global or uniform threshold, to a target the search sets."""
+    if cfg.target_gflops is not None or cfg.target_cost is not None:
+        raise ConfigError("give one of --target-gflops and --target-speedup / --target-latency")
+    if cfg.scope == "damage" or cfg.blocks:
+        raise ConfigError("--target-speedup / --target-latency work with the global or uniform scope, without "
+                          "block removal (--layers)")
+    if entry(cfg.method).needs_data:
+        raise ConfigError(f"--target-speedup / --target-latency plan trial prunes without calibration: method "
+                          f"{cfg.method!r} is data-aware; use l1, l2 or bn")
+    replace(cfg, target_cost=0.5).validate(calibrated=True)
 
 
 def speedup_of(model: nn.Module, reference: nn.Module, imgsz: int, runtime_name: str = "onnxruntime",

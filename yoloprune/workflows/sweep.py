@@ -64,15 +64,24 @@ class SweepConfig:
     recover_epochs: int = 0  # label-free recovery of every pruned point for this many epochs, before any fine-tune
     steps: int = 1  # prune-and-reconstruct steps per point (PruneConfig.steps)
     layers: bool = False  # bn method: also remove residual blocks whose branch falls under the gamma threshold
-    # Instead of ratios: points at these speed-ups over the unpruned model on ``runtime`` (prune --target-speedup;
-    # the table's ratio column then holds the target speed-up, 1 being the unpruned model)
+    # Instead of ratios: points at these speed-ups over the unpruned model on onnxruntime, as the latency columns
+    # are measured (prune --target-speedup; the table's ratio column then holds the target speed-up, 1 being the
+    # unpruned model)
     speedups: list[float] | None = None
-    runtime: str = "onnxruntime"
     int8: bool = False  # also quantize every point's ONNX export (export --int8): its mAP and latency
 
     @property
     def axis(self) -> str:
         return "speedup" if self.speedups else "ratio"
+
+    @property
+    def unpruned(self) -> float:
+        """The point on this axis that is the unpruned model: ratio 0, or speed-up 1."""
+        return 1.0 if self.axis == "speedup" else 0.0
+
+    def pruned(self, ratio: float) -> bool:
+        """Whether a point (a ratio, or a target speed-up) prunes anything."""
+        return ratio != self.unpruned
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in sweep_methods()]
@@ -101,8 +110,7 @@ class SweepConfig:
                 "round_to": self.round_to, "calibration": self.compensate, "reconstruct": self.reconstruct,
                 "calib_images": self.calib_images, "steps": self.steps, "distill": self.distill,
                 "recover_epochs": self.recover_epochs,
-                "layers": self.layers, "axis": self.axis, "int8": self.int8,
-                "runtime": self.runtime if self.speedups else None}
+                "layers": self.layers, "axis": self.axis, "int8": self.int8}
 
     def jobs(self) -> list[tuple[str, float, int]]:
         return [(m, round(float(r), 4), self.finetune_epochs) for m in self.methods
@@ -263,7 +271,7 @@ def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration, 
             return model, 0
         from yoloprune.workflows.speedup import search_speedup
 
-        search = search_speedup(base, ratio, pc, threads=cfg.latency_threads, runtime_name=cfg.runtime)
+        search = search_speedup(base, ratio, pc, threads=cfg.latency_threads)
         pc, costs = search.config(pc), search.costs
     report = api.prune(model, config=pc, calibration=calibration, reference=reference, costs=costs)
     return report.model, len(report.removed_blocks)
@@ -285,7 +293,7 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     ckpt = work / f"{name}.pt"
     sources.save_checkpoint(model, ckpt, base_stats.get("ckpt"), meta={"sweep": {"method": method, "ratio": ratio},
                                                                     **base_stats["meta"]})
-    if cfg.recover_epochs and ratio > 0 and method != UNSTRUCTURED:  # (recovery would fill a sparse model's zeros)
+    if cfg.recover_epochs and cfg.pruned(ratio) and method != UNSTRUCTURED:  # (recovery would fill a sparse model's zeros)
         _recover(cfg, ckpt, work, name)
     if ft:
         tuned = work / f"{name}.tuned.pt"
@@ -299,9 +307,10 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
     onnx = export_onnx(ckpt, work / f"{name}.onnx", cfg.imgsz)
     files = [base_stats["onnx"], onnx]
     if cfg.int8:
-        from yoloprune.workflows.export import int8_path
+        from yoloprune.workflows.export import check_int8_head, int8_path
         from yoloprune.workflows.quantize import quantize_int8
 
+        check_int8_head(model)
         images = base_stats.get("calibration")
         images = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images) if images is None else images
         q = quantize_int8(onnx, int8_path(onnx), images.numpy().astype("float32"), nc=len(model.names))
@@ -331,19 +340,20 @@ def _recover(cfg: SweepConfig, ckpt: Path, work: Path, name: str) -> None:
     recovered.replace(ckpt)
 
 
-def reuse_unpruned(df: pd.DataFrame, job: tuple) -> dict | None:
-    """Ratio 0 without fine-tuning is the unpruned model whatever the method: reuse a finished such row."""
+def reuse_unpruned(df: pd.DataFrame, job: tuple, unpruned: float = 0.0) -> dict | None:
+    """Ratio 0 (``unpruned``: speed-up 1 on that axis) without fine-tuning is the unpruned model whatever the
+    method: reuse a finished such row."""
     method, ratio, ft = job
-    if ratio != 0 or ft or "status" not in df.columns:
+    if ratio != unpruned or ft or "status" not in df.columns:
         return None
-    done = df[(df["ratio"] == 0) & (df["finetune_epochs"] == 0) & (df["status"] == "ok")
+    done = df[(df["ratio"] == unpruned) & (df["finetune_epochs"] == 0) & (df["status"] == "ok")
               & (df["method"] != UNSTRUCTURED)]
     if done.empty or method == UNSTRUCTURED:
         return None
     return {**done.iloc[0].to_dict(), "method": method}
 
 
-_LATER_SETTINGS = {"recover_epochs": 0, "axis": "ratio", "int8": False, "runtime": None}  # recipe settings added later, with the value older sweeps had
+_LATER_SETTINGS = {"recover_epochs": 0, "axis": "ratio", "int8": False}  # recipe settings added later, with the value older sweeps had
 
 
 def _check_recipe(cfg: SweepConfig, out: Path, df: pd.DataFrame) -> None:
@@ -399,7 +409,7 @@ def add_row(df: pd.DataFrame, row: dict, cfg: SweepConfig, progress: Progress) -
     most the points in flight."""
     df = combine([df, pd.DataFrame([row])])
     write_results(df, cfg.out, title(cfg))
-    progress.step(f"{row['method']} ratio {row['ratio']:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
+    progress.step(f"{row['method']} {cfg.axis} {row['ratio']:g}: " + (f"mAP50-95 {row['map50_95']:.4f}"
                                                                if row["status"] == "ok" else row["status"]))
     return df
 
@@ -425,7 +435,7 @@ def sweep(cfg: SweepConfig) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="yoloprune-sweep-") as tmp:
         base, base_stats, evaluator = prepare(cfg, Path(tmp))
         for job in jobs:
-            row = reuse_unpruned(df, job) or run_job(cfg, base, base_stats, evaluator, job, work)
+            row = reuse_unpruned(df, job, cfg.unpruned) or run_job(cfg, base, base_stats, evaluator, job, work)
             df = add_row(df, row, cfg, progress)
     return finish(df, cfg)
 

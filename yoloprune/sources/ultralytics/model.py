@@ -423,9 +423,12 @@ def export_format(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt
     head kept in float)."""
     import tempfile
 
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
     from yoloprune.atomic import atomic_copy_dir
 
-    int8 = {"int8": True, "data": int8_data, "split": "train", "fraction": fraction} if int8_data else {}
+    quantize = {"quantize": 8} if "quantize" in DEFAULT_CFG_DICT else {"int8": True}  # int8= before 8.4
+    int8 = {**quantize, "data": int8_data, "split": "train", "fraction": fraction} if int8_data else {}
     with tempfile.TemporaryDirectory(prefix="yoloprune-export-") as tmp:
         src = save_checkpoint(model, Path(tmp) / "model.pt", ckpt)
         produced = YOLO(str(src)).export(format=fmt, imgsz=imgsz, device="cpu", verbose=False, **int8)
