@@ -83,7 +83,7 @@ class Bench(WorkFolder):
         row = {"point": key, "budget": budget, "target_speedup": speedup or 1.0,
                "gflops_ratio": gflops(model, IMGSZ) / self.base_gflops,
                "round_to": search.round_to if search else "",
-               "search_speedup": search.measured if search else 1.0,
+               "search_speedup": search.measured if search else 1.0 if tuned is None else "",
                "predicted_ms": search.predicted_ms if search and search.predicted_ms else "",
                "search_ms": search.pruned_ms if search else "",
                "int8_float": q.kept_float, "int8_box_drift": q.drift.box, "minutes": 0.0}

@@ -431,10 +431,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if not args.model or not args.data:
             raise ConfigError("sweep needs --model and --data (or --merge DIR...)")
-        if args.ratios is not None and args.target_speedups is not None:
+        if args.ratios != list(defaults.SWEEP_RATIOS) and args.target_speedups is not None:
             raise ConfigError("give --ratios or --target-speedups, not both")
-        cfg = SweepConfig(model=args.model, data=args.data, out=args.out,
-                          ratios=args.ratios or list(defaults.SWEEP_RATIOS), methods=args.method,
+        cfg = SweepConfig(model=args.model, data=args.data, out=args.out, ratios=args.ratios, methods=args.method,
                           finetune_epochs=args.finetune_epochs, split=args.split, imgsz=args.imgsz,
                           batch=args.batch, workers=args.workers, round_to=args.round_to, layers=args.layers,
                           reconstruct=not args.no_reconstruct, calib_images=args.calib_images,
@@ -456,8 +455,7 @@ def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="prune at several ratios, evaluate, measure; table and plots")
     p.add_argument("--model")
     p.add_argument("--data")
-    p.add_argument("--ratios", type=_ratios, default=None,
-                   help=f"prune ratios (default: {','.join(f'{r:g}' for r in defaults.SWEEP_RATIOS)})")
+    p.add_argument("--ratios", type=_ratios, default=list(defaults.SWEEP_RATIOS))
     _add_speed_targets(p, many=True)
     p.add_argument("--int8", action="store_true",
                    help="also quantize every point's ONNX export (as export --int8 does): INT8 mAP and latency columns")
