@@ -39,6 +39,7 @@ offline_runtime()  # before Ultralytics is imported: no hub checks, no font down
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -52,6 +53,8 @@ import yoloprune as yp  # noqa: E402
 from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
 from yoloprune.data.images import calibration_images  # noqa: E402
+from yoloprune.sources import source_meta  # noqa: E402
+from yoloprune.workflows.speedup import search_speedup  # noqa: E402
 from yoloprune.workflows.tables import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +168,21 @@ class Bench(WorkFolder):
             self.record(key, target, "one-shot (default recipe)", minutes)
         return self.path(key)
 
+    def speedup(self, target: float, budget: str) -> None:
+        """The default one-shot recipe at a measured speed-up on onnxruntime (one thread), with the latency budget
+        (``prune --target-speedup``) or the GFLOPs target that runs as fast."""
+        key = f"speedup{target:g}-{budget}"
+        if self.done(key):
+            return
+        t0 = time.perf_counter()
+        cfg = yp.PruneConfig(imgsz=self.imgsz)
+        search = search_speedup(str(self.weights), target, cfg, budget=budget)
+        print(search.line(), flush=True)
+        report = yp.prune(str(self.weights), config=search.config(cfg), calibration=self.calib, costs=search.costs)
+        save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(self.weights)))
+        self.record(key, round(search.gflops_ratio, 3), f"--target-speedup {target:g}, {budget} budget",
+                    (time.perf_counter() - t0) / 60, speedup=round(search.measured, 3))
+
     def recover(self, target: float, minutes: float) -> None:
         key = f"{target:g}-recover{minutes:g}"
         if self.done(key):
@@ -175,7 +193,8 @@ class Bench(WorkFolder):
 
 
 def table(rows: dict) -> str:
-    cols = ["model", "imgsz", "target", "recipe", "gflops_ratio", "agreement", "minutes", "epochs", "distance"]
+    cols = ["model", "imgsz", "target", "recipe", "gflops_ratio", "speedup", "agreement", "minutes", "epochs",
+            "distance"]
     shown = sorted(rows.values(), key=lambda r: (r["model"], -r["target"], r["minutes"]))
     return markdown_table(shown, cols, lambda c, v: f"{v:.3g}" if isinstance(v, float) else str(v))
 
@@ -187,6 +206,8 @@ def main() -> None:
     ap.add_argument("--image", type=Path, help="tau: the package's sample.tif")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--targets", default="0.7,0.5")
+    ap.add_argument("--speedups", default="", help="also one-shot at these measured speed-ups, latency against "
+                    "GFLOPs budget (prune --target-speedup), e.g. 1.4")
     ap.add_argument("--frames", type=int, default=64, help="images per split")
     ap.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
     ap.add_argument("--work", default=str(ROOT / "outputs" / "real_models"))
@@ -195,7 +216,10 @@ def main() -> None:
         ap.error("tau needs --image (the package's sample/sample.tif)")
     bench = Bench(args.kind, Path(args.work) / args.kind, args.weights, args.frames, args.imgsz, args.image)
     bench.unpruned()
-    targets = [float(t) for t in args.targets.split(",")]
+    for s in (float(x) for x in args.speedups.split(",") if x):
+        for budget in ("latency", "gflops"):
+            bench.speedup(s, budget)
+    targets = [float(t) for t in args.targets.split(",") if t]
     for target in targets:
         bench.one_shot(target)
     if args.minutes > 0:
