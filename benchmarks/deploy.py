@@ -23,7 +23,6 @@ offline_runtime()  # before Ultralytics is imported: no hub checks, no font down
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
 from yoloprune.atomic import atomic_write_text  # noqa: E402
 from yoloprune.data.images import calibration_images  # noqa: E402
 from yoloprune.workflows.export import ExportConfig, export, export_onnx, int8_path  # noqa: E402
-from yoloprune.workflows.latency import ort_session  # noqa: E402
+from yoloprune.workflows.latency import alternate, ort_session  # noqa: E402
 from yoloprune.workflows.quantize import quantize_int8  # noqa: E402
 from yoloprune.workflows.speedup import search_speedup  # noqa: E402
 from yoloprune.workflows.tables import markdown_table  # noqa: E402
@@ -99,7 +98,7 @@ class Bench(WorkFolder):
         keys = list(self.rows)
         files = [self.onnx(k) for k in keys]
         sessions = [ort_session(f, 1) for f in files + [int8_path(f) for f in files]]
-        times = alternate([_ort_runner(s) for s in sessions], runs)
+        times = [t * 1e3 for t in alternate([_ort_runner(s) for s in sessions], runs)]
         base = times[keys.index("unpruned")]
         for i, k in enumerate(keys):
             self.rows[k].update(fp32_ms=times[i], int8_ms=times[len(keys) + i], fp32_speedup=base / times[i],
@@ -129,22 +128,10 @@ class Bench(WorkFolder):
                     self.rows[k][f"{name}_test"] = self.test(str(folder)).map50_95
                     self.save()
                 runners.append(runner(folder))
-            times = alternate(runners, runs)
+            times = [t * 1e3 for t in alternate(runners, runs)]
             for k, t in zip(keys, times[1:], strict=True):
                 self.rows[k].update({f"{name}_ms": t, f"{name}_speedup": times[0] / t})
             self.save()
-
-
-def alternate(runners: list, runs: int) -> list[float]:
-    """Median milliseconds of each runner, run in turn ``runs`` times after three warm-up rounds."""
-    times: list[list[float]] = [[] for _ in runners]
-    for i in range(runs + 3):
-        for k, run in enumerate(runners):
-            t = time.perf_counter()
-            run()
-            if i >= 3:
-                times[k].append(time.perf_counter() - t)
-    return [statistics.median(t) * 1e3 for t in times]
 
 
 def _ort_runner(sess):

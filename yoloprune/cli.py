@@ -159,7 +159,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                       imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
                       recalibrate_bn=args.recalibrate_bn, steps=args.steps)
     if args.target_speedup is not None or args.target_latency is not None:
-
         from yoloprune.workflows.speedup import search_speedup
 
         search = search_speedup(args.model, args.target_speedup, cfg, threads=args.threads,
@@ -199,21 +198,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_speed_targets(p, many: bool = False) -> None:
-    if many:
-        p.add_argument("--target-speedups", type=_speedups, default=None, metavar="X,Y,...",
-                       help="instead of --ratios: points at these speed-ups over the unpruned model on onnxruntime "
-                            "(CPU), measured on this machine (each pruned as prune --target-speedup does)")
-        p.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads for timing")
-        return
-    else:
-        p.add_argument("--target-speedup", type=float, default=None,
-                       help="instead of --ratio: prune until the model runs this many times faster than the "
-                            "unpruned one on --runtime, measured on this machine: every conv is timed at the widths "
-                            "pruning can leave (a latency table, cached), and trial prunes are timed to check")
-        p.add_argument("--target-latency", type=float, default=None, metavar="MS",
-                       help="instead of --ratio: prune until the model runs in MS milliseconds (batch 1) on "
-                            "--runtime on this machine")
+def _add_speed_targets(p) -> None:
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="instead of --ratio: prune until the model runs this many times faster than the "
+                        "unpruned one on --runtime, measured on this machine: every conv is timed at the widths "
+                        "pruning can leave (a latency table, cached), and trial prunes are timed to check")
+    p.add_argument("--target-latency", type=float, default=None, metavar="MS",
+                   help="instead of --ratio: prune until the model runs in MS milliseconds (batch 1) on "
+                        "--runtime on this machine")
     _add_runtime(p)
 
 
@@ -456,7 +448,10 @@ def _add_sweep(sub) -> None:
     p.add_argument("--model")
     p.add_argument("--data")
     p.add_argument("--ratios", type=_ratios, default=list(defaults.SWEEP_RATIOS))
-    _add_speed_targets(p, many=True)
+    p.add_argument("--target-speedups", type=_speedups, default=None, metavar="X,Y,...",
+                   help="instead of --ratios: points at these speed-ups over the unpruned model on onnxruntime "
+                        "(CPU), measured on this machine (each pruned as prune --target-speedup does)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads for timing")
     p.add_argument("--int8", action="store_true",
                    help="also quantize every point's ONNX export (as export --int8 does): INT8 mAP and latency columns")
     p.add_argument("--method", type=_methods, default=[defaults.METHOD],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,11 +191,12 @@ def _runtime_calibration(cfg: ExportConfig, net, tmp: Path) -> tuple[str, float]
     if is_image_folder(source):
         import yaml
 
-        folder, names = str(image_folder(source, 1)[0].parent.resolve()), net.names
+        files, names = image_folder(source, sys.maxsize), net.names
+        folder = str(files[0].parent.resolve())
         yaml_path = tmp / "calibration.yaml"
         yaml_path.write_text(yaml.safe_dump({"train": folder, "val": folder, "names": dict(
             names.items() if isinstance(names, dict) else enumerate(names))}))
-        return str(yaml_path), min(1.0, cfg.calib_images / len(image_folder(source, 10 ** 9)))
+        return str(yaml_path), min(1.0, cfg.calib_images / len(files))
     n = len(load_data(source, "train").files("train"))
     return str(source), min(1.0, cfg.calib_images / max(n, 1))
 

@@ -52,13 +52,15 @@ def machine() -> dict[str, str]:
     return {"host": socket.gethostname(), "cpu": cpu}
 
 
-def ort_session(path: str | Path, threads: int | None = None):
+def ort_session(model: str | Path | bytes, threads: int | None = None):
+    """An onnxruntime CPU session of an ONNX file (or of a serialized model's bytes)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def alternate(fns: list[Callable[[], object]], runs: int = 20, warmup: int = 3) -> list[float]:

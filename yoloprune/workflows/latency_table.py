@@ -29,7 +29,7 @@ from torch import nn
 from yoloprune.atomic import atomic_write_text
 from yoloprune.engine.costs import CostTable, LayerCost
 from yoloprune.errors import ConfigError
-from yoloprune.workflows.latency import alternate, machine
+from yoloprune.workflows.latency import alternate, machine, ort_session
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # of a layer's width, plus the narrowest width pruning may leave
 VERSION = 1  # of the table's measurement; a change makes old caches stale
@@ -135,11 +135,7 @@ class OnnxRuntimeCPU(Runtime):
         return {"runtime": self.name, "version": onnxruntime.__version__, "threads": self.threads}
 
     def block_ms(self, spec: ConvSpec, runs: int) -> float:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        sess = ort.InferenceSession(_onnx_block(spec), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(_onnx_block(spec), self.threads)
         feed = {"x": np.random.default_rng(0).random((1, spec.cin, spec.height, spec.width), dtype=np.float32)}
         return _median_ms(lambda: sess.run(None, feed), runs)
 
@@ -176,11 +172,7 @@ class TorchRuntime(Runtime):
         conv = nn.Conv2d(spec.cin, spec.cout, spec.kernel, spec.stride, spec.padding, spec.dilation, spec.groups)
         block = (nn.Sequential(conv, nn.SiLU()) if spec.act else conv).to(self.device).eval()
         x = torch.rand(1, spec.cin, spec.height, spec.width, device=self.device)
-        return self.model_ms(block, x, runs)
-
-    @torch.no_grad()
-    def model_ms(self, model: nn.Module, x: torch.Tensor, runs: int) -> float:
-        return self.paired_ms([model], x, runs)[0]
+        return self.paired_ms([block], x, runs)[0]
 
     def prepare(self, model: nn.Module, folder: Path, name: str, imgsz: int) -> nn.Module:
         import copy
@@ -256,10 +248,8 @@ def channel_block(rt: Runtime, round_to: int, runs: int = 20) -> int:
     widths = list(range(round_to, 129, round_to))
     t = {w: min(rt.block_ms(probe.at(64, w), runs) for _ in range(3)) for w in widths}
     block, best = round_to, math.inf
-    if t[widths[-1]] < 2 * t[widths[0]]:  # time barely grows with the width: nothing to read a block from
-        _cache_write(path, {"block": block, "ms": {str(w): v for w, v in t.items()}})
-        return block
-    for g in (round_to * m for m in (1, 2, 4, 8)):
+    grows = t[widths[-1]] >= 2 * t[widths[0]]  # where time barely grows with the width, no block can be read
+    for g in (round_to * m for m in (1, 2, 4, 8)) if grows else ():
         if g > 64:
             break
         # time as a + b * (width rounded up to g): the block whose staircase fits the times best
@@ -306,7 +296,7 @@ class Built:
 
 
 def latency_table(model: nn.Module, imgsz: int, activated: set[str], rt: Runtime, round_to: int = 8,
-                  runs: int = 15, progress=None) -> Built:
+                  runs: int = 15) -> Built:
     """The latency table of ``model``'s convs at ``imgsz`` on ``rt``: read from the cache when this model
     architecture, size, runtime and machine were timed before, else measured (layers with the same shape timed
     once) and cached."""
@@ -320,9 +310,7 @@ def latency_table(model: nn.Module, imgsz: int, activated: set[str], rt: Runtime
     t0 = time.perf_counter()
     timed: dict[ConvSpec, float] = {}
     layers: dict[str, LayerCost] = {}
-    for k, (name, spec) in enumerate(specs.items()):
-        if progress:
-            progress(k, len(specs))
+    for name, spec in specs.items():
         cins, couts = grid(spec.cin, round_to), grid(spec.cout, round_to)
         if spec.depthwise:
             cins = couts
