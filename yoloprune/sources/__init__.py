@@ -15,9 +15,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from yoloprune.errors import YoloPruneError
+from yoloprune.errors import CheckpointError, YoloPruneError
 from yoloprune.sources.base import Adapter, TrainJob, Validation, ValSettings
 from yoloprune.sources.ultralytics import UltralyticsAdapter
 from yoloprune.sources.ultralytics.model import Exported, as_dict, letterbox
@@ -39,8 +40,33 @@ def adapter_for(src: Any) -> Adapter:
 
 
 def load_model(src: Any) -> tuple[nn.Module, dict]:
-    """A YOLO object, model, model yaml or checkpoint path -> (FP32 model, checkpoint dict). Paths are only read."""
-    return adapter_for(src).load(src)
+    """A YOLO object, model, model yaml or checkpoint path -> (FP32 model, checkpoint dict). Paths are only read.
+
+    A file is untrusted input: whatever is wrong with it (a flipped byte, a missing key, a tensor of the wrong
+    shape) is one CheckpointError naming it, and a model that loads must also run one small forward pass."""
+    adapter = adapter_for(src)
+    if not isinstance(src, (str, Path)):
+        return adapter.load(src)
+    try:
+        model, ckpt = adapter.load(src)
+        _runs(adapter, model)
+    except YoloPruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of a broken file is the file's, said in one line
+        what = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{src}: not a usable checkpoint ({type(e).__name__}{': ' + what if what else ''})") \
+            from None
+    return model, ckpt
+
+
+def _runs(adapter: Adapter, model: nn.Module) -> None:
+    """One forward pass on a small blank image, in eval mode, leaving the model as it was."""
+    s = 2 * adapter.max_stride(model)
+    p = next(model.parameters(), None)
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, s, s, dtype=p.dtype if p is not None else torch.float32))
+    model.train(was_training)
 
 
 def build_model(yaml: str | Path, nc: int | None = None) -> nn.Module:

@@ -73,7 +73,10 @@ class YOLOv5Adapter(Adapter):
         return checkpoint.save(model, path, ckpt, meta)
 
     def train_imgsz(self, ckpt: dict) -> int | None:
-        return ultra.train_imgsz(ckpt, key="opt")
+        """``opt.imgsz`` (v6.0 on), ``opt.img_size`` (v5.0 and older, when the checkpoint keeps its ``opt``)."""
+        opt = ultra.as_dict(ckpt.get("opt")) if isinstance(ckpt.get("opt"), dict) or hasattr(ckpt.get("opt"),
+                                                                                              "__dict__") else {}
+        return ultra.train_imgsz({"opt": {"imgsz": opt.get("imgsz", opt.get("img_size"))}}, key="opt")
 
     def train_data(self, ckpt: dict) -> str | None:
         return ultra.train_data(ckpt, key="opt")
@@ -96,7 +99,14 @@ class YOLOv5Adapter(Adapter):
         return ultra.max_stride(model)
 
     def gflops(self, model: nn.Module, imgsz: int) -> float:
-        return ultra.gflops(model, imgsz)
+        """Through the (thop) counter Ultralytics uses, on a 3-channel image: Ultralytics' ``get_flops`` takes the
+        channel count from the first weight, 12 behind a Focus stem (v5.0 and older), and answers 0."""
+        import thop
+
+        p = next(model.parameters())
+        im = torch.empty(1, int(getattr(model, "yaml", {}).get("ch", 3)), imgsz, imgsz, dtype=p.dtype, device=p.device)
+        stride = max(self.max_stride(model), 32)
+        return float(thop.profile(model, inputs=[im], stride=stride, verbose=False)[0] / 1e9 * 2)
 
     def contract_outputs(self, model: nn.Module, out: Any) -> list[torch.Tensor]:
         """Eval mode returns ``(predictions, raw maps)``; the predictions are the contract."""

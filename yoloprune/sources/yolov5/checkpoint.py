@@ -38,6 +38,8 @@ ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,  # v6.1 and ol
 PICKLED_AS: dict[type, tuple[str, str]] = {}
 for _key, _cls in ORIGINAL.items():
     PICKLED_AS.setdefault(_cls, _key)
+# The repository's export-friendly activations (v3.0 to v5.0) compute what torch's do; read as torch's, saved so.
+ORIGINAL.update({("utils.activations", "Hardswish"): nn.Hardswish, ("utils.activations", "SiLU"): nn.SiLU})
 REFUSED = {"Segment": "segmentation", "SegmentationModel": "segmentation", "Proto": "segmentation",
            "Classify": "classification", "ClassificationModel": "classification"}
 
@@ -51,11 +53,21 @@ def _standin(module: str, name: str) -> type:
     raise CheckpointError(f"unknown class {module}.{name} in an original YOLOv5 checkpoint; yoloprune cannot load it")
 
 
+PIP_PREFIX = "yolov5."  # the ``yolov5`` PyPI package ships the repository's code as ``yolov5.models.*``
+
+
 def _remap(module: str, name: str) -> type | None:
-    """The stand-in for a class of the original repository (never imported from it); None for other names."""
+    """The stand-in for a class of the original repository (never imported from it); None for other names.
+    The ``yolov5`` package's paths are the repository's own with the prefix."""
+    module = module.removeprefix(PIP_PREFIX)
     if module == "models" or module.startswith(("models.", "utils.")):
         return _standin(module, name)
     return None
+
+
+def _is_original_module(module: str) -> bool:
+    module = module.removeprefix(PIP_PREFIX)
+    return module == "models" or module.startswith("models.")
 
 
 def _pickle_globals(path: Path) -> set[str]:
@@ -82,7 +94,7 @@ def _pickle_globals(path: Path) -> set[str]:
 def is_original(path: str | Path) -> bool:
     """Whether ``path`` is a checkpoint of the original YOLOv5 repository (it pickles ``models.*`` classes)."""
     try:
-        return any(m == "models" or m.startswith("models.") for m in _pickle_globals(Path(path)))
+        return any(_is_original_module(m) for m in _pickle_globals(Path(path)))
     except (zipfile.BadZipFile, OSError, KeyError):
         return False
 
@@ -95,21 +107,48 @@ def read_checkpoint(path: Path) -> dict:
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, YOLOv5Model):
         raise CheckpointError(f"not an original YOLOv5 detection checkpoint (no models.yolo.DetectionModel): {path}")
-    if not isinstance(model.model[-1], AnchorDetect):
+    if not isinstance(getattr(model, "model", None), nn.Sequential) or not len(model.model) \
+            or not isinstance(model.model[-1], AnchorDetect):
         raise CheckpointError(f"{path}: the model's last layer is not a YOLOv5 Detect head")
+    if any(m.startswith(PIP_PREFIX) for m in _pickle_globals(path)):  # saved back the same way
+        ckpt["yoloprune"] = {**(ckpt.get("yoloprune") or {}), "module_prefix": PIP_PREFIX}
     return ckpt
+
+
+_INPLACE = (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardsigmoid)
+
+
+def upgrade(model: YOLOv5Model) -> YOLOv5Model:
+    """Bring a model unpickled from an older release, or pickled by an older torch, to what today's forward reads,
+    in place: v5.0 and older kept the anchor grid as a buffer (a cache since v6.0) and no ``inplace`` flags;
+    torch before 1.7 pickled ``Upsample`` without ``recompute_scale_factor`` and activations without
+    ``inplace``."""
+    for m in model.modules():
+        if isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
+            m.recompute_scale_factor = None
+        elif isinstance(m, _INPLACE) and not hasattr(m, "inplace"):
+            m.inplace = False
+    head = model.model[-1]
+    head._buffers.pop("anchor_grid", None)
+    head.grid = [torch.empty(0) for _ in range(head.nl)]
+    head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+    for attr, value in (("inplace", True), ("nl", len(head.m)), ("no", head.nc + 5)):
+        if not hasattr(head, attr):
+            setattr(head, attr, value)
+    if not hasattr(model, "inplace"):
+        model.inplace = head.inplace
+    if not isinstance(getattr(model, "names", None), (list, tuple, dict)):
+        model.names = [str(i) for i in range(head.nc)]
+    if isinstance(model.names, (list, tuple)):
+        model.names = dict(enumerate(model.names))
+    return model
 
 
 def load(path: Path) -> tuple[YOLOv5Model, dict]:
     """An FP32 model in eval mode and the checkpoint dict (its other keys are kept for saving)."""
     ckpt = read_checkpoint(path)
-    model = (ckpt.get("ema") or ckpt["model"]).float().eval()
-    head = model.model[-1]
-    if "anchor_grid" in head._buffers:  # v5.0 and older kept the anchor grid as a buffer; it is a cache since v6.0
-        del head._buffers["anchor_grid"]
-        head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
-    if isinstance(model.names, (list, tuple)):
-        model.names = dict(enumerate(model.names))
+    model = upgrade(ckpt.get("ema") or ckpt["model"]).float().eval()
+    model.stride = model.model[-1].stride
     return model, ckpt
 
 
@@ -126,12 +165,15 @@ _ALLOWED_MODULES = ("torch", "collections", "builtins", "__builtin__", "pathlib"
 
 
 class _Pickler(pickle._Pickler):
-    """Pickles the stand-in classes under their original names; refuses any class of yoloprune or Ultralytics."""
+    """Pickles the stand-in classes under their original names (with ``prefix``, the ``yolov5`` package's);
+    refuses any class of yoloprune or Ultralytics."""
+
+    prefix = ""
 
     def save_global(self, obj, name=None):
         target = PICKLED_AS.get(obj) if isinstance(obj, type) else None
         if target is not None:
-            self.write(pickle.GLOBAL + f"{target[0]}\n{target[1]}\n".encode())
+            self.write(pickle.GLOBAL + f"{self.prefix}{target[0]}\n{target[1]}\n".encode())
             self.memoize(obj)
             return
         module = getattr(obj, "__module__", "") or ""
@@ -141,7 +183,9 @@ class _Pickler(pickle._Pickler):
         super().save_global(obj, name)
 
 
-_PICKLE = types.SimpleNamespace(Pickler=_Pickler, __name__="yoloprune_yolov5_pickle")
+def _pickle_module(prefix: str) -> types.SimpleNamespace:
+    pickler = type("_Pickler", (_Pickler,), {"prefix": prefix})
+    return types.SimpleNamespace(Pickler=pickler, __name__="yoloprune_yolov5_pickle")
 
 
 def _plain(model: YOLOv5Model) -> YOLOv5Model:
@@ -169,7 +213,8 @@ def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dic
            "date": datetime.now().isoformat(),
            "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__}}
     buf = io.BytesIO()
-    torch.save(out, buf, pickle_module=_PICKLE)
+    prefix = out["yoloprune"].get("module_prefix", "")
+    torch.save(out, buf, pickle_module=_pickle_module(PIP_PREFIX if prefix == PIP_PREFIX else ""))
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 

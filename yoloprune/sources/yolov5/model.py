@@ -108,7 +108,9 @@ class YOLOv5Model(BaseModel):
         head = self.model[-1]
         if isinstance(head, AnchorDetect):
             head.stride = fn(head.stride)
-            # the grids are caches, rebuilt on the next forward in the new device and dtype
+            # the grids are caches, rebuilt on the next forward in the new device and dtype (releases before
+            # v6.0 kept the anchor grid as a buffer)
+            head._buffers.pop("anchor_grid", None)
             head.grid = [torch.empty(0) for _ in range(head.nl)]
             head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
         return self
