@@ -26,7 +26,14 @@ from yoloprune.errors import CheckpointError, ConfigError
 from yoloprune.sources.base import Adapter, TrainJob, Validation, ValSettings
 from yoloprune.sources.ultralytics import model as ultra
 from yoloprune.sources.yolov5 import checkpoint
-from yoloprune.sources.yolov5.model import YOLOv5Model
+from yoloprune.sources.yolov5.model import (
+    AnchorDetect,
+    AnchorSegment,
+    ClassifyHead,
+    YOLOv5Model,
+    YOLOv5SegmentModel,
+    _read_yaml,
+)
 
 _YAML = (".yaml", ".yml")
 
@@ -43,13 +50,14 @@ def is_original_yaml(path: Path) -> bool:
 
 
 class YOLOv5Adapter(Adapter):
-    """Original YOLOv5 detection models: one output ``(B, N, 5 + nc)``, NMS at IoU 0.6 as its ``val.py``."""
+    """Original YOLOv5 models: detection (one output ``(B, N, 5 + nc)``, NMS at IoU 0.6 as its ``val.py``),
+    segmentation (v7.0: ``(B, N, 5 + nc + nm)`` and prototypes) and classification (v6.2 on: logits)."""
 
     name = "original YOLOv5"
 
     def claims(self, src: Any) -> bool:
         if isinstance(src, nn.Module):
-            return isinstance(src, YOLOv5Model)
+            return isinstance(src, checkpoint.MODELS)
         if not isinstance(src, (str, Path)) or not Path(src).is_file():
             return False
         path = Path(src)
@@ -65,7 +73,11 @@ class YOLOv5Adapter(Adapter):
 
     def build(self, yaml: str | Path, nc: int | None = None) -> nn.Module:
         try:
-            return YOLOv5Model(yaml, nc=nc)
+            cfg = _read_yaml(Path(yaml))
+            segment = any(row[2] == "Segment" for row in cfg.get("head", []))
+            return (YOLOv5SegmentModel if segment else YOLOv5Model)(cfg, nc=nc)
+        except CheckpointError:
+            raise
         except Exception as e:  # an unknown yaml is user input: report it in one line
             raise CheckpointError(f"cannot build a model from {yaml}: {e}") from None
 
@@ -82,17 +94,25 @@ class YOLOv5Adapter(Adapter):
         return ultra.train_data(ckpt, key="opt")
 
     def task(self, model: nn.Module) -> str:
-        return "detect"  # segmentation and classification checkpoints are refused on loading
+        head = model.model[-1]
+        return "classify" if isinstance(head, ClassifyHead) else "segment" if isinstance(head, AnchorSegment) \
+            else "detect"
 
     def num_classes(self, model: nn.Module) -> int:
-        return int(model.model[-1].nc)
+        head = model.model[-1]
+        return int(head.linear.out_features if isinstance(head, ClassifyHead) else head.nc)
 
     def kpt_shape(self, model: nn.Module) -> tuple[int, int] | None:
         return None
 
     def output_layout(self, model: nn.Module) -> list[tuple[int, list[int]]]:
-        """One output, (batch, anchors x cells, 5 + classes): box in pixels, then objectness and class scores."""
-        return [(-1, [0, 1, 2, 3])]
+        """Detection: one output, (batch, anchors x cells, 5 + classes [+ mask coefficients]): box in pixels, then
+        objectness and class scores; a segmentation model's prototypes (B, nm, H, W) follow; a classifier's
+        logits (B, nc)."""
+        task = self.task(model)
+        if task == "classify":
+            return [(1, [])]
+        return [(-1, [0, 1, 2, 3])] + ([(1, [])] if task == "segment" else [])
 
     # the engine's hooks
     def max_stride(self, model: nn.Module) -> int:
@@ -122,15 +142,27 @@ class YOLOv5Adapter(Adapter):
         return set()
 
     def head_output_convs(self, model: nn.Module) -> set[str]:
-        """The Detect head's 1x1 output convs."""
-        i = len(model.model) - 1
-        return {f"model.{i}.m.{j}" for j in range(len(model.model[-1].m))}
+        """The Detect head's 1x1 output convs (and a Segment's prototype conv); a classifier's final Linear."""
+        i, head = len(model.model) - 1, model.model[-1]
+        if isinstance(head, ClassifyHead):
+            return {f"model.{i}.linear"}
+        proto = {f"model.{i}.proto.cv3.conv"} if isinstance(head, AnchorSegment) else set()
+        return {f"model.{i}.m.{j}" for j in range(len(head.m))} | proto
 
     def head_outputs(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Each level's 1x1 conv to ``na * (5 + nc)`` channels: per anchor a box (values), then objectness and
-        class logits."""
-        head = model.model[-1]
-        return {name: torch.arange(head.na * head.no) % head.no >= 4 for name in sorted(self.head_output_convs(model))}
+        """Each level's 1x1 conv to ``na * (5 + nc [+ nm])`` channels: per anchor a box (values), then objectness
+        and class logits, then a Segment's mask coefficients (values); prototypes and a classifier's logits are
+        values."""
+        head, out = model.model[-1], {}
+        for name in sorted(self.head_output_convs(model)):
+            layer = model.get_submodule(name)
+            if isinstance(head, AnchorDetect) and name.split(".")[2] == "m":
+                k = torch.arange(head.na * head.no) % head.no
+                out[name] = (k >= 4) & (k < 5 + head.nc)
+            else:
+                out[name] = torch.zeros(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels,
+                                        dtype=torch.bool)
+        return out
 
     def scores(self, model: nn.Module, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Objectness times the best class probability, the highest over the anchors (the class logits alone are
@@ -138,9 +170,9 @@ class YOLOv5Adapter(Adapter):
         head = model.model[-1]
         out = {}
         for name, t in outputs.items():
-            if t.dim() == 4 and t.shape[1] == head.na * head.no:
-                p = t.float().reshape(t.shape[0], head.na, head.no, *t.shape[2:]).sigmoid()
-                out[name] = (p[:, :, 4] * p[:, :, 5:].amax(2)).amax(1)
+            if isinstance(head, AnchorDetect) and t.dim() == 4 and t.shape[1] == head.na * head.no:
+                p = t.float().reshape(t.shape[0], head.na, head.no, *t.shape[2:])[:, :, 4 : 5 + head.nc].sigmoid()
+                out[name] = (p[:, :, 0] * p[:, :, 1:].amax(2)).amax(1)
         return out
 
     def fix_widths(self, model: nn.Module) -> None:
@@ -148,13 +180,19 @@ class YOLOv5Adapter(Adapter):
 
     # workflows
     def validator(self, model: nn.Module, settings: ValSettings) -> Callable[[nn.Module], Validation]:
-        from yoloprune.sources.yolov5.train import NMS_IOU, YOLOv5Validator
+        from yoloprune.sources.yolov5.train import NMS_IOU, VALIDATORS
 
-        return ultra.Validator(YOLOv5Validator, "detect", settings, NMS_IOU)
+        task = self.task(model)
+        return ultra.Validator(VALIDATORS[task], task, settings, NMS_IOU)
 
     def train(self, job: TrainJob) -> Path:
         from yoloprune.sources.yolov5.train import run
 
+        model = job.given.get("ema") or job.given.get("model")
+        if isinstance(model, checkpoint.MODELS) and self.task(model) != "detect":
+            raise ConfigError(f"training original YOLOv5 {self.task(model)} models is not offered (their loss is "
+                              "not implemented here); prune them one-shot with calibration, or train them with "
+                              "the original repository")
         return run(job, self)
 
     def export_onnx(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool,
@@ -166,12 +204,18 @@ class YOLOv5Adapter(Adapter):
         net = copy.deepcopy(checkpoint.check(model)).float().eval()
         net.model[-1].export = True
         im = torch.zeros(1, 3, imgsz, imgsz)
-        axes = ({"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}}
-                if dynamic else None)
+        task = self.task(net)
+        names = ["output0", "output1"] if task == "segment" else ["output0"]
+        axes = None
+        if dynamic:
+            axes = {"images": {0: "batch", 2: "height", 3: "width"},
+                    "output0": {0: "batch"} if task == "classify" else {0: "batch", 1: "anchors"}}
+            if task == "segment":
+                axes["output1"] = {0: "batch", 2: "mask_height", 3: "mask_width"}
 
         def write(tmp: str) -> None:
             with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-                torch.onnx.export(net, im, tmp, opset_version=17, input_names=["images"], output_names=["output0"],
+                torch.onnx.export(net, im, tmp, opset_version=17, input_names=["images"], output_names=names,
                                   dynamic_axes=axes, do_constant_folding=True, dynamo=False)
 
         return atomic_write(out, write)

@@ -17,6 +17,7 @@ import types
 import zipfile
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,16 @@ from yoloprune import __version__
 from yoloprune.atomic import atomic_write
 from yoloprune.errors import UNREADABLE_CHECKPOINT, CheckpointError
 from yoloprune.sources.safe_pickle import load as safe_load
-from yoloprune.sources.yolov5.model import COMMON, AnchorDetect, CrossConv, YOLOv5Model
+from yoloprune.sources.yolov5.model import (
+    COMMON,
+    AnchorDetect,
+    AnchorSegment,
+    ClassifyHead,
+    CrossConv,
+    YOLOv5ClassifyModel,
+    YOLOv5Model,
+    YOLOv5SegmentModel,
+)
 
 ORIGINAL: dict[tuple[str, str], type] = {("models.common", k): v for k, v in COMMON.items()}
 ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,  # v6.1 and older
@@ -34,22 +44,20 @@ ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,  # v6.1 and ol
                  ("models.experimental", "GhostBottleneck"): um.GhostBottleneck,
                  ("models.yolo", "Detect"): AnchorDetect,
                  ("models.yolo", "DetectionModel"): YOLOv5Model,
-                 ("models.yolo", "Model"): YOLOv5Model})
-PICKLED_AS: dict[type, tuple[str, str]] = {}
+                 ("models.yolo", "Model"): YOLOv5Model,  # v6.1 and older
+                 ("models.yolo", "Segment"): AnchorSegment,  # v7.0
+                 ("models.yolo", "SegmentationModel"): YOLOv5SegmentModel,
+                 ("models.yolo", "ClassificationModel"): YOLOv5ClassifyModel})  # v6.2 on
+PICKLED_AS: dict[type, list[tuple[str, str]]] = {}  # every name a class was pickled under; the first is the default
 for _key, _cls in ORIGINAL.items():
-    PICKLED_AS.setdefault(_cls, _key)
+    PICKLED_AS.setdefault(_cls, []).append(_key)
 # The repository's export-friendly activations (v3.0 to v5.0) compute what torch's do; read as torch's, saved so.
 ORIGINAL.update({("utils.activations", "Hardswish"): nn.Hardswish, ("utils.activations", "SiLU"): nn.SiLU})
-REFUSED = {"Segment": "segmentation", "SegmentationModel": "segmentation", "Proto": "segmentation",
-           "Classify": "classification", "ClassificationModel": "classification"}
 
 
 def _standin(module: str, name: str) -> type:
     if (module, name) in ORIGINAL:
         return ORIGINAL[(module, name)]
-    if name in REFUSED:
-        raise CheckpointError(f"a {REFUSED[name]} checkpoint of the original YOLOv5 repository ({module}.{name}); "
-                              "yoloprune prunes its detection models only")
     raise CheckpointError(f"unknown class {module}.{name} in an original YOLOv5 checkpoint; yoloprune cannot load it")
 
 
@@ -70,8 +78,8 @@ def _is_original_module(module: str) -> bool:
     return module == "models" or module.startswith("models.")
 
 
-def _pickle_globals(path: Path) -> set[str]:
-    """The module names a torch zip checkpoint's pickle refers to, read without unpickling anything."""
+def _pickle_globals(path: Path) -> set[tuple[str, str]]:
+    """The (module, name) globals a torch zip checkpoint's pickle refers to, read without unpickling anything."""
     import pickletools
 
     with zipfile.ZipFile(path) as z:
@@ -79,24 +87,27 @@ def _pickle_globals(path: Path) -> set[str]:
         if name is None:
             return set()
         data = z.read(name)
-    mods, strings = set(), []
+    found, strings = set(), []
     with contextlib.suppress(Exception):  # a truncated pickle still names what it reached
         for op, arg, _ in pickletools.genops(data):
             if op.name == "GLOBAL":
-                mods.add(str(arg).split(" ")[0])
+                found.add(tuple(str(arg).split(" ", 1)))
             elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                mods.add(strings[-2])
+                found.add((strings[-2], strings[-1]))
             elif isinstance(arg, str):
                 strings.append(arg)
-    return mods
+    return {g for g in found if len(g) == 2}
 
 
 def is_original(path: str | Path) -> bool:
     """Whether ``path`` is a checkpoint of the original YOLOv5 repository (it pickles ``models.*`` classes)."""
     try:
-        return any(_is_original_module(m) for m in _pickle_globals(Path(path)))
+        return any(_is_original_module(m) for m, _ in _pickle_globals(Path(path)))
     except (zipfile.BadZipFile, OSError, KeyError):
         return False
+
+
+MODELS = (YOLOv5Model, YOLOv5ClassifyModel)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -105,13 +116,16 @@ def read_checkpoint(path: Path) -> dict:
     except UNREADABLE_CHECKPOINT as e:
         raise CheckpointError(f"not a readable original YOLOv5 checkpoint: {path} ({type(e).__name__})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(model, YOLOv5Model):
-        raise CheckpointError(f"not an original YOLOv5 detection checkpoint (no models.yolo.DetectionModel): {path}")
-    if not isinstance(getattr(model, "model", None), nn.Sequential) or not len(model.model) \
-            or not isinstance(model.model[-1], AnchorDetect):
-        raise CheckpointError(f"{path}: the model's last layer is not a YOLOv5 Detect head")
-    if any(m.startswith(PIP_PREFIX) for m in _pickle_globals(path)):  # saved back the same way
-        ckpt["yoloprune"] = {**(ckpt.get("yoloprune") or {}), "module_prefix": PIP_PREFIX}
+    if not isinstance(model, MODELS):
+        raise CheckpointError(f"not an original YOLOv5 checkpoint (no models.yolo.DetectionModel, "
+                              f"SegmentationModel or ClassificationModel): {path}")
+    check(model, str(path))
+    head = model.model[-1]
+    if "anchor_grid" in head._buffers:
+        ckpt["yoloprune"] = {**(ckpt.get("yoloprune") or {}), "anchor_grid_buffer": True}
+    # saved back under the names it was read by: Model (v6.1 and older) or DetectionModel, the package's prefix
+    names = sorted(f"{m}.{n}" for m, n in _pickle_globals(path) if _is_original_module(m))
+    ckpt["yoloprune"] = {**(ckpt.get("yoloprune") or {}), "pickled_as": names}
     return ckpt
 
 
@@ -137,25 +151,39 @@ def upgrade(model: YOLOv5Model) -> YOLOv5Model:
             setattr(head, attr, value)
     if not hasattr(model, "inplace"):
         model.inplace = head.inplace
-    if not isinstance(getattr(model, "names", None), (list, tuple, dict)):
-        model.names = [str(i) for i in range(head.nc)]
-    if isinstance(model.names, (list, tuple)):
-        model.names = dict(enumerate(model.names))
+    model.names = _names(getattr(model, "names", None), head.nc)
     return model
 
 
 def load(path: Path) -> tuple[YOLOv5Model, dict]:
     """An FP32 model in eval mode and the checkpoint dict (its other keys are kept for saving)."""
     ckpt = read_checkpoint(path)
-    model = upgrade(ckpt.get("ema") or ckpt["model"]).float().eval()
+    model = ckpt.get("ema") or ckpt["model"]
+    if isinstance(model, YOLOv5ClassifyModel):
+        model = model.float().eval()
+        model.names = _names(model.names, model.model[-1].linear.out_features)
+        return model, ckpt
+    model = upgrade(model).float().eval()
     model.stride = model.model[-1].stride
     return model, ckpt
 
 
-def check(model: nn.Module, where: str = "model") -> YOLOv5Model:
-    if not isinstance(model, YOLOv5Model) or not isinstance(model.model[-1], AnchorDetect):
-        raise CheckpointError(f"{where} is not an original YOLOv5 detection model")
-    return model
+def _names(names: Any, nc: int) -> dict[int, str]:
+    if isinstance(names, (list, tuple)):
+        return {i: str(n) for i, n in enumerate(names)}
+    return {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {i: str(i) for i in range(nc)}
+
+
+def check(model: nn.Module, where: str = "model") -> nn.Module:
+    """``model`` if it is an original YOLOv5 model whose last layer is its kind's head (Detect, Segment,
+    Classify)."""
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    if isinstance(model, YOLOv5Model) and isinstance(head, AnchorDetect) \
+            or isinstance(model, YOLOv5ClassifyModel) and isinstance(head, ClassifyHead):
+        return model
+    raise CheckpointError(f"{where} is not an original YOLOv5 model with its head (Detect, Segment or Classify) "
+                          "last")
 
 
 # Attributes the original repository sets on its DetectionModel (the rest are added by Ultralytics' trainer or
@@ -169,10 +197,12 @@ class _Pickler(pickle._Pickler):
     refuses any class of yoloprune or Ultralytics."""
 
     prefix = ""
+    seen: frozenset[str] = frozenset()  # "module.name" of the file read: its names are kept where a class has two
 
     def save_global(self, obj, name=None):
-        target = PICKLED_AS.get(obj) if isinstance(obj, type) else None
-        if target is not None:
+        names = PICKLED_AS.get(obj) if isinstance(obj, type) else None
+        if names is not None:
+            target = next((k for k in names if f"{self.prefix}{k[0]}.{k[1]}" in self.seen), names[0])
             self.write(pickle.GLOBAL + f"{self.prefix}{target[0]}\n{target[1]}\n".encode())
             self.memoize(obj)
             return
@@ -183,24 +213,31 @@ class _Pickler(pickle._Pickler):
         super().save_global(obj, name)
 
 
-def _pickle_module(prefix: str) -> types.SimpleNamespace:
-    pickler = type("_Pickler", (_Pickler,), {"prefix": prefix})
+def _pickle_module(prefix: str, seen: frozenset[str] = frozenset()) -> types.SimpleNamespace:
+    pickler = type("_Pickler", (_Pickler,), {"prefix": prefix, "seen": frozenset(seen)})
     return types.SimpleNamespace(Pickler=pickler, __name__="yoloprune_yolov5_pickle")
 
 
-def _plain(model: YOLOv5Model) -> YOLOv5Model:
-    """An FP16 eval-mode copy without what Ultralytics' trainer attached."""
+def _plain(model: nn.Module, anchor_grid_buffer: bool = False) -> nn.Module:
+    """An FP16 eval-mode copy without what Ultralytics' trainer attached; with ``anchor_grid_buffer``, the anchor
+    grid as the buffer releases before v6.0 read."""
     model = copy.deepcopy(model).cpu()
     for k in [k for k in vars(model) if not k.startswith("_") and k not in _MODEL_ATTRS and k != "training"]:
         delattr(model, k)
     for p in model.parameters():
         p.requires_grad_(False)
-    head = model.model[-1]
-    head.grid = [torch.empty(0) for _ in range(head.nl)]
-    head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
-    head.__dict__.pop("export", None)
     model.names = {int(k): str(v) for k, v in dict(model.names).items()}
-    return model.half().eval()
+    head = model.model[-1]
+    head.__dict__.pop("export", None)
+    model = model.half().eval()
+    if isinstance(head, AnchorDetect):
+        head.grid = [torch.empty(0) for _ in range(head.nl)]
+        head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+        if anchor_grid_buffer:  # as v5.0 and older keep it (their forward reads it; v6.0 on drop it on loading)
+            del head.anchor_grid
+            grid = (head.anchors * head.stride.view(-1, 1, 1)).view(head.nl, 1, head.na, 1, 1, 2)
+            head.register_buffer("anchor_grid", grid.half())
+    return model
 
 
 def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dict | None = None) -> Path:
@@ -208,13 +245,15 @@ def save(model: nn.Module, path: str | Path, ckpt: dict | None = None, meta: dic
     ``optimizer`` None, ``epoch`` -1), keeping the input checkpoint's ``opt`` and ``git``, atomically. yoloprune's
     own metadata (plain data) goes in one extra key that the original loaders ignore."""
     ckpt = ckpt or {}
-    out = {"model": _plain(check(model)), "ema": None, "epoch": -1, "best_fitness": ckpt.get("best_fitness"),
+    grid = bool((ckpt.get("yoloprune") or {}).get("anchor_grid_buffer"))
+    out = {"model": _plain(check(model), grid), "ema": None, "epoch": -1, "best_fitness": ckpt.get("best_fitness"),
            "updates": None, "optimizer": None, "opt": ckpt.get("opt") or {}, "git": ckpt.get("git") or {},
            "date": datetime.now().isoformat(),
            "yoloprune": {**(ckpt.get("yoloprune") or {}), **(meta or {}), "version": __version__}}
     buf = io.BytesIO()
-    prefix = out["yoloprune"].get("module_prefix", "")
-    torch.save(out, buf, pickle_module=_pickle_module(PIP_PREFIX if prefix == PIP_PREFIX else ""))
+    seen = frozenset(out["yoloprune"].get("pickled_as") or ())
+    prefix = PIP_PREFIX if any(n.startswith(PIP_PREFIX) for n in seen) else ""
+    torch.save(out, buf, pickle_module=_pickle_module(prefix, seen))
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 

@@ -69,6 +69,75 @@ class AnchorDetect(nn.Module):
         return grid, anchor_grid
 
 
+class AnchorSegment(AnchorDetect):
+    """v7.0's ``Segment`` head: an anchor head whose per-anchor outputs end in ``nm`` mask coefficients (left
+    undecoded), and a ``Proto`` on the first level's input making ``nm`` prototypes at stride 4. Eval mode returns
+    ``(y, protos, maps)``; with ``export`` set, ``(y, protos)``."""
+
+    def __init__(self, nc: int = 80, anchors: Any = (), nm: int = 32, npr: int = 256, ch: tuple = (),
+                 inplace: bool = True) -> None:
+        super().__init__(nc, anchors, ch, inplace)
+        self.nm, self.npr, self.no = nm, npr, 5 + nc + nm
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.proto = _proto(ch[0], npr, nm)
+
+    def forward(self, x: list[torch.Tensor]):
+        p = self.proto(x[0])
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4]:
+                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+                xy, wh, conf, mask = x[i].split((2, 2, self.nc + 1, self.nm), 4)
+                xy = (xy.sigmoid() * 2 + self.grid[i]) * self.stride[i]
+                wh = (wh.sigmoid() * 2) ** 2 * self.anchor_grid[i]
+                z.append(torch.cat((xy, wh, conf.sigmoid(), mask), 4).view(bs, self.na * nx * ny, self.no))
+        if self.training:
+            return x, p
+        y = torch.cat(z, 1)
+        return (y, p) if self.export else (y, p, x)
+
+
+def _proto(c1: int, c_: int = 256, c2: int = 32) -> nn.Module:
+    """``models.common.Proto``: Ultralytics' Proto (same attributes and forward) with the original's nearest
+    upsampling instead of a transposed conv."""
+    m = um.Proto(c1, c_, c2)
+    m.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+    return m
+
+
+class ClassifyHead(um.Classify):
+    """``models.common.Classify`` (v6.2 on): conv to 1280, pool, dropout, linear; returns logits in every mode
+    (Ultralytics' Classify returns softmax probabilities in eval mode)."""
+
+    def forward(self, x):
+        if isinstance(x, list):
+            x = torch.cat(x, 1)
+        return self.linear(self.drop(self.pool(self.conv(x)).flatten(1)))
+
+
+class YOLOv5ClassifyModel(BaseModel):
+    """An original YOLOv5 classification model (v6.2 on): a detection backbone cut at ``cutoff`` layers and a
+    ``Classify`` head, as the original ``ClassificationModel._from_detection_model`` makes it. Returns logits;
+    inputs are normalised with ImageNet's mean and std."""
+
+    def __init__(self, detector: YOLOv5Model | None = None, nc: int = 1000, cutoff: int = 10) -> None:
+        nn.Module.__init__(self)
+        if detector is None:
+            return
+        layers = detector.model[:cutoff]
+        last = layers[-1]
+        c1 = last.conv.in_channels if hasattr(last, "conv") else last.cv1.conv.in_channels
+        head = ClassifyHead(c1, nc)
+        head.i, head.f, head.type = last.i, last.f, "models.common.Classify"
+        layers[-1] = head
+        self.model, self.stride, self.save, self.nc = layers, detector.stride, [], nc
+        self.names = {i: str(i) for i in range(nc)}
+
+
 class YOLOv5Model(BaseModel):
     """An original YOLOv5 detection model: ``model`` (the layers, each with ``f``/``i``), ``save``, ``names``,
     ``stride``, ``yaml``. Ultralytics' ``BaseModel`` supplies the forward, ``fuse`` and ``loss`` plumbing, so
@@ -87,7 +156,9 @@ class YOLOv5Model(BaseModel):
         head = self.model[-1]
         s = 256
         head.inplace = self.inplace
-        head.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, self.yaml.get("ch", 3), s, s))])
+        out = self.forward(torch.zeros(1, self.yaml.get("ch", 3), s, s))
+        maps = out[0] if isinstance(head, AnchorSegment) else out
+        head.stride = torch.tensor([s / x.shape[-2] for x in maps])
         _check_anchor_order(head)
         head.anchors /= head.stride.view(-1, 1, 1)
         self.stride = head.stride
@@ -128,6 +199,10 @@ class YOLOv5Model(BaseModel):
         for k, v in kwargs.items():
             if hasattr(head, k):
                 setattr(head, k, v)
+
+
+class YOLOv5SegmentModel(YOLOv5Model):
+    """v7.0's ``SegmentationModel``: a detection model whose head is ``Segment``."""
 
 
 def _read_yaml(path: str | Path) -> dict:
@@ -240,7 +315,8 @@ class Expand(nn.Module):
 COMMON = {name: getattr(um, name) for name in (
     "Conv", "DWConv", "DWConvTranspose2d", "TransformerLayer", "TransformerBlock", "Bottleneck", "BottleneckCSP",
     "C3", "C3x", "C3TR", "C3Ghost", "SPP", "SPPF", "Focus", "GhostConv", "GhostBottleneck", "Concat")}
-COMMON.update({"CrossConv": CrossConv, "C3SPP": C3SPP, "Contract": Contract, "Expand": Expand})
+COMMON.update({"CrossConv": CrossConv, "C3SPP": C3SPP, "Contract": Contract, "Expand": Expand, "Proto": um.Proto,
+               "Classify": ClassifyHead})
 
 def _parse(d: dict, ch_in: int) -> tuple[nn.Sequential, list[int]]:
     """Layers of an original YOLOv5 model yaml, built with the stand-in classes and tagged as the original does."""
@@ -283,11 +359,13 @@ def _layer(name: str, f, n: int, args: list, ch: list[int], gw: float, no: int, 
         return m, c2, args, n
     if name == "Concat":
         return COMMON[name], sum(ch[x] for x in f), args, n
-    if name == "Detect":
+    if name in ("Detect", "Segment"):
         args.append([ch[x] for x in f])
         if isinstance(args[1], int):
             args[1] = [list(range(args[1] * 2))] * len(f)
-        return AnchorDetect, None, args, n
+        if name == "Segment":
+            args[3] = math.ceil(args[3] * gw / 8) * 8
+        return (AnchorDetect if name == "Detect" else AnchorSegment), None, args, n
     if name in ("Contract", "Expand"):
         c = ch[f] * args[0] ** 2 if name == "Contract" else ch[f] // args[0] ** 2
         return COMMON[name], c, args, n
@@ -298,8 +376,8 @@ def _layer(name: str, f, n: int, args: list, ch: list[int], gw: float, no: int, 
 
 
 def _type_name(name: str, m) -> str:
-    if m is AnchorDetect:
-        return "models.yolo.Detect"
+    if m in (AnchorDetect, AnchorSegment):
+        return f"models.yolo.{'Detect' if m is AnchorDetect else 'Segment'}"
     if name.startswith("nn."):
         return f"{m.__module__}.{m.__name__}"
     return f"models.common.{name}"

@@ -12,7 +12,9 @@ import copy
 from pathlib import Path
 
 import torch
+from ultralytics.models.yolo.classify import ClassificationValidator
 from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.models.yolo.segment import SegmentationValidator
 
 from yoloprune.errors import ConfigError
 from yoloprune.sources.base import Adapter, TrainJob
@@ -31,6 +33,36 @@ class YOLOv5Validator(DetectionValidator):
         y = preds[0] if isinstance(preds, (tuple, list)) else preds
         scores = y[..., 5:] * y[..., 4:5]
         return super().postprocess(torch.cat((y[..., :4], scores), -1).transpose(1, 2))
+
+
+class YOLOv5SegmentValidator(SegmentationValidator):
+    """Ultralytics' segmentation validator on v7.0's ``(B, N, 5 + nc + nm)`` output and prototypes: score =
+    objectness x class, masks from the same coefficients-times-prototypes product."""
+
+    def postprocess(self, preds):
+        y, proto = preds[0], preds[1]
+        nc = self.nc if hasattr(self, "nc") else y.shape[-1] - 5 - proto.shape[1]
+        scores = y[..., 5 : 5 + nc] * y[..., 4:5]
+        return super().postprocess([torch.cat((y[..., :4], scores, y[..., 5 + nc :]), -1).transpose(1, 2), proto])
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class YOLOv5ClassifyValidator(ClassificationValidator):
+    """Ultralytics' classification validator for YOLOv5 classifiers, which read ImageNet-normalised images (the
+    original ``classify_transforms``); their logits rank the classes as probabilities would."""
+
+    def preprocess(self, batch):
+        batch = super().preprocess(batch)
+        img = batch["img"]
+        mean = torch.tensor(IMAGENET_MEAN, device=img.device, dtype=img.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=img.device, dtype=img.dtype).view(1, 3, 1, 1)
+        batch["img"] = (img - mean) / std
+        return batch
+
+
+VALIDATORS = {"detect": YOLOv5Validator, "segment": YOLOv5SegmentValidator, "classify": YOLOv5ClassifyValidator}
 
 
 def trainer_class(base: type):
