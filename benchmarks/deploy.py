@@ -11,54 +11,35 @@ thread, 320 px), and the latency points' OpenVINO and ncnn exports (one thread e
 unpruned ONNX file; speed-ups are ratios of medians against the unpruned FP32 ONNX file. Finished rows are kept in
 ``--work``.
 
-    python benchmarks/deploy.py [--speedups 1.3,1.6,2.0] [--work outputs/deploy] [--out benchmarks/deploy.md]
+    python -m benchmarks.deploy [--speedups 1.3,1.6,2.0] [--work outputs/deploy] [--out benchmarks/deploy.md]
+                                [--render-only]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
 import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yoloprune as yp
+from benchmarks import harness
+from yoloprune.api import gflops, load_model, save_checkpoint
+from yoloprune.workflows.export import ExportConfig, export, export_onnx, int8_path
+from yoloprune.workflows.latency import ort_session
+from yoloprune.workflows.quantize import quantize_int8
+from yoloprune.workflows.speedup import search_speedup
+from yoloprune.workflows.tables import markdown_table
 
-from common import WorkFolder  # noqa: E402
-
-import yoloprune as yp  # noqa: E402
-from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
-from yoloprune.atomic import atomic_write_text  # noqa: E402
-from yoloprune.data.images import calibration_images  # noqa: E402
-from yoloprune.workflows.export import ExportConfig, export, export_onnx, int8_path  # noqa: E402
-from yoloprune.workflows.latency import alternate, ort_session  # noqa: E402
-from yoloprune.workflows.quantize import quantize_int8  # noqa: E402
-from yoloprune.workflows.speedup import search_speedup  # noqa: E402
-from yoloprune.workflows.tables import markdown_table  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "teabud.yaml"
-V8 = ROOT / "weights" / "teabud-yolov8n.pt"
-IMGSZ = 320
+V8 = harness.weights("teabud-yolov8n")
 
 
-class Bench(WorkFolder):
+class Bench(harness.WorkFolder):
     def __init__(self, work: Path) -> None:
-        super().__init__(work)
-        self.calib = calibration_images(str(DATA), IMGSZ)
-        self.val = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ)
-        self.test = yp.Evaluator(str(DATA), "test", imgsz=IMGSZ)
-        self.base_gflops = gflops(load_model(V8)[0], IMGSZ)
-
-    def onnx(self, key: str) -> Path:
-        return self.work / "models" / f"{key}.onnx"
+        super().__init__(work, harness.DATA)
+        self.base_gflops = gflops(load_model(V8)[0], self.imgsz)
 
     def point(self, key: str, speedup: float | None, budget: str, tuned: Path | None = None) -> None:
         """The checkpoint, its ONNX file and INT8 copy, scored (``tuned``: a fine-tuned copy of a point, which
@@ -68,19 +49,18 @@ class Bench(WorkFolder):
         t0 = time.perf_counter()
         ckpt, search = self.path(key), None
         if speedup is None or tuned is not None:
-            model, meta = load_model(tuned or V8)
-            save_checkpoint(model, ckpt, meta)
+            model = self.save_unchanged(key, tuned or V8)
         else:
-            cfg = yp.PruneConfig(imgsz=IMGSZ)
+            cfg = yp.PruneConfig(imgsz=self.imgsz)
             search = search_speedup(str(V8), speedup, cfg, budget=budget)
             print(search.line(), flush=True)
             report = yp.prune(str(V8), config=search.config(cfg), calibration=self.calib, costs=search.costs)
             save_checkpoint(report.model, ckpt, report.ckpt)
             model = report.model
-        onnx = export_onnx(ckpt, self.onnx(key), IMGSZ)
+        onnx = export_onnx(ckpt, self.onnx(key), self.imgsz)
         q = quantize_int8(onnx, int8_path(onnx), self.calib.numpy().astype(np.float32), nc=len(model.names))
         row = {"point": key, "budget": budget, "target_speedup": speedup or 1.0,
-               "gflops_ratio": gflops(model, IMGSZ) / self.base_gflops,
+               "gflops_ratio": gflops(model, self.imgsz) / self.base_gflops,
                "round_to": search.round_to if search else "",
                "search_speedup": search.measured if search else 1.0 if tuned is None else "",
                "predicted_ms": search.predicted_ms if search and search.predicted_ms else "",
@@ -97,8 +77,8 @@ class Bench(WorkFolder):
         """Every ONNX file timed together, in alternation; speed-ups against the unpruned FP32 file."""
         keys = list(self.rows)
         files = [self.onnx(k) for k in keys]
-        sessions = [ort_session(f, 1) for f in files + [int8_path(f) for f in files]]
-        times = [t * 1e3 for t in alternate([_ort_runner(s) for s in sessions], runs)]
+        files += [int8_path(f) for f in files]
+        times = [t * 1e3 for t in harness.paired_onnx_latency(files, self.imgsz, runs, threads=1)]
         base = times[keys.index("unpruned")]
         for i, k in enumerate(keys):
             self.rows[k].update(fp32_ms=times[i], int8_ms=times[len(keys) + i], fp32_speedup=base / times[i],
@@ -121,21 +101,22 @@ class Bench(WorkFolder):
             for k in keys:
                 folder = self.work / "models" / f"{k}{'-int8' if int8 else ''}_{fmt}_model"
                 if not folder.exists():
-                    export(ExportConfig(model=str(self.path(k)), out=str(folder), imgsz=IMGSZ, data=str(DATA),
-                                        format=fmt, int8=int8, calib_data=str(DATA), calib_images=64))
+                    export(ExportConfig(model=str(self.path(k)), out=str(folder), imgsz=self.imgsz,
+                                        data=str(self.data), format=fmt, int8=int8, calib_data=str(self.data),
+                                        calib_images=64))
                 if f"{name}_val" not in self.rows[k]:
                     self.rows[k][f"{name}_val"] = self.val(str(folder)).map50_95
                     self.rows[k][f"{name}_test"] = self.test(str(folder)).map50_95
                     self.save()
                 runners.append(runner(folder))
-            times = [t * 1e3 for t in alternate(runners, runs)]
+            times = [t * 1e3 for t in harness.alternate(runners, runs)]
             for k, t in zip(keys, times[1:], strict=True):
                 self.rows[k].update({f"{name}_ms": t, f"{name}_speedup": times[0] / t})
             self.save()
 
 
 def _ort_runner(sess):
-    feed = {sess.get_inputs()[0].name: np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)}
+    feed = {sess.get_inputs()[0].name: np.zeros((1, 3, harness.IMGSZ, harness.IMGSZ), np.float32)}
     return lambda: sess.run(None, feed)
 
 
@@ -146,7 +127,7 @@ def _openvino_runner(folder: Path):
     compiled = core.compile_model(core.read_model(str(next(folder.glob("*.xml")))), "CPU",
                                   {"INFERENCE_NUM_THREADS": 1})
     request = compiled.create_infer_request()
-    x = np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)
+    x = np.zeros((1, 3, harness.IMGSZ, harness.IMGSZ), np.float32)
     return lambda: request.infer({0: x})
 
 
@@ -157,7 +138,7 @@ def _ncnn_runner(folder: Path):
     net.opt.num_threads = 1
     net.load_param(str(folder / "model.ncnn.param"))
     net.load_model(str(folder / "model.ncnn.bin"))
-    x = ncnn.Mat(np.zeros((3, IMGSZ, IMGSZ), np.float32))
+    x = ncnn.Mat(np.zeros((3, harness.IMGSZ, harness.IMGSZ), np.float32))
 
     def run():
         ex = net.create_extractor()
@@ -178,7 +159,7 @@ def table(rows: dict) -> str:
             return f"{v:.4f}"
         if c.endswith("speedup") and isinstance(v, float):
             return f"{v:.2f}x"
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
+        return harness.fmt(v)
 
     order = sorted(rows.values(), key=lambda r: (r["target_speedup"], r["budget"]))
     return markdown_table(order, [c for c in COLS if any(c in r for r in order)], cell)
@@ -186,7 +167,7 @@ def table(rows: dict) -> str:
 
 HEADER = ("# Deployed files: pruned to a measured speed-up, GFLOPs-targeted against latency-targeted; FP32, INT8, "
           "OpenVINO, ncnn\n\n"
-          "`python benchmarks/deploy.py`: the tea-bud yolov8n, one run on 2 CPU cores, 320 px. `gflops` points: the "
+          "`python -m benchmarks.deploy`: the tea-bud yolov8n, one run on 2 CPU cores, 320 px. `gflops` points: the "
           "GFLOPs target whose prune runs the target speed-up (widths in multiples of 8); `latency` points: `prune "
           "--target-speedup` (a latency table of this machine's onnxruntime, widths in its measured channel block, "
           "`round_to`). `search_speedup` / `search_ms`: what the search measured for its choice; `predicted_ms`: "
@@ -199,31 +180,30 @@ HEADER = ("# Deployed files: pruned to a measured speed-up, GFLOPs-targeted agai
           "file. `int8_float`: what INT8 export kept in float by its measured drift. `-ft15` rows: that latency point "
           "fine-tuned 15 epochs on the labelled train split (`yoloprune finetune --epochs 15 --imgsz 320`, plain), "
           "its widths unchanged; the unpruned model fine-tuned the same way scores 0.5255 val / 0.5475 test "
-          "([finetune15.md](finetune15.md)).\n\n")
+          "([finetune15.md](finetune15.md)).")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__file__, __doc__, out=True, work=True, runs=40)
     ap.add_argument("--speedups", default="1.3,1.6,2.0")
-    ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--finetuned", type=int, default=15,
                     help="also score <point>-ft<E>.pt in the work folder's models, where present (yoloprune finetune)")
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "deploy"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "deploy.md"))
     args = ap.parse_args()
+    if harness.render_saved(args, lambda rows: (HEADER, table(rows))):
+        return
     bench = Bench(Path(args.work))
     bench.point("unpruned", None, "")
-    for s in (float(x) for x in args.speedups.split(",")):
+    for s in harness.floats(args.speedups):
         for budget in ("gflops", "latency"):
             bench.point(f"{budget}{s:g}", s, budget)
-            atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
+            harness.write_markdown(args.out, HEADER, table(bench.rows))
     for key in [k for k in bench.rows if k.startswith("latency")]:  # fine-tuned copies, when they are there
         tuned = bench.work / "models" / f"{key}-ft{args.finetuned}.pt"
         if tuned.is_file() and "-ft" not in key:
             bench.point(f"{key}-ft{args.finetuned}", bench.rows[key]["target_speedup"], "latency-ft", tuned)
     bench.latency(args.runs)
     bench.runtimes(args.runs)
-    atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
+    harness.write_markdown(args.out, HEADER, table(bench.rows))
     print(table(bench.rows))
     print(json.dumps(bench.rows, indent=1))
 

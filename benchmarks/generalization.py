@@ -8,34 +8,22 @@ estimated damage per GFLOP, ``scope="damage"``). Each model is scored on val and
 box mAP50-95; keypoint mAP50-95 for the pose model); "kept" is the share of the unpruned model's val figure. The
 prune time of each recipe is in the table too. Finished rows are kept in ``--work`` (rows.json, models/).
 
-    python benchmarks/generalization.py [--targets 0.7,0.5] [--models teabud-yolov8n,...] [--work outputs/generalization]
-                                        [--out benchmarks/generalization.md]
+    python -m benchmarks.generalization [--targets 0.7,0.5] [--models teabud-yolov8n,...]
+                                        [--work outputs/generalization] [--out benchmarks/generalization.md]
+                                        [--render-only]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yoloprune as yp
+from benchmarks import harness
+from yoloprune.api import gflops, load_model, save_checkpoint
+from yoloprune.data.images import calibration_images
+from yoloprune.workflows.tables import markdown_table
 
-from common import WorkFolder  # noqa: E402
-
-import yoloprune as yp  # noqa: E402
-from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
-from yoloprune.atomic import atomic_write_text  # noqa: E402
-from yoloprune.data.images import calibration_images  # noqa: E402
-from yoloprune.data.teabud import TeaBudConfig, generate  # noqa: E402
-from yoloprune.workflows.tables import markdown_table  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-IMGSZ = 320
 RECIPES = {"l1": {"selection": "score", "focus": False}, "obs": {"selection": "obs", "focus": False},
            "obs+focus": {}, "damage+obs+focus": {"scope": "damage"}}
 MODELS = ["teabud-yolov8n", "teabud-yolov5nu", "teabud-yolov5n", "teabud-yolov8n-pose"]
@@ -43,22 +31,17 @@ MODELS = ["teabud-yolov8n", "teabud-yolov5nu", "teabud-yolov5n", "teabud-yolov8n
 
 def data_for(name: str, work: Path) -> Path:
     """The shipped detection data, or the pose labels regenerated from the same seed (make-data --task pose)."""
-    if "pose" not in name:
-        return ROOT / "data" / "teabud.yaml"
-    out = work / "teabud-pose"
-    return out.with_suffix(".yaml") if out.with_suffix(".yaml").exists() else generate(TeaBudConfig(out=out,
-                                                                                                      task="pose"))
+    return harness.pose_data(work) if "pose" in name else harness.DATA
 
 
-class Bench(WorkFolder):
+class Bench(harness.WorkFolder):
     def __init__(self, work: Path) -> None:
         super().__init__(work)
         self.evaluators: dict = {}
 
     def evaluate(self, data: Path, model) -> tuple[float, float]:
         if data not in self.evaluators:
-            self.evaluators[data] = (yp.Evaluator(str(data), "val", imgsz=IMGSZ),
-                                     yp.Evaluator(str(data), "test", imgsz=IMGSZ))
+            self.evaluators[data] = harness.evaluators(data)
         val, test = self.evaluators[data]
         return val(model).map50_95, test(model).map50_95
 
@@ -66,22 +49,21 @@ class Bench(WorkFolder):
         key = f"{name}-{target:g}-{recipe}" if target else f"{name}-unpruned"
         if self.done(key):
             return
-        src, data = ROOT / "weights" / f"{name}.pt", data_for(name, self.work)
+        src, data = harness.weights(name), data_for(name, self.work)
         t0 = time.perf_counter()
         if target is None:
             model, ckpt = load_model(src)
         else:
-            calib = calibration_images(str(data), IMGSZ)
-            report = yp.prune(str(src), config=yp.PruneConfig(target_gflops=target, imgsz=IMGSZ, **RECIPES[recipe]),
-                              calibration=calib)
+            calib = calibration_images(str(data), self.imgsz)
+            cfg = yp.PruneConfig(target_gflops=target, imgsz=self.imgsz, **RECIPES[recipe])
+            report = yp.prune(str(src), config=cfg, calibration=calib)
             model, ckpt = report.model, report.ckpt
         seconds = time.perf_counter() - t0
         save_checkpoint(model, self.path(key), ckpt)
         v, t = self.evaluate(data, model)
         self.rows[key] = {"model": name, "target": target or 1.0, "recipe": recipe if target else "unpruned",
-                          "gflops_ratio": gflops(model, IMGSZ) / gflops(load_model(src)[0], IMGSZ),
-                          "params": sum(p.numel() for p in model.parameters()), "val": v, "test": t,
-                          "prune_s": seconds}
+                          "gflops_ratio": gflops(model, self.imgsz) / gflops(load_model(src)[0], self.imgsz),
+                          "params": harness.params(model), "val": v, "test": t, "prune_s": seconds}
         self.save()
         print(f"{key}: val {v:.4f} test {t:.4f} GFLOPs x{self.rows[key]['gflops_ratio']:.3f} ({seconds:.0f} s)",
               flush=True)
@@ -100,36 +82,36 @@ def table(rows: dict) -> str:
             return f"{v:.4f}"
         if c == "params":
             return f"{v / 1e6:.2f}M"
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
+        return harness.fmt(v)
 
     return markdown_table(shown, ["model", "target", "recipe", "gflops_ratio", "params", "val", "test", "kept",
                                   "prune_s"], cell)
 
 
 HEADER = ("# One-shot pruning across models: channel selection, focused samples and width allocation\n\n"
-          "`python benchmarks/generalization.py`: one run on 2 CPU cores, 320 px, 64 calibration images, "
+          "`python -m benchmarks.generalization`: one run on 2 CPU cores, 320 px, 64 calibration images, "
           "reconstruction on; val / test mAP50-95 by pycocotools (keypoint mAP50-95, OKS sigma 0.1, for the pose "
           "model). \"kept\" is the share of the unpruned model's val figure. Recipes: l1 = lowest-l1 channels, "
           "uniform samples (earlier releases); obs = structured-OBS channels, uniform samples; obs+focus = the "
           "default (half the samples where the detector finds objects); damage+obs+focus = widths by estimated "
-          "damage.\n\n")
+          "damage.")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__file__, __doc__, out=True, work=True)
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "generalization"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "generalization.md"))
     args = ap.parse_args()
+    if harness.render_saved(args, lambda rows: (HEADER, table(rows))):
+        return
     bench = Bench(Path(args.work))
     for name in args.models.split(","):
         bench.run(name, None, "unpruned")
-        for target in (float(t) for t in args.targets.split(",")):
+        for target in harness.floats(args.targets):
             for recipe in args.recipes.split(","):
                 bench.run(name, target, recipe)
-                atomic_write_text(args.out, HEADER + table(bench.rows) + "\n")
+                harness.write_markdown(args.out, HEADER, table(bench.rows))
     print(table(bench.rows))
 
 

@@ -11,58 +11,48 @@ For each model, ratio and recipe the shipped detector is pruned (widths in multi
 
 Prune time (trace, calibration, plan, surgery, reconstruction) is the median over the ratios.
 
-    python benchmarks/oneshot.py [--models yolov8n,yolov5nu] [--ratios 0.2,0.3,0.4,0.5] [--methods l1,act]
-                                 [--out benchmarks/oneshot.md]
+    python -m benchmarks.oneshot [--models yolov8n,yolov5nu] [--ratios 0.2,0.3,0.4,0.5] [--methods l1,act]
+                                 [--recipes mean-comp,reconstruction] [--out benchmarks/oneshot.md]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import yoloprune as yp
+from benchmarks import harness
 from yoloprune.api import load_model
-from yoloprune.atomic import atomic_write_text
 from yoloprune.data.images import calibration_images
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "teabud.yaml"
-IMGSZ = 320
 RECIPES = {"mean-comp": (False, False, 1), "mean-comp + BN recal": (False, True, 1),
            "reconstruction": (True, False, 1), "reconstruction + BN recal": (True, True, 1),
            "reconstruction in 3 steps": (True, False, 3), "reconstruction in 5 steps": (True, False, 5)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__file__, __doc__)
     ap.add_argument("--models", default="yolov8n,yolov5nu")
     ap.add_argument("--ratios", default="0.2,0.3,0.4,0.5")
     ap.add_argument("--methods", default="l1")
     ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    val, test = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ), yp.Evaluator(str(DATA), "test", imgsz=IMGSZ)
-    calib = calibration_images(str(DATA), IMGSZ)
+    imgsz = harness.IMGSZ
+    val, test = harness.evaluators()
+    calib = calibration_images(str(harness.DATA), imgsz)
     lines = ["| model | method | recipe | ratio | params | GFLOPs ratio | val mAP50-95 | val kept | test mAP50-95 | "
              "prune s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for fam in args.models.split(","):
-        base, _ = load_model(str(ROOT / "weights" / f"teabud-{fam}.pt"))
+        base, _ = load_model(str(harness.weights(f"teabud-{fam}")))
         v0, t0 = val(base).map50_95, test(base).map50_95
-        lines.append(f"| {fam} | - | unpruned | 0 | {sum(p.numel() for p in base.parameters()):,} | 1 | {v0:.4f} | "
-                     f"100% | {t0:.4f} | |")
+        lines.append(f"| {fam} | - | unpruned | 0 | {harness.params(base):,} | 1 | {v0:.4f} | 100% | {t0:.4f} | |")
         for method in args.methods.split(","):
             for recipe in args.recipes.split(","):
                 refit, recal, steps = RECIPES[recipe]
                 times = []
-                for r in (float(x) for x in args.ratios.split(",")):
-                    cfg = yp.PruneConfig(ratio=r, method=method, imgsz=IMGSZ, round_to=8,
+                for r in harness.floats(args.ratios):
+                    cfg = yp.PruneConfig(ratio=r, method=method, imgsz=imgsz, round_to=8,
                                          reconstruct=refit, recalibrate_bn=recal, steps=steps)
                     start = time.perf_counter()
                     report = yp.prune(copy.deepcopy(base), config=cfg, calibration=calib)
@@ -73,11 +63,8 @@ def main() -> None:
                     lines.append(row + f" {times[-1]:.1f} |")
                     print(lines[-1], flush=True)
                 print(f"{fam} {method} {recipe}: median prune time {statistics.median(times):.1f} s", flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, f"One-shot pruning, no training, {IMGSZ}px, round_to 8, 64 calibration images; "
-                                    "pycocotools mAP50-95.\n\n" + text + "\n")
+    print(harness.write_markdown(args.out, f"One-shot pruning, no training, {imgsz}px, round_to 8, 64 calibration "
+                                           "images; pycocotools mAP50-95.", "\n".join(lines)))
 
 
 if __name__ == "__main__":

@@ -11,61 +11,40 @@ Ultralytics' PoseValidator (same sigma, its own matching), and timed with onnxru
 in alternation with the unpruned model; the speed-up is the ratio of medians. Finished rows are kept in
 ``--work`` (rows.json, models/), so a killed run resumes where it stopped.
 
-    python benchmarks/pose.py [--ratios 0.1,0.2,0.3,0.4,0.5,0.6] [--finetune 0.3,0.5] [--epochs 5]
-                              [--work outputs/pose] [--out benchmarks/pose.md]
+    python -m benchmarks.pose [--ratios 0.1,0.2,0.3,0.4,0.5,0.6] [--finetune 0.3,0.5] [--epochs 5]
+                              [--work outputs/pose] [--out benchmarks/pose.md] [--render-only]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import WorkFolder
-
 import yoloprune as yp
+from benchmarks import harness
 from yoloprune.api import gflops, load_model, save_checkpoint
-from yoloprune.atomic import atomic_write_text
-from yoloprune.data.images import calibration_images
-from yoloprune.data.teabud import TeaBudConfig, generate
 from yoloprune.sources import source_meta
-from yoloprune.workflows.export import export_onnx
-from yoloprune.workflows.latency import paired_onnx_latency
 from yoloprune.workflows.tables import markdown_table
 from yoloprune.workflows.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-IMGSZ = 320
-BASE = ROOT / "weights" / "teabud-yolov8n-pose.pt"
+BASE = harness.weights("teabud-yolov8n-pose")
 
 
-class Bench(WorkFolder):
+class Bench(harness.WorkFolder):
     def __init__(self, work: Path, epochs: int) -> None:
-        super().__init__(work)
+        super().__init__(work, harness.pose_data(work))
         self.epochs = epochs
-        self.data = work / "teabud-pose.yaml"
-        if not self.data.exists():
-            generate(TeaBudConfig(out=work / "teabud-pose", task="pose"))
-        self.val = yp.Evaluator(str(self.data), "val", imgsz=IMGSZ)
-        self.test = yp.Evaluator(str(self.data), "test", imgsz=IMGSZ)
-        self.calib = calibration_images(str(self.data), IMGSZ)
-        self.g0 = gflops(load_model(BASE)[0], IMGSZ)
+        self.g0 = gflops(load_model(BASE)[0], self.imgsz)
 
     def record(self, key: str, ratio: float, recipe: str, seconds: float) -> None:
         model, _ = load_model(self.path(key))
         v, t = self.val(model), self.test(model)
-        g = gflops(model, IMGSZ)
-        self.rows[key] = {"ratio": ratio, "recipe": recipe, "val": v.map50_95, "val_ultralytics": v.ultralytics_map50_95,
-                          "val50": v.map50, "test": t.map50_95, "test_ultralytics": t.ultralytics_map50_95,
-                          "test50": t.map50, "params": sum(p.numel() for p in model.parameters()), "gflops": g,
-                          "gflops_ratio": g / self.g0, "train_min": seconds / 60}
+        g = gflops(model, self.imgsz)
+        self.rows[key] = {"ratio": ratio, "recipe": recipe, "val": v.map50_95,
+                          "val_ultralytics": v.ultralytics_map50_95, "val50": v.map50, "test": t.map50_95,
+                          "test_ultralytics": t.ultralytics_map50_95, "test50": t.map50,
+                          "params": harness.params(model), "gflops": g, "gflops_ratio": g / self.g0,
+                          "train_min": seconds / 60}
         self.save()
         print(f"{key}: val {v.map50_95:.4f} test {t.map50_95:.4f} GFLOPs x{g / self.g0:.3f} ({seconds / 60:.1f} min)",
               flush=True)
@@ -73,8 +52,8 @@ class Bench(WorkFolder):
     def one_shot(self, ratio: float, reconstruct: bool) -> Path:
         key = f"{ratio:g}-{'recon' if reconstruct else 'meancomp'}"
         if not self.done(key):
-            report = yp.prune(str(BASE), config=yp.PruneConfig(ratio=ratio, method="l1", imgsz=IMGSZ, round_to=8,
-                                                               reconstruct=reconstruct), calibration=self.calib)
+            cfg = yp.PruneConfig(ratio=ratio, method="l1", imgsz=self.imgsz, round_to=8, reconstruct=reconstruct)
+            report = yp.prune(str(BASE), config=cfg, calibration=self.calib)
             save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(BASE)))
             self.record(key, ratio, "l1 + reconstruction" if reconstruct else "l1 mean-comp", 0.0)
         return self.path(key)
@@ -84,14 +63,14 @@ class Bench(WorkFolder):
             return
         t0 = time.perf_counter()
         train(TrainConfig(model=str(src), data=str(self.data), out=str(self.path(key)), epochs=self.epochs,
-                          imgsz=IMGSZ, finetune=True, project=str(self.work / "runs" / key)))
+                          imgsz=self.imgsz, finetune=True, project=str(self.work / "runs" / key)))
         self.record(key, ratio, recipe, time.perf_counter() - t0)
 
 
 def run(bench: Bench, ratios: list[float], finetune: list[float]) -> None:
     e = bench.epochs
     if not bench.done("unpruned"):
-        save_checkpoint(load_model(BASE)[0], bench.path("unpruned"))
+        bench.save_unchanged("unpruned", BASE)
         bench.record("unpruned", 0.0, "unpruned", 0.0)
     for r in ratios:
         bench.one_shot(r, reconstruct=False)
@@ -101,48 +80,36 @@ def run(bench: Bench, ratios: list[float], finetune: list[float]) -> None:
         bench.finetune(bench.one_shot(r, reconstruct=True), f"{r:g}-recon-ft{e}", r, f"l1 + reconstruction + {e} ep")
 
 
-def latency(bench: Bench, runs: int) -> None:
-    keys = list(bench.rows)
-    onnx = [export_onnx(bench.path(k), bench.work / "models" / f"{k}.onnx", IMGSZ) for k in keys]
-    lat = paired_onnx_latency(onnx, IMGSZ, runs, threads=1)
-    base = lat[keys.index("unpruned")]
-    for k, s in zip(keys, lat, strict=True):
-        bench.rows[k] |= {"latency_ms": s * 1e3, "speedup": base / s}
-    bench.save()
-
-
-def table(bench: Bench) -> str:
+def table(rows: dict) -> str:
     cols = ["ratio", "recipe", "val", "val_ultralytics", "test", "test_ultralytics", "params", "gflops_ratio",
             "speedup", "train_min"]
 
     def cell(c: str, v) -> str:
-        return (f"{v:.4f}" if c.startswith(("val", "test")) else f"{v / 1e6:.2f}M" if c == "params"
-                else f"{v:.3g}" if isinstance(v, float) else str(v))
+        return f"{v:.4f}" if c.startswith(("val", "test")) else f"{v / 1e6:.2f}M" if c == "params" else harness.fmt(v)
 
-    rows = sorted(bench.rows.values(), key=lambda r: (r["train_min"] > 0, r["ratio"], r["recipe"]))
-    return markdown_table(rows, cols, cell)
+    shown = sorted(rows.values(), key=lambda r: (r["train_min"] > 0, r["ratio"], r["recipe"]))
+    return markdown_table(shown, cols, cell)
+
+
+def intro(epochs: int) -> str:
+    return (f"`python -m benchmarks.pose --epochs {epochs}`: {harness.IMGSZ} px, pose mAP50-95 (OKS, sigma 0.1) on "
+            "val and test by pycocotools and by Ultralytics' PoseValidator, GFLOPs at 320 px relative to the unpruned "
+            "model, speed-up = onnxruntime CPU latency (batch 1, one thread, medians of alternated runs) against the "
+            f"unpruned model; fine-tuned rows: E = {epochs} epochs, the same for the unpruned reference.")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__file__, __doc__, work=True, runs=30)
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6", help="one-shot prune ratios")
     ap.add_argument("--finetune", default="0.3,0.5", help="ratios whose reconstructed model is also fine-tuned")
     ap.add_argument("--epochs", type=int, default=5, help="fine-tune epochs E (the same for the unpruned reference)")
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "pose"))
-    ap.add_argument("--runs", type=int, default=30, help="latency runs per model")
-    ap.add_argument("--out", default=None, help="Markdown table to write")
     args = ap.parse_args()
+    if harness.render_saved(args, lambda rows: (intro(args.epochs), table(rows))):
+        return
     bench = Bench(Path(args.work), args.epochs)
-    run(bench, [float(r) for r in args.ratios.split(",")], [float(r) for r in args.finetune.split(",") if r])
-    latency(bench, args.runs)
-    text = (f"`python benchmarks/pose.py --epochs {args.epochs}`: {IMGSZ} px, pose mAP50-95 (OKS, sigma 0.1) on val "
-            "and test by pycocotools and by Ultralytics' PoseValidator, GFLOPs at 320 px relative to the unpruned "
-            "model, speed-up = onnxruntime CPU latency (batch 1, one thread, medians of alternated runs) against the "
-            f"unpruned model; fine-tuned rows: E = {args.epochs} epochs, the same for the unpruned reference.\n\n"
-            + table(bench))
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
+    run(bench, harness.floats(args.ratios), harness.floats(args.finetune))
+    bench.speedups(list(bench.rows), list(bench.rows).index("unpruned"), args.runs)
+    print(harness.write_markdown(args.out, intro(args.epochs), table(bench.rows)))
 
 
 if __name__ == "__main__":

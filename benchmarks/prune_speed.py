@@ -6,16 +6,11 @@ still runs with unchanged output shape. Times are medians of --repeats runs. Rat
 Torch-Pruning on yolov5nu, measured in the same run. Each tool gets one untimed warm-up run per model. A tool
 that gives no result within --limit seconds on a model is reported as such.
 
-    python benchmarks/prune_speed.py [--repeats 3] [--out benchmarks/prune_speed.md]
+    python -m benchmarks.prune_speed [--repeats 3] [--limit 120] [--out benchmarks/prune_speed.md]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
 import copy
 import signal
 import statistics
@@ -25,12 +20,12 @@ import torch
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel
 
+from benchmarks import harness
 from yoloprune import PruneConfig
 from yoloprune.api import apply, trace_model
 from yoloprune.engine.plan import plan
 
 FAMILIES = ["yolov5nu", "yolov5su", "yolov8n", "yolov8s", "yolo11n", "yolo11s"]
-IMGSZ = 320
 
 
 def _yoloprune(model: torch.nn.Module) -> None:
@@ -41,7 +36,7 @@ def _yoloprune(model: torch.nn.Module) -> None:
 def _torch_pruning(model: torch.nn.Module) -> None:
     import torch_pruning as tp
 
-    example = torch.randn(1, 3, IMGSZ, IMGSZ)
+    example = torch.randn(1, 3, harness.IMGSZ, harness.IMGSZ)
     ignored = []
     for head in (m for m in model.modules() if isinstance(m, Detect)):
         ignored += [seq[-1] for seq in (*head.cv2, *head.cv3)] + [head.dfl]
@@ -80,21 +75,19 @@ def _time(tool, base: torch.nn.Module, x: torch.Tensor, shape, repeats: int, lim
                 out = model.eval()(x)[0]
             if out.shape != shape:
                 return None, f"broken model: output {tuple(out.shape)} != {tuple(shape)}"
-            params = sum(p.numel() for p in model.parameters())
-            note = f"params {params / sum(p.numel() for p in base.parameters()):.2f}x"
+            note = f"params {harness.params(model) / harness.params(base):.2f}x"
         except Exception as e:
             return None, f"broken model: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
     return statistics.median(times), note
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__file__, __doc__)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None)
     ap.add_argument("--limit", type=int, default=120, help="seconds one tool may take on one model")
     args = ap.parse_args()
     torch.manual_seed(0)
-    x = torch.randn(1, 3, IMGSZ, IMGSZ)
+    x = torch.randn(1, 3, harness.IMGSZ, harness.IMGSZ)
     rows, ref = [], None
     for fam in FAMILIES:
         base = DetectionModel(f"{fam}.yaml", verbose=False).eval()
@@ -112,12 +105,8 @@ def main() -> None:
         rel = f"{yp_t / ref:.2f}" if yp_t and ref else "-"
         lines.append(f"| {fam} | {yp_t if yp_t is None else f'{yp_t:.2f}'} | {rel} | {yp_note} | "
                      f"{tp_t if tp_t is None else f'{tp_t:.2f}'} | {tp_note} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        from yoloprune.atomic import atomic_write_text
-
-        atomic_write_text(args.out, f"Median of {args.repeats} runs, ratio 0.5, l1, {IMGSZ}px input, CPU.\n\n{table}\n")
+    intro = f"Median of {args.repeats} runs, ratio 0.5, l1, {harness.IMGSZ}px input, CPU."
+    print(harness.write_markdown(args.out, intro, "\n".join(lines)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Pruning detectors that other people trained, scored by agreement with the unpruned model.
+r"""Pruning detectors that other people trained, scored by agreement with the unpruned model.
 
 Two models, each fetched once by hand from PyPI (never at run time):
 
@@ -9,7 +9,7 @@ bright round markers of varied size and blur, mapped to 8-bit with the package's
 They are stand-ins for the author's frames, not real ones; say so wherever the figures are quoted.
 
     pip download --no-deps ir-yolo-tracker==0.1.2 -d /tmp/irt && unzip -o /tmp/irt/*.whl -d /tmp/irt
-    python benchmarks/real_models.py ir --weights /tmp/irt/ir_yolo_tracker/models/pseudo_ir_marker_ball_yolo11n.pt
+    python -m benchmarks.real_models ir --weights /tmp/irt/ir_yolo_tracker/models/pseudo_ir_marker_ball_yolo11n.pt
 
 ``tau``: the YOLOv8n-OBB that ``tau-fibrils-yolo`` (0.2.0) ships, trained by its authors (100 epochs, 640 px) to
 find tau fibrils in electron-microscopy sections, with the real 5364 x 3988 16-bit EM image it ships as its sample
@@ -17,7 +17,7 @@ find tau fibrils in electron-microscopy sections, with the real 5364 x 3988 16-b
 step: tiles of its left half calibrate and train, tiles of its right half are scored, so no pixel is in both.
 
     pip download --no-deps tau-fibrils-yolo==0.2.0 -d /tmp/tau && unzip -o /tmp/tau/*.whl -d /tmp/tau
-    python benchmarks/real_models.py tau --weights /tmp/tau/tau_fibrils_yolo/model/100ep.pt \
+    python -m benchmarks.real_models tau --weights /tmp/tau/tau_fibrils_yolo/model/100ep.pt \
         --image /tmp/tau/tau_fibrils_yolo/sample/sample.tif
 
 Agreement: the unpruned model's detections at conf 0.25 on the held-out images are the labels; every pruned model
@@ -27,39 +27,28 @@ One-shot pruning uses the default recipe with the training images as calibration
 the same images with no labels, the unpruned model as teacher. Rows of every model gather in
 ``benchmarks/real_models.json`` and ``benchmarks/real_models.md``.
 
-    python benchmarks/real_models.py {ir,tau} --weights W [--image TIF] [--minutes 10] [--targets 0.7,0.5]
+    python -m benchmarks.real_models {ir,tau} --weights W [--image TIF] [--minutes 10] [--targets 0.7,0.5]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yoloprune as yp
+from benchmarks import harness
+from yoloprune.api import gflops, load_model, save_checkpoint
+from yoloprune.atomic import atomic_write_text
+from yoloprune.data.images import calibration_images
+from yoloprune.sources import source_meta
+from yoloprune.workflows.speedup import search_speedup
+from yoloprune.workflows.tables import markdown_table
 
-from common import WorkFolder, prune_to, recover_to  # noqa: E402
-
-import yoloprune as yp  # noqa: E402
-from yoloprune.api import gflops, load_model, save_checkpoint  # noqa: E402
-from yoloprune.atomic import atomic_write_text  # noqa: E402
-from yoloprune.data.images import calibration_images  # noqa: E402
-from yoloprune.sources import source_meta  # noqa: E402
-from yoloprune.workflows.speedup import search_speedup  # noqa: E402
-from yoloprune.workflows.tables import markdown_table  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"ir": "ir-yolo-tracker YOLO11n (synthetic stand-in frames)", "tau": "tau-fibrils-yolo YOLOv8n-OBB (real EM image)"}
-RESULTS = ROOT / "benchmarks" / "real_models.json"
+RESULTS = harness.BENCHMARKS / "real_models.json"
 
 
 def ir_frame(rng: np.random.Generator, h: int = 480, w: int = 640) -> np.ndarray:
@@ -109,7 +98,7 @@ def label_lines(result) -> list[str]:
             for c, (x, y, bw, bh) in zip(result.boxes.cls.tolist(), result.boxes.xywhn.tolist(), strict=True)]
 
 
-class Bench(WorkFolder):
+class Bench(harness.WorkFolder):
     def __init__(self, kind: str, work: Path, weights: Path, frames: int, imgsz: int | None,
                  image: Path | None = None) -> None:
         super().__init__(work)
@@ -120,7 +109,7 @@ class Bench(WorkFolder):
         self.val = yp.Evaluator(str(self.data), "val", imgsz=self.imgsz)
         self.calib = calibration_images(str(self.data), self.imgsz)
         self.base_gflops = gflops(model, self.imgsz)
-        self.results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        self.results = harness.load_json(RESULTS)
 
     def make_dataset(self, splits: tuple[list[np.ndarray], list[np.ndarray]]) -> Path:
         """train/ (calibration and recovery, never labelled) and val/ (labelled by the unpruned model)."""
@@ -151,20 +140,19 @@ class Bench(WorkFolder):
                           "imgsz": self.imgsz, **extra}
         self.save()
         self.results[f"{self.kind}/{key}"] = self.rows[key]
-        atomic_write_text(RESULTS, json.dumps(self.results, indent=1))
-        atomic_write_text(RESULTS.with_suffix(".md"), HEADER + table(self.results) + "\n")
+        harness.save_json(RESULTS, self.results)
+        harness.write_markdown(RESULTS.with_suffix(".md"), HEADER, table(self.results))
         print(f"{self.kind} {key}: agreement mAP50-95 {v.map50_95:.4f} ({minutes:.1f} min)", flush=True)
 
     def unpruned(self) -> None:
         if not self.done("unpruned"):
-            model, ckpt = load_model(self.weights)
-            save_checkpoint(model, self.path("unpruned"), ckpt)
+            self.save_unchanged("unpruned", self.weights)
             self.record("unpruned", 1.0, "unpruned", 0.0)
 
     def one_shot(self, target: float) -> Path:
         key = f"{target:g}-oneshot"
         if not self.done(key):
-            minutes = prune_to(self.weights, self.path(key), target, self.imgsz, self.calib)
+            minutes = harness.prune_to(self.weights, self.path(key), target, self.imgsz, self.calib)
             self.record(key, target, "one-shot (default recipe)", minutes)
         return self.path(key)
 
@@ -187,8 +175,9 @@ class Bench(WorkFolder):
         key = f"{target:g}-recover{minutes:g}"
         if self.done(key):
             return
-        taken, extra = recover_to(self.one_shot(target), str(self.work / "frames" / "train" / "images"),
-                                  self.path(key), self.imgsz, self.work / "runs", minutes, teacher=str(self.weights))
+        taken, extra = harness.recover_to(self.one_shot(target), str(self.work / "frames" / "train" / "images"),
+                                          self.path(key), self.imgsz, self.work / "runs", minutes,
+                                          teacher=str(self.weights))
         self.record(key, target, f"one-shot + recover {minutes:g} min (no labels)", taken, **extra)
 
 
@@ -196,13 +185,13 @@ def table(rows: dict) -> str:
     cols = ["model", "imgsz", "target", "recipe", "gflops_ratio", "speedup", "agreement", "minutes", "epochs",
             "distance"]
     shown = sorted(rows.values(), key=lambda r: (r["model"], -r["target"], r["minutes"]))
-    return markdown_table(shown, cols, lambda c, v: f"{v:.3g}" if isinstance(v, float) else str(v))
+    return markdown_table(shown, cols, lambda c, v: harness.fmt(v))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=sorted(NAMES))
-    ap.add_argument("--weights", required=True, type=Path)
+    ap = harness.parser(__file__, __doc__, out=False, work=True)
+    ap.add_argument("kind", nargs="?", choices=sorted(NAMES))
+    ap.add_argument("--weights", type=Path, help="the package's checkpoint (required unless --render-only)")
     ap.add_argument("--image", type=Path, help="tau: the package's sample.tif")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--targets", default="0.7,0.5")
@@ -210,16 +199,22 @@ def main() -> None:
                     "GFLOPs budget (prune --target-speedup), e.g. 1.4")
     ap.add_argument("--frames", type=int, default=64, help="images per split")
     ap.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "real_models"))
     args = ap.parse_args()
+    if args.render_only:  # every model's rows are in RESULTS
+        md = RESULTS.with_suffix(".md")
+        harness.write_markdown(md, HEADER, table(harness.load_json(RESULTS)), keep_notes=True)
+        print(f"{md}: re-written from {RESULTS}")
+        return
+    if args.kind is None or args.weights is None:
+        ap.error("the following arguments are required: kind, --weights")
     if args.kind == "tau" and args.image is None:
         ap.error("tau needs --image (the package's sample/sample.tif)")
     bench = Bench(args.kind, Path(args.work) / args.kind, args.weights, args.frames, args.imgsz, args.image)
     bench.unpruned()
-    for s in (float(x) for x in args.speedups.split(",") if x):
+    for s in harness.floats(args.speedups):
         for budget in ("latency", "gflops"):
             bench.speedup(s, budget)
-    targets = [float(t) for t in args.targets.split(",") if t]
+    targets = harness.floats(args.targets)
     for target in targets:
         bench.one_shot(target)
     if args.minutes > 0:
@@ -228,13 +223,14 @@ def main() -> None:
     print(table(bench.rows))
 
 
-HEADER = ("# Models trained by someone else\n\n`python benchmarks/real_models.py {ir,tau} --weights W`: one run per "
+HEADER = ("# Models trained by someone else\n\n`python -m benchmarks.real_models {ir,tau} --weights W`: one run per "
           "model on 2 CPU cores; agreement is mAP50-95 against the unpruned model's own detections at conf 0.25 on "
           "held-out images (pycocotools for boxes, the validator's rotated IoU for OBB). The ir frames are synthetic "
           "stand-ins drawn as the package describes its input (the package ships none), so those figures say how "
           "well pruning keeps that model's behaviour on such frames, not its accuracy on the author's data. The tau "
           "images are tiles of the real EM image the package ships: left half for calibration and recover, right "
-          "half scored.\n\n")
+          "half scored.")
+
 
 if __name__ == "__main__":
     main()

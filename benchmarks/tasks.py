@@ -2,22 +2,18 @@
 masked-vs-removed exactness at 0.3, on randomly initialised models built from Ultralytics' own yaml files (their
 shipped class counts; pose with 17 keypoints). GFLOPs at 640 px (classifiers at 224, their training size).
 
-    python benchmarks/tasks.py [--out benchmarks/tasks.md]
+    python -m benchmarks.tasks [--out benchmarks/tasks.md]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
 import copy
 import time
 
 import torch
 
 import yoloprune as yp
+from benchmarks import harness
 from yoloprune import sources
 from yoloprune.api import apply, trace_model
 from yoloprune.sources import build_model
@@ -64,9 +60,7 @@ def row(name: str, task: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/tasks.md")
-    args = ap.parse_args()
+    args = harness.parser(__file__, __doc__, out=True).parse_args()
     lines = ["| task | model | params | params kept at 0.5 | GFLOPs | GFLOPs kept at 0.5 | masked vs removed (0.3) | prune s |",
              "|---|---|---|---|---|---|---|---|"]
     for task, names in FAMILIES.items():
@@ -75,8 +69,7 @@ def main() -> None:
             lines.append(f"| {task} | {name} | {r['params'] / 1e6:.2f}M | {r['params_kept']:.2f}x | {r['gflops']:.1f} | "
                          f"{r['gflops_kept']:.2f}x | {r['rel_err']:.1e} | {r['seconds']:.1f} |")
             print(lines[-1], flush=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    harness.write_markdown(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,11 @@ both). Each pruned model is evaluated (pycocotools mAP on val) as pruned and aft
 to ONNX with the unpruned model and timed with onnxruntime in alternation (medians), so the realised speed-up can
 be compared with the GFLOPs ratio.
 
-    python benchmarks/vs_torch_pruning.py [--gflops 0.5] [--epochs 2] [--out benchmarks/vs_torch_pruning.md]
+    python -m benchmarks.vs_torch_pruning [--gflops 0.5] [--epochs 2] [--out benchmarks/vs_torch_pruning.md]
 """
 
 from __future__ import annotations
 
-from yoloprune.runtime import offline_runtime
-
-offline_runtime()  # before Ultralytics is imported: no hub checks, no font download
-
-import argparse
 import copy
 import tempfile
 from pathlib import Path
@@ -26,14 +21,11 @@ import torch
 from ultralytics.nn.modules import Detect
 
 import yoloprune as yp
+from benchmarks import harness
 from yoloprune.api import gflops, load_model, save_checkpoint
 from yoloprune.data.images import calibration_images
 from yoloprune.workflows.export import export_onnx
-from yoloprune.workflows.latency import paired_onnx_latency
 from yoloprune.workflows.train import TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[1]
-IMGSZ = 320
 
 
 def torch_pruning_to(base: torch.nn.Module, target: float) -> torch.nn.Module:
@@ -48,7 +40,8 @@ def torch_pruning_to(base: torch.nn.Module, target: float) -> torch.nn.Module:
         for head in (m for m in model.modules() if isinstance(m, Detect)):
             ignored += [seq[-1] for seq in (*head.cv2, *head.cv3)] + [head.dfl]
         tp.pruner.MagnitudePruner(
-            model, torch.zeros(1, 3, IMGSZ, IMGSZ), importance=tp.importance.MagnitudeImportance(p=1),
+            model, torch.zeros(1, 3, harness.IMGSZ, harness.IMGSZ),
+            importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=ratio, ignored_layers=ignored,
             output_transform=lambda out: out[0] if isinstance(out, tuple) else out,
         ).step()
@@ -58,7 +51,7 @@ def torch_pruning_to(base: torch.nn.Module, target: float) -> torch.nn.Module:
     for _ in range(10):
         mid = (lo + hi) / 2
         model = run(mid)
-        if gflops(model, IMGSZ) <= target:
+        if gflops(model, harness.IMGSZ) <= target:
             best, hi = model, mid
         else:
             lo = mid
@@ -66,51 +59,46 @@ def torch_pruning_to(base: torch.nn.Module, target: float) -> torch.nn.Module:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(ROOT / "weights" / "teabud-yolov5nu.pt"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "teabud.yaml"))
+    ap = harness.parser(__file__, __doc__, runs=50)
+    ap.add_argument("--model", default=str(harness.weights("teabud-yolov5nu")))
+    ap.add_argument("--data", default=str(harness.DATA))
     ap.add_argument("--gflops", type=float, default=0.5, help="target GFLOPs as a fraction of the original")
     ap.add_argument("--epochs", type=int, default=2, help="fine-tune epochs, the same for both")
-    ap.add_argument("--runs", type=int, default=50, help="latency runs per model")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    imgsz = harness.IMGSZ
 
     base, _ = load_model(args.model)
-    g0 = gflops(base, IMGSZ)
+    g0 = gflops(base, imgsz)
     ours = copy.deepcopy(base)
-    calib = calibration_images(args.data, IMGSZ)
-    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=IMGSZ, round_to=8),
+    calib = calibration_images(args.data, imgsz)
+    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=imgsz, round_to=8),
              calibration=calib)
-    theirs = torch_pruning_to(base, gflops(ours, IMGSZ))
-    evaluator = yp.Evaluator(args.data, "val", imgsz=IMGSZ)
+    theirs = torch_pruning_to(base, gflops(ours, imgsz))
+    evaluator = yp.Evaluator(args.data, "val", imgsz=imgsz)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
         tmp = Path(tmp)
-        onnx = {"unpruned": export_onnx(base, tmp / "base.onnx", IMGSZ)}
+        onnx = {"unpruned": export_onnx(base, tmp / "base.onnx", imgsz)}
         for name, model in (("yoloprune", ours), ("Torch-Pruning", theirs)):
             ckpt = save_checkpoint(model, tmp / f"{name}.pt")
             tuned = train(TrainConfig(model=str(ckpt), data=args.data, out=str(tmp / f"{name}-ft.pt"),
-                                      epochs=args.epochs, imgsz=IMGSZ, finetune=True, project=str(tmp / name)))
-            rows[name] = {"gflops": gflops(model, IMGSZ), "params": sum(p.numel() for p in model.parameters()),
+                                      epochs=args.epochs, imgsz=imgsz, finetune=True, project=str(tmp / name)))
+            rows[name] = {"gflops": gflops(model, imgsz), "params": harness.params(model),
                           "map": evaluator(model).map50_95, "map_ft": evaluator(str(tuned)).map50_95}
-            onnx[name] = export_onnx(model, tmp / f"{name}.onnx", IMGSZ)
-        lat = dict(zip(onnx, paired_onnx_latency(list(onnx.values()), IMGSZ, args.runs, threads=1), strict=True))
+            onnx[name] = export_onnx(model, tmp / f"{name}.onnx", imgsz)
+        times = harness.paired_onnx_latency(list(onnx.values()), imgsz, args.runs, threads=1)
+        lat = dict(zip(onnx, times, strict=True))
     base_map = evaluator(base).map50_95
-    lines = [f"Tea-bud YOLOv5nu ({args.model}), {IMGSZ}px, target {args.gflops:.0%} of {g0:.3f} GFLOPs, "
-             f"fine-tune {args.epochs} epochs (same recipe for both), onnxruntime CPU batch 1, 1 thread, median of {args.runs} "
-             f"alternated runs. Unpruned: mAP50-95 {base_map:.4f}, {lat['unpruned'] * 1e3:.2f} ms.", "",
-             "| tool | GFLOPs | params | mAP50-95 pruned | mAP50-95 fine-tuned | latency ms | speed-up | "
+    intro = (f"Tea-bud YOLOv5nu ({args.model}), {imgsz}px, target {args.gflops:.0%} of {g0:.3f} GFLOPs, "
+             f"fine-tune {args.epochs} epochs (same recipe for both), onnxruntime CPU batch 1, 1 thread, median of "
+             f"{args.runs} alternated runs. Unpruned: mAP50-95 {base_map:.4f}, {lat['unpruned'] * 1e3:.2f} ms.")
+    lines = ["| tool | GFLOPs | params | mAP50-95 pruned | mAP50-95 fine-tuned | latency ms | speed-up | "
              "GFLOPs ratio | realised / GFLOPs ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         speedup, fratio = lat["unpruned"] / lat[name], g0 / r["gflops"]
         lines.append(f"| {name} | {r['gflops']:.3f} | {r['params']:,} | {r['map']:.4f} | {r['map_ft']:.4f} | "
                      f"{lat[name] * 1e3:.2f} | {speedup:.2f}x | {fratio:.2f}x | {speedup / fratio:.0%} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        from yoloprune.atomic import atomic_write_text
-
-        atomic_write_text(args.out, table + "\n")
+    print(harness.write_markdown(args.out, intro, "\n".join(lines)))
 
 
 if __name__ == "__main__":
