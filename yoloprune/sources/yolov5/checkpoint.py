@@ -31,8 +31,10 @@ from yoloprune.sources.yolov5.model import (
     COMMON,
     AnchorDetect,
     AnchorSegment,
+    CenterCrop,
     ClassifyHead,
     CrossConv,
+    ToTensor,
     YOLOv5ClassifyModel,
     YOLOv5Model,
     YOLOv5SegmentModel,
@@ -47,7 +49,9 @@ ORIGINAL.update({("models.experimental", "CrossConv"): CrossConv,  # v6.1 and ol
                  ("models.yolo", "Model"): YOLOv5Model,  # v6.1 and older
                  ("models.yolo", "Segment"): AnchorSegment,  # v7.0
                  ("models.yolo", "SegmentationModel"): YOLOv5SegmentModel,
-                 ("models.yolo", "ClassificationModel"): YOLOv5ClassifyModel})  # v6.2 on
+                 ("models.yolo", "ClassificationModel"): YOLOv5ClassifyModel,  # v6.2 on
+                 # a classifier's ``transforms`` (torchvision's Compose around the repository's own steps)
+                 ("utils.augmentations", "CenterCrop"): CenterCrop, ("utils.augmentations", "ToTensor"): ToTensor})
 PICKLED_AS: dict[type, list[tuple[str, str]]] = {}  # every name a class was pickled under; the first is the default
 for _key, _cls in ORIGINAL.items():
     PICKLED_AS.setdefault(_cls, []).append(_key)
@@ -189,7 +193,8 @@ def check(model: nn.Module, where: str = "model") -> nn.Module:
 # Attributes the original repository sets on its DetectionModel (the rest are added by Ultralytics' trainer or
 # validator, e.g. ``args`` and ``criterion``, and would pickle Ultralytics classes).
 _MODEL_ATTRS = {"yaml", "yaml_file", "save", "names", "inplace", "stride", "nc", "hyp", "class_weights", "gr"}
-_ALLOWED_MODULES = ("torch", "collections", "builtins", "__builtin__", "pathlib", "copyreg", "_codecs", "numpy")
+_ALLOWED_MODULES = ("torch", "torchvision", "collections", "builtins", "__builtin__", "pathlib", "copyreg", "_codecs",
+                    "numpy")
 
 
 class _Pickler(pickle._Pickler):

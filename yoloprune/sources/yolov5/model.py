@@ -80,6 +80,7 @@ class AnchorSegment(AnchorDetect):
         self.nm, self.npr, self.no = nm, npr, 5 + nc + nm
         self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
         self.proto = _proto(ch[0], npr, nm)
+        self.detect = AnchorDetect.forward  # v7.0's Segment.forward calls it; pickled as models.yolo.Detect.forward
 
     def forward(self, x: list[torch.Tensor]):
         p = self.proto(x[0])
@@ -117,6 +118,35 @@ class ClassifyHead(um.Classify):
         if isinstance(x, list):
             x = torch.cat(x, 1)
         return self.linear(self.drop(self.pool(self.conv(x)).flatten(1)))
+
+
+class CenterCrop:
+    """``utils.augmentations.CenterCrop`` (v6.2 on), kept on a classifier as ``model.transforms``: the largest
+    centred square of an HWC image, resized to ``h`` x ``w``."""
+
+    def __init__(self, size: int | tuple[int, int] = 640) -> None:
+        self.h, self.w = (size, size) if isinstance(size, int) else size
+
+    def __call__(self, im):
+        import cv2
+
+        imh, imw = im.shape[:2]
+        m = min(imh, imw)
+        top, left = (imh - m) // 2, (imw - m) // 2
+        return cv2.resize(im[top : top + m, left : left + m], (self.w, self.h), interpolation=cv2.INTER_LINEAR)
+
+
+class ToTensor:
+    """``utils.augmentations.ToTensor`` (v6.2 on): an HWC BGR uint8 image to a CHW RGB tensor in [0, 1]."""
+
+    def __init__(self, half: bool = False) -> None:
+        self.half = half
+
+    def __call__(self, im):
+        import numpy as np
+
+        t = torch.from_numpy(np.ascontiguousarray(im.transpose((2, 0, 1))[::-1]))
+        return (t.half() if self.half else t.float()) / 255.0
 
 
 class YOLOv5ClassifyModel(BaseModel):
