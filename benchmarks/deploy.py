@@ -27,10 +27,9 @@ import numpy as np
 import yoloprune as yp
 from benchmarks import harness
 from yoloprune.api import gflops, load_model, save_checkpoint
+from yoloprune.speed.runtimes import ort_session
 from yoloprune.workflows.export import ExportConfig, export, export_onnx, int8_path
-from yoloprune.workflows.latency import ort_session
 from yoloprune.workflows.quantize import quantize_int8
-from yoloprune.workflows.speedup import search_speedup
 from yoloprune.workflows.tables import markdown_table
 
 V8 = harness.weights("teabud-yolov8n")
@@ -51,10 +50,10 @@ class Bench(harness.WorkFolder):
         if speedup is None or tuned is not None:
             model = self.save_unchanged(key, tuned or V8)
         else:
-            cfg = yp.PruneConfig(imgsz=self.imgsz)
-            search = search_speedup(str(V8), speedup, cfg, budget=budget)
+            report = yp.prune(str(V8), config=yp.PruneConfig(imgsz=self.imgsz), calibration=self.calib,
+                              target=yp.Speedup(speedup, budget=budget))
+            search = report.speed.search
             print(search.line(), flush=True)
-            report = yp.prune(str(V8), config=search.config(cfg), calibration=self.calib, costs=search.costs)
             save_checkpoint(report.model, ckpt, report.ckpt)
             model = report.model
         onnx = export_onnx(ckpt, self.onnx(key), self.imgsz)

@@ -29,7 +29,7 @@ def weights(name: str) -> Path:
 
 
 def __getattr__(name: str):
-    """``alternate`` and ``paired_onnx_latency``: the library's alternating timer (``yoloprune.workflows.latency``),
+    """``alternate`` and ``paired_onnx_latency``: the library's alternating timer (``yoloprune.speed.timing``),
     imported on first use so that ``python -m benchmarks list`` loads no torch."""
     if name in ("alternate", "paired_onnx_latency"):
         from yoloprune.workflows import latency
@@ -189,8 +189,8 @@ class WorkFolder:
     def speedups(self, keys: list[str], base: int, runs: int) -> None:
         """Rows ``keys`` exported to ONNX and timed together in alternation (onnxruntime, batch 1, one thread):
         ``latency_ms`` and ``speedup`` against ``keys[base]``, the ratio of medians."""
+        from yoloprune.speed.runtimes import paired_onnx_latency
         from yoloprune.workflows.export import export_onnx
-        from yoloprune.workflows.latency import paired_onnx_latency
 
         files = [export_onnx(self.path(k), self.onnx(k), self.imgsz) for k in keys]
         lat = paired_onnx_latency(files, self.imgsz, runs, threads=1)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
+from yoloprune.speed.timing import machine
 from yoloprune.workflows.cluster import RayConfig, ray_sweep
-from yoloprune.workflows.latency import machine
 from yoloprune.workflows.sweep import SweepConfig, sweep
 
 SAME = ["map50_95", "map50", "params", "gflops"]

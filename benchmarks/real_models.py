@@ -44,7 +44,6 @@ from yoloprune.api import gflops, load_model, save_checkpoint
 from yoloprune.atomic import atomic_write_text
 from yoloprune.data.images import calibration_images
 from yoloprune.sources import source_meta
-from yoloprune.workflows.speedup import search_speedup
 from yoloprune.workflows.tables import markdown_table
 
 NAMES = {"ir": "ir-yolo-tracker YOLO11n (synthetic stand-in frames)", "tau": "tau-fibrils-yolo YOLOv8n-OBB (real EM image)"}
@@ -163,10 +162,10 @@ class Bench(harness.WorkFolder):
         if self.done(key):
             return
         t0 = time.perf_counter()
-        cfg = yp.PruneConfig(imgsz=self.imgsz)
-        search = search_speedup(str(self.weights), target, cfg, budget=budget)
+        report = yp.prune(str(self.weights), config=yp.PruneConfig(imgsz=self.imgsz), calibration=self.calib,
+                          target=yp.Speedup(target, budget=budget))
+        search = report.speed.search
         print(search.line(), flush=True)
-        report = yp.prune(str(self.weights), config=search.config(cfg), calibration=self.calib, costs=search.costs)
         save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(self.weights)))
         self.record(key, round(search.gflops_ratio, 3), f"--target-speedup {target:g}, {budget} budget",
                     (time.perf_counter() - t0) / 60, speedup=round(search.measured, 3))

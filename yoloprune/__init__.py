@@ -4,7 +4,8 @@ model in -> trace -> coupled channel units -> importance -> plan -> surgery -> m
 
 The public names below are imported lazily, on first use, so that ``import yoloprune`` loads neither Ultralytics
 nor torch and changes nothing in the caller's process. The package's layers, each importing only those before it:
-``errors``/``defaults``/``atomic`` <- ``engine`` <- ``sources`` <- ``api``, ``data`` <- ``workflows`` <- ``cli``.
+``errors``/``defaults``/``atomic``/``targets`` <- ``engine`` <- ``sources`` <- ``speed``, ``data`` <- ``api`` <-
+``workflows`` <- ``cli``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "apply": "api", "compact": "api", "load_model": "api", "prune": "api", "save_checkpoint": "api",
     "sparsify": "api", "trace_model": "api", "gflops": "api",
-    "CostTable": "engine.costs", "build_table": "workflows.speedup", "search_speedup": "workflows.speedup",
+    "CostTable": "engine.costs", "build_table": "speed.search", "search_speedup": "speed.search",
+    "Ratio": "targets", "Gflops": "targets", "Speedup": "targets", "Latency": "targets",
     "calibration_images": "data.images",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
     "UnsupportedModelError": "errors", "YoloPruneError": "errors",

@@ -7,7 +7,8 @@ options. Paths are read, never written; a model object is changed in place.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import copy
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,7 +26,9 @@ from yoloprune.engine.plan import Plan, PruneConfig
 from yoloprune.engine.reconstruct import Reference
 from yoloprune.engine.report import Report
 from yoloprune.engine.sparsity import SparsifyConfig, SparsityReport
+from yoloprune.errors import ConfigError
 from yoloprune.sources import adapter_for, load_model, save_checkpoint
+from yoloprune.targets import TIMED, Gflops, Ratio, Target
 
 
 def hooks_for(model: nn.Module) -> ModelHooks:
@@ -48,19 +51,55 @@ def apply(model: nn.Module, p: Plan, means: dict[str, torch.Tensor] | None = Non
     _prune.apply(model, p, hooks_for(model), means)
 
 
+@dataclass(frozen=True)
+class Timed:
+    """A speed target's outcome: the search that set the prune's widths (``speed.search.SpeedupSearch``: its
+    trials, prediction and measured speed-up) and the pruned model timed again beside the unpruned one."""
+
+    search: Any
+    timed_again: float  # the saved model's speed-up over the unpruned one, measured after the calibrated prune
+
+    def lines(self) -> list[str]:
+        return [self.search.line(), f"the pruned model, timed again beside the unpruned one on "
+                                    f"{self.search.runtime}: {self.timed_again:.2f}x"]
+
+
 def prune(model: Any, ratio: float = 0.0, method: str = METHOD, config: PruneConfig | None = None,
           calibration: torch.Tensor | None = None, reference: Reference | None = None, costs: CostTable | None = None,
-          **options) -> Report:
+          target: Target | None = None, **options) -> Report:
     """Prune ``model`` (YOLO, model, or checkpoint path, which is read and never written) with genuine channel
-    removal. ``config`` (else ``ratio``, ``method`` and ``options``) says how; ``calibration`` images (N, 3, H, W,
-    no labels; ``yoloprune.calibration_images``) or a recorded ``reference`` of the unpruned model turn on mean
-    compensation and least-squares reconstruction; a cost table (``costs``: ``yoloprune.search_speedup(...).costs``,
-    or ``yoloprune.build_table(...)``, a latency table) gives ``config.target_cost`` its meaning. Returns the Report;
-    ``report.model`` is the pruned model.
+    removal, to ``target`` (``yoloprune.Ratio``, ``Gflops``, ``Speedup`` or ``Latency``; else ``ratio``).
+    ``config`` (else ``method`` and ``options``) says how; ``calibration`` images (N, 3, H, W, no labels;
+    ``yoloprune.calibration_images``) or a recorded ``reference`` of the unpruned model turn on mean compensation
+    and least-squares reconstruction. A speed target is searched by timing trial prunes beside the unpruned model
+    on its runtime, then the calibrated prune is made at the widths found and timed again (``report.speed``). A
+    cost table (``costs``) gives a config's ``target_cost`` its meaning. Returns the Report; ``report.model`` is
+    the pruned model.
     """
     cfg = config or PruneConfig(ratio=ratio, method=method, **options)
+    if target is not None:
+        if cfg.ratio or cfg.target_gflops is not None or cfg.target_cost is not None or (config and ratio):
+            raise ConfigError(f"give the target once: {target} was given, and the config has its own")
+        if isinstance(target, Ratio):
+            cfg = replace(cfg, ratio=target.value)
+        elif isinstance(target, Gflops):
+            cfg = replace(cfg, target_gflops=target.fraction)
+    if isinstance(target, TIMED):  # what a timed search cannot combine, said before anything else
+        from yoloprune.speed.search import check_searchable
+
+        check_searchable(cfg)
     cfg.validate(calibrated=calibration is not None or reference is not None)
     net, ckpt = load_model(model)
+    timed = None
+    if isinstance(target, TIMED):
+        from yoloprune.speed.search import search_speedup, speedup_of
+
+        unpruned = copy.deepcopy(net)
+        search = search_speedup(net, target, cfg)
+        cfg, costs = search.config(cfg), search.costs
+        report = _prune.prune(net, hooks_for(net), cfg, calibration, reference, costs)
+        timed = Timed(search, speedup_of(report.model, unpruned, cfg.imgsz, target.runtime, target.threads))
+        return replace(report, ckpt=ckpt, speed=timed)
     costs = getattr(costs, "table", costs)  # a built latency table, or its CostTable
     return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference, costs), ckpt=ckpt)
 
@@ -86,5 +125,5 @@ def sparsify(model: Any, amount: float = 0.3, scope: str = "global", config: Spa
     return replace(_sparsity.sparsify(net, hooks_for(net), cfg), ckpt=ckpt)
 
 
-__all__ = ["apply", "compact", "gflops", "hooks_for", "load_model", "prune", "record_reference", "save_checkpoint", "sparsify",
+__all__ = ["Timed", "apply", "compact", "gflops", "hooks_for", "load_model", "prune", "record_reference", "save_checkpoint", "sparsify",
            "trace_model"]

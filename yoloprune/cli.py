@@ -105,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sparsify(args: argparse.Namespace) -> int:
     from yoloprune.api import load_model, save_checkpoint, sparsify
     from yoloprune.engine.sparsity import SparsifyConfig
-    from yoloprune.workflows.latency import torch_latency
+    from yoloprune.speed.timing import torch_latency
 
     _check_out(args.model, args.out)
     dense, _ = load_model(args.model)
@@ -143,38 +143,58 @@ def _calibration(args: argparse.Namespace):
     return None if source is None else calibration_images(source, args.calib_imgsz, args.calib_images)
 
 
+def _target(args: argparse.Namespace):
+    """The one target the options name (``--ratio``, ``--target-gflops``, ``--target-speedup`` or
+    ``--target-latency``; ratio 0 when none), refusing two at once and a runtime given without a speed target."""
+    from yoloprune.targets import Gflops, Latency, Ratio, Speedup
+
+    given = {"--ratio": args.ratio, "--target-gflops": args.target_gflops,
+             "--target-speedup": args.target_speedup, "--target-latency": args.target_latency}
+    named = [k for k, v in given.items() if v is not None]
+    if len(named) > 1:
+        raise ConfigError(f"give one target, not {' and '.join(named)}")
+    timed = args.target_speedup is not None or args.target_latency is not None
+    if not timed and (args.runtime is not None or args.threads is not None):
+        raise ConfigError("--runtime and --threads say where a speed target is timed: give --target-speedup or "
+                          "--target-latency with them")
+    where = {"runtime": args.runtime or defaults.SPEED_RUNTIMES[0], "threads": args.threads or 1}
+    if args.target_speedup is not None:
+        return Speedup(args.target_speedup, **where)
+    if args.target_latency is not None:
+        return Latency(args.target_latency, **where)
+    if args.target_gflops is not None:
+        return Gflops(args.target_gflops)
+    return Ratio(args.ratio or 0.0)
+
+
+def _check_calibrated(args: argparse.Namespace, calibration) -> None:
+    """Options that act on calibration images are refused without them, not dropped."""
+    if calibration is None:
+        used = [f for f, on in (("--no-reconstruct", args.no_reconstruct), ("--recalibrate-bn", args.recalibrate_bn),
+                                ("--steps", args.steps > 1)) if on]
+        if used:
+            raise ConfigError(f"{', '.join(used)} act on calibration images: give --calib-data (none was found)")
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from yoloprune.api import prune, save_checkpoint
     from yoloprune.engine.plan import PruneConfig
     from yoloprune.sources import source_meta
 
-    out = args.out or _default_out(args.model, f"{args.method}{args.ratio:g}")
+    target = _target(args)
+    out = args.out or _default_out(args.model, f"{args.method}-{target.tag}")
     _check_out(args.model, out)
-    if sum(x is not None for x in (args.target_speedup, args.target_gflops, args.target_latency)) > 1:
-        raise ConfigError("give one of --target-gflops, --target-speedup and --target-latency")
     calibration = _calibration(args)
-    cfg = PruneConfig(ratio=args.ratio, method=args.method, scope=args.scope, selection=args.selection,
-                      round_to=args.round_to,
-                      min_channels=args.min_channels, ignore=tuple(args.ignore), target_gflops=args.target_gflops,
-                      imgsz=args.imgsz, blocks=args.layers, reconstruct=not args.no_reconstruct,
-                      recalibrate_bn=args.recalibrate_bn, steps=args.steps)
-    if args.target_speedup is not None or args.target_latency is not None:
-        from yoloprune.workflows.speedup import search_speedup
-
-        search = search_speedup(args.model, args.target_speedup, cfg, threads=args.threads,
-                                latency_ms=args.target_latency, runtime_name=args.runtime)
-        print(search.line(), flush=True)
-        cfg, costs = search.config(cfg), search.costs
-    else:
-        search = costs = None
-    report = prune(args.model, config=cfg, calibration=calibration, costs=costs)
+    _check_calibrated(args, calibration)
+    cfg = PruneConfig(method=args.method, scope=args.scope, selection=args.selection, round_to=args.round_to,
+                      min_channels=args.min_channels, ignore=tuple(args.ignore), imgsz=args.imgsz, blocks=args.layers,
+                      reconstruct=not args.no_reconstruct, recalibrate_bn=args.recalibrate_bn, steps=args.steps)
+    report = prune(args.model, config=cfg, calibration=calibration, target=target)
+    if report.speed is not None:
+        print(report.speed.search.line(), flush=True)
     print(report.table())
-    if search is not None:  # the saved model itself, timed again beside the unpruned one
-        from yoloprune.api import load_model
-        from yoloprune.workflows.speedup import speedup_of
-
-        again = speedup_of(report.model, load_model(args.model)[0], cfg.imgsz, args.runtime, args.threads)
-        print(f"the pruned model, timed again beside the unpruned one on {args.runtime}: {again:.2f}x")
+    if report.speed is not None:
+        print(report.speed.lines()[-1])
     save_checkpoint(report.model, out, report.ckpt, {"pruned": report.summary(), **source_meta(args.model)})
     print(f"saved {out}")
     return 0
@@ -210,17 +230,18 @@ def _add_speed_targets(p) -> None:
 
 
 def _add_runtime(p) -> None:
-    p.add_argument("--runtime", choices=defaults.SPEED_RUNTIMES, default=defaults.SPEED_RUNTIMES[0],
+    p.add_argument("--runtime", choices=defaults.SPEED_RUNTIMES, default=None,
                    help="where latency is measured: onnxruntime on the CPU (the ONNX export), or eager PyTorch (on "
-                        "the CUDA device when there is one, else the CPU)")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="CPU threads for timing (onnxruntime intra-op threads, or torch's)")
+                        f"the CUDA device when there is one, else the CPU); default {defaults.SPEED_RUNTIMES[0]}")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for timing (onnxruntime intra-op threads, or torch's); default 1")
 
 
 def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="structured channel pruning with genuine removal")
     p.add_argument("--model", required=True, help="checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml")
-    p.add_argument("--ratio", type=_ratio, default=0.0, help="fraction of prunable channels to remove, in [0, 1)")
+    p.add_argument("--ratio", type=_ratio, default=None,
+                   help="fraction of prunable channels to remove, in [0, 1); default 0 when no other target is given")
     p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
                    help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in defaults.CRITERIA_HELP.items()))
     p.add_argument("--scope", choices=("global", "uniform", "damage"), default="global",
@@ -257,7 +278,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=1,
                    help="with --calib-data: reach the target in N prune-and-reconstruct steps, each reconstructing "
                         "towards the original model (no training; slower, a little more accurate)")
-    p.add_argument("--out", default=None, help="output checkpoint (default: <model>-<method><ratio>.pt)")
+    p.add_argument("--out", default=None,
+                   help="output checkpoint (default: <model>-<method>-<target>.pt: 0.3, g0.5, s1.3x or 12ms)")
     p.set_defaults(func=_cmd_prune)
 
 
@@ -265,9 +287,12 @@ def _cmd_iterative(args: argparse.Namespace) -> int:
     from yoloprune.workflows.iterative import IterativeConfig, iterative_prune
 
     _check_out(args.model, args.out)
+    if args.target_speedup is None and (args.runtime is not None or args.threads is not None):
+        raise ConfigError("--runtime and --threads say where --target-speedup is timed: give it with them")
     cfg = IterativeConfig(model=args.model, data=args.data, out=args.out, ratio=args.ratio,
                           target_gflops=args.target_gflops, target_speedup=args.target_speedup,
-                          runtime=args.runtime, threads=args.threads, steps=args.steps, epochs=args.epochs,
+                          runtime=args.runtime or defaults.SPEED_RUNTIMES[0], threads=args.threads or 1,
+                          steps=args.steps, epochs=args.epochs,
                           method=args.method,
                           round_to=args.round_to, distill=args.distill, max_map_drop=args.max_map_drop,
                           imgsz=args.imgsz, batch=args.batch, workers=args.workers, calib_images=args.calib_images)

@@ -20,7 +20,7 @@ CRITERIA_HELP = {
     "bn": "|gamma| of the channel's BatchNorms (network slimming)",
     "act": "data-aware: what the channel adds to its consumers' normalised outputs beyond its mean",
 }
-SPEED_RUNTIMES = ("onnxruntime", "torch")  # where --target-speedup is measured (workflows.latency_table.RUNTIMES)
+SPEED_RUNTIMES = ("onnxruntime", "torch")  # where --target-speedup is measured (speed.runtimes.RUNTIMES)
 UNSTRUCTURED = "unstructured"  # the sweep method that sparsifies (fake pruning) instead of removing channels
 SWEEP_METHODS = (*CRITERIA_HELP, UNSTRUCTURED)
 # Per task: the names of the primary and secondary metric that evaluation reports

@@ -250,7 +250,7 @@ def test_export_writes_the_original_output_layout(tmp_path):
     ckpt = sources.save_checkpoint(report.model, tmp_path / "p.pt", report.ckpt)
     res = yp.export(yp.ExportConfig(model=str(ckpt), out=str(tmp_path / "p.onnx"), imgsz=128, images=2,
                                     latency_runs=2))
-    from yoloprune.workflows.latency import ort_session
+    from yoloprune.speed.runtimes import ort_session
 
     sess = ort_session(res.path)
     assert sess.get_outputs()[0].name == "output0"

@@ -13,7 +13,7 @@ from conftest import build
 import yoloprune as yp
 from yoloprune.cli import main
 from yoloprune.data.images import letterboxed_images
-from yoloprune.workflows.latency import ort_session
+from yoloprune.speed.runtimes import ort_session
 from yoloprune.workflows.quantize import SCORE_TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,9 @@ from conftest import build
 import yoloprune as yp
 from yoloprune.cli import main
 from yoloprune.engine.costs import CostTable, LayerCost, layer_widths
-from yoloprune.workflows import latency_table as lt
-from yoloprune.workflows.speedup import search_speedup, speedup_of
+from yoloprune.speed import runtimes as rts
+from yoloprune.speed import table as lt
+from yoloprune.speed.search import search_speedup, speedup_of
 
 IMGSZ = 224
 
@@ -25,7 +26,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-class Counting(lt.Runtime):
+class Counting(rts.Runtime):
     """A fake runtime: a conv's time is its multiply-adds with widths padded to blocks of 16 (as an AVX-512
     onnxruntime has it), and every block timed is counted."""
 
@@ -92,16 +93,16 @@ def test_latency_table_predicts_the_cost_at_the_grid_and_between(cache):
 def test_runtimes_named_by_the_command_line_are_the_registry():
     from yoloprune.defaults import SPEED_RUNTIMES
 
-    assert SPEED_RUNTIMES == tuple(lt.RUNTIMES)
+    assert SPEED_RUNTIMES == tuple(rts.RUNTIMES)
 
 
 def test_channel_block_is_found_by_measurement_and_cached(cache):
-    assert lt.channel_block(Counting(block=16), 8) == 16
-    assert lt.channel_block(Counting(block=1), 8) == 8
+    assert Counting(block=16).channel_block(8) == 16
+    assert Counting(block=1).channel_block(8) == 8
     rt = Counting(block=32)
-    assert lt.channel_block(rt, 8) == 32
+    assert rt.channel_block(8) == 32
     calls = rt.calls
-    assert lt.channel_block(rt, 8) == 32 and rt.calls == calls
+    assert rt.channel_block(8) == 32 and rt.calls == calls
 
 
 def test_a_cost_target_is_met_by_the_tables_prediction_and_weighing_moves_channels_to_the_costly_layers():
@@ -125,7 +126,7 @@ def test_a_cost_target_is_met_by_the_tables_prediction_and_weighing_moves_channe
 def test_target_speedup_lands_near_the_asked_ratio_measured_again():
     model = build("yolov8n.yaml", nc=2)
     cfg = yp.PruneConfig(imgsz=IMGSZ)
-    search = search_speedup(model, 1.3, cfg, runs=15)
+    search = search_speedup(model, yp.Speedup(1.3), cfg, runs=15)
     assert search.budget == "latency" and search.round_to % 8 == 0 and 0.2 < search.fraction < 1
     assert abs(search.measured / 1.3 - 1) < 0.15 and search.predicted_ms > 0
     assert "predicted" in search.line() and "measured" in search.line()
@@ -133,14 +134,14 @@ def test_target_speedup_lands_near_the_asked_ratio_measured_again():
     again = speedup_of(pruned, model, IMGSZ, runs=25)  # measured afresh, in alternation with the unpruned model
     assert abs(again / 1.3 - 1) < 0.2, (search, again)
     assert abs(search.gflops_ratio - yp.gflops(pruned, IMGSZ) / yp.gflops(model, IMGSZ)) < 1e-9
-    gf = search_speedup(model, 1.3, cfg, runs=15, budget="gflops")  # the GFLOPs search lands too
+    gf = search_speedup(model, yp.Speedup(1.3, budget="gflops"), cfg, runs=15)  # the GFLOPs search lands too
     assert gf.budget == "gflops" and abs(gf.measured / 1.3 - 1) < 0.15 and gf.costs is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA a small model's eager time is launch-bound")
 def test_torch_runtime_times_the_model_itself(cache):
     model = build("yolov8n.yaml", nc=2)
-    rt = lt.runtime("torch")
+    rt = rts.runtime("torch")
     assert rt.key()["device"] in ("cpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     small = yp.prune(build("yolov8n.yaml", nc=2), ratio=0.6, imgsz=128).model
     assert speedup_of(small, model, 128, "torch", runs=10) > 1.1
@@ -158,9 +159,13 @@ def test_target_speedup_on_the_command_line_prints_prediction_and_measurement(tm
 
 def test_target_speedup_refuses_what_it_cannot_mean(tmp_path, capsys):
     ckpt = yp.save_checkpoint(build("yolov8n.yaml", nc=2), tmp_path / "m.pt")
-    for extra, says in ((["--target-speedup", "0.8"], "--target-speedup"),
+    for extra, says in ((["--target-speedup", "0.8"], "speed-up must be above 1"),
                         (["--target-speedup", "1.5", "--target-gflops", "0.5"], "--target-speedup"),
-                        (["--target-latency", "-3"], "--target-latency"),
+                        (["--target-latency", "-3"], "target latency"),
+                        (["--target-speedup", "1.5", "--ratio", "0.3"], "give one target"),
+                        (["--ratio", "0.3", "--runtime", "torch"], "--runtime and --threads"),
+                        (["--ratio", "0.3", "--no-reconstruct"], "act on calibration images"),
+                        (["--ratio", "0.3", "--steps", "2"], "act on calibration images"),
                         (["--target-latency", "100000"], "already runs in"),
                         (["--target-speedup", "1.5", "--method", "act"], "data-aware"),
                         (["--target-speedup", "1.5", "--scope", "damage"], "global or uniform")):
@@ -169,3 +174,35 @@ def test_target_speedup_refuses_what_it_cannot_mean(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_targets_validate_themselves():
+    assert (yp.Ratio(0.3).tag, yp.Gflops(0.5).tag, yp.Speedup(1.3).tag, yp.Latency(12).tag) == \
+        ("0.3", "g0.5", "s1.3x", "12ms")
+    for make, says in ((lambda: yp.Ratio(1.0), "ratio"), (lambda: yp.Gflops(1.5), "fraction"),
+                       (lambda: yp.Speedup(1.0), "above 1"), (lambda: yp.Latency(0), "positive"),
+                       (lambda: yp.Speedup(2, runtime="tvm"), "unknown runtime"),
+                       (lambda: yp.Speedup(2, threads=0), "threads"), (lambda: yp.Latency(5, budget="x"), "budget")):
+        with pytest.raises(yp.ConfigError, match=says):
+            make()
+
+
+def test_a_speed_target_is_one_call_searched_pruned_and_timed_again():
+    model = build("yolov8n.yaml", nc=2)
+    report = yp.prune(copy.deepcopy(model), config=yp.PruneConfig(imgsz=IMGSZ), target=yp.Speedup(1.3))
+    assert report.speed is not None and abs(report.speed.search.measured / 1.3 - 1) < 0.15
+    assert abs(report.speed.timed_again / 1.3 - 1) < 0.2
+    assert report.after.gflops < report.before.gflops
+    gf = yp.prune(copy.deepcopy(model), target=yp.Gflops(0.6), imgsz=IMGSZ)
+    assert gf.after.gflops <= 0.6 * gf.before.gflops + 1e-9 and gf.speed is None
+    with pytest.raises(yp.ConfigError, match="give the target once"):
+        yp.prune(copy.deepcopy(model), config=yp.PruneConfig(ratio=0.2), target=yp.Gflops(0.6))
+
+
+def test_the_default_output_name_states_the_target(tmp_path, capsys):
+    ckpt = yp.save_checkpoint(build("yolov8n.yaml", nc=2), tmp_path / "m.pt")
+    assert main(["prune", "--model", str(ckpt), "--no-calib", "--imgsz", "64", "--target-gflops", "0.7"]) == 0
+    assert (tmp_path / "m-l1-g0.7.pt").is_file()
+    assert main(["prune", "--model", str(ckpt), "--no-calib", "--imgsz", "64", "--ratio", "0.2"]) == 0
+    assert (tmp_path / "m-l1-0.2.pt").is_file()
+    capsys.readouterr()

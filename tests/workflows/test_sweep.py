@@ -209,3 +209,16 @@ def test_sweep_at_target_speedups_with_int8_columns(tmp_path):
     assert md[0].startswith("| method | target_speedup") and "int8_map50_95" in md[0]
     with pytest.raises(yp.ConfigError, match="speed-ups"):
         sweep(SweepConfig(model=str(weights), data=str(data), out=str(tmp_path / "x"), speedups=[0.5]))
+
+
+def test_the_unpruned_point_is_one_rule_on_either_axis():
+    """Ratio 0, or speed-up 1 on the speed-up axis, without fine-tuning, is the unpruned model (the Ray runner
+    holds back its duplicates by the same rule)."""
+    from yoloprune.defaults import UNSTRUCTURED
+    from yoloprune.workflows.sweep import SweepConfig, is_unpruned
+
+    ratio_axis, speed_axis = SweepConfig("m", "d", "o"), SweepConfig("m", "d", "o", speedups=[1.0, 1.3])
+    assert (ratio_axis.unpruned, speed_axis.unpruned) == (0.0, 1.0)
+    assert is_unpruned(("l1", 0.0, 0), ratio_axis.unpruned) and not is_unpruned(("l1", 0.0, 0), speed_axis.unpruned)
+    assert is_unpruned(("l1", 1.0, 0), speed_axis.unpruned) and not is_unpruned(("l1", 1.0, 3), speed_axis.unpruned)
+    assert not is_unpruned((UNSTRUCTURED, 0.0, 0), ratio_axis.unpruned)

@@ -233,9 +233,9 @@ def test_iterative_pruning_to_a_speedup_times_every_step(pruned_from, tmp_path):
     assert list(df["step"]) == [0, 1, 2] and df["speedup"].iloc[0] == 1.0
     assert 1.1 < df["speedup"].iloc[-1] < 1.6, df  # each step timed beside the original, in alternation
     assert df["gflops_ratio"].iloc[1] > df["gflops_ratio"].iloc[2]
-    from yoloprune.workflows.latency_table import channel_block, runtime
+    from yoloprune.speed.runtimes import runtime
 
-    block = channel_block(runtime("onnxruntime"), 8)  # measured on this machine (cached by the search)
+    block = runtime("onnxruntime").channel_block(8)  # measured on this machine (cached by the search)
     widths = [m.out_channels for m in yp.load_model(str(out))[0].modules() if isinstance(m, torch.nn.Conv2d)]
     assert sum(w % block == 0 for w in widths) > 0.8 * len(widths), "widths in the runtime's channel block"
     with pytest.raises(yp.ConfigError, match="exactly one"):

@@ -1,6 +1,6 @@
 """A per-layer cost table: what each conv (or linear) layer costs at the widths it may be pruned to.
 
-The engine does not measure anything: a caller builds the table (``workflows.latency_table`` times every conv on
+The engine does not measure anything: a caller builds the table (``speed.table`` times every conv on
 the runtime the model is deployed with) and passes it beside the config. The engine reads it two ways:
 
 - ``total``: the predicted cost of a model at its current widths (bilinear in a layer's input and output widths

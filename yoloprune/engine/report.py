@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -47,6 +48,7 @@ class Report:
     ckpt: dict = field(default_factory=dict, repr=False)  # the checkpoint the model came from (yoloprune.api)
     refits: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> output error before/after refit
     refit_skipped: dict[str, str] = field(default_factory=dict)  # layer -> why reconstruction left it alone
+    speed: Any = field(default=None, repr=False)  # a speed target's search and re-timing (yoloprune.api.Timed)
 
     @classmethod
     def build(cls, model: nn.Module, hooks: ModelHooks, before: Snapshot, graph: Graph, removed: int, imgsz: int,

@@ -29,7 +29,6 @@ import yaml
 
 from yoloprune import sources
 from yoloprune.atomic import atomic_write_bytes
-from yoloprune.defaults import UNSTRUCTURED
 from yoloprune.errors import ConfigError
 from yoloprune.runtime import offline_runtime
 from yoloprune.workflows.sweep import (
@@ -38,6 +37,7 @@ from yoloprune.workflows.sweep import (
     add_row,
     combine,
     finish,
+    is_unpruned,
     prepare,
     reuse_unpruned,
     run_job,
@@ -171,10 +171,6 @@ def _reason(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}".strip().rstrip(":")
 
 
-def _unpruned(job: tuple) -> bool:
-    return job[1] == 0 and not job[2] and job[0] != UNSTRUCTURED
-
-
 def _reachable(address: str, timeout: float = 10.0) -> bool:
     """Whether something listens at host:port. Ray itself keeps retrying an unreachable head for minutes."""
     import socket
@@ -245,7 +241,7 @@ def ray_sweep(cfg: SweepConfig, rc: RayConfig) -> pd.DataFrame:
             row = reuse_unpruned(df, job, cfg.unpruned)
             if row is not None:
                 df = add_row(df, row, cfg, progress)
-            elif _unpruned(job) and any(_unpruned(j) for j in pending.values()):
+            elif is_unpruned(job, cfg.unpruned) and any(is_unpruned(j, cfg.unpruned) for j in pending.values()):
                 waiting.append(job)
             else:
                 submit(job)

@@ -20,7 +20,7 @@ import torch
 from yoloprune import sources
 from yoloprune.data.images import letterboxed_images
 from yoloprune.errors import ConfigError, YoloPruneError
-from yoloprune.workflows.latency import ort_session, paired_onnx_latency
+from yoloprune.speed.runtimes import ort_session, paired_onnx_latency
 from yoloprune.workflows.quantize import SCORE_TOLERANCE
 
 
@@ -161,7 +161,7 @@ RUNTIME_INT8_BOX = 0.002
 def _runtime_parity(folder: Path, model, inputs: list[np.ndarray], int8: bool = False) -> tuple[float, float, object]:
     """Worst error (as ``parity``) of an exported folder run by its source's runner (Ultralytics' AutoBackend, first
     output), its median latency, and (``int8``) its drift from PyTorch at detected positions (``quantize.Drift``)."""
-    from yoloprune.workflows.latency import median_seconds
+    from yoloprune.speed.timing import median_seconds
     from yoloprune.workflows.quantize import drift_between
 
     net, _ = sources.load_model(model)

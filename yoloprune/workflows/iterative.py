@@ -26,8 +26,9 @@ from yoloprune.defaults import CALIB_IMAGES, METHOD, ROUND_TO
 from yoloprune.engine.plan import PruneConfig, step_target
 from yoloprune.engine.prune import one_step_gflops
 from yoloprune.errors import ConfigError, check_ratio
+from yoloprune.speed.search import search_speedup, speedup_of
+from yoloprune.targets import Speedup
 from yoloprune.workflows.evaluate import Evaluator
-from yoloprune.workflows.speedup import search_speedup, speedup_of
 from yoloprune.workflows.tables import bar, markdown_table
 from yoloprune.workflows.train import TrainConfig, train
 
@@ -40,7 +41,7 @@ class IterativeConfig:
     ratio: float | None = None  # overall fraction of prunable channels removed, or
     target_gflops: float | None = None  # final GFLOPs as a fraction of the original, or
     target_speedup: float | None = None  # final speed-up on ``runtime``: the one-shot search sets the final GFLOPs
-    runtime: str = "onnxruntime"  # where speed is measured (workflows.latency_table.RUNTIMES)
+    runtime: str = "onnxruntime"  # where speed is measured (speed.runtimes.RUNTIMES)
     threads: int = 1
     steps: int = 3
     epochs: int = 1  # fine-tune epochs after each step (0: prune and reconstruct only)
@@ -102,8 +103,8 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     first = evaluator(original)
     map0, metric = first.map50_95, first.metric  # the task's metric: mAP50-95, pose mAP50-95, top-1 accuracy, ...
     if cfg.target_speedup:  # the final GFLOPs and channel block of a one-shot prune that runs that fast
-        search = search_speedup(cfg.model, cfg.target_speedup, PruneConfig(method=cfg.method, round_to=cfg.round_to,
-                                imgsz=cfg.imgsz), threads=cfg.threads, runtime_name=cfg.runtime)
+        search = search_speedup(original, Speedup(cfg.target_speedup, cfg.runtime, cfg.threads),
+                                PruneConfig(method=cfg.method, round_to=cfg.round_to, imgsz=cfg.imgsz))
         print(search.line(), file=sys.stderr, flush=True)
         cfg = replace(cfg, round_to=search.round_to)
         target = search.gflops_ratio

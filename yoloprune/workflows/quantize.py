@@ -89,7 +89,7 @@ class _Reader:
 def _quantize(fp32: Path, out: Path, images: np.ndarray, exclude: list[str]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from yoloprune.workflows.latency import ort_session
+    from yoloprune.speed.runtimes import ort_session
 
     name = ort_session(fp32).get_inputs()[0].name
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(name, images)
@@ -99,7 +99,7 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray, exclude: list[str]) -> 
 
 def drift(fp32: str | Path, int8: str | Path, images: np.ndarray, nc: int) -> Drift:
     """Box and score drift of the INT8 file from the FP32 one on ``images`` (as ``drift_between``)."""
-    from yoloprune.workflows.latency import ort_session
+    from yoloprune.speed.runtimes import ort_session
 
     a, b = ort_session(fp32), ort_session(int8)
     name = a.get_inputs()[0].name

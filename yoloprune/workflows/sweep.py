@@ -23,9 +23,11 @@ from yoloprune.defaults import CALIB_IMAGES, ROUND_TO, SWEEP_RATIOS, UNSTRUCTURE
 from yoloprune.engine.importance import names as criteria
 from yoloprune.engine.plan import PruneConfig
 from yoloprune.errors import ConfigError, UnsupportedModelError, check_ratio
+from yoloprune.speed.runtimes import paired_onnx_latency
+from yoloprune.speed.timing import machine
+from yoloprune.targets import Ratio, Speedup
 from yoloprune.workflows.evaluate import DETECTION_METRICS, Evaluator, metric_names
 from yoloprune.workflows.export import export_onnx
-from yoloprune.workflows.latency import machine, paired_onnx_latency
 from yoloprune.workflows.tables import Progress, markdown_table
 
 KEY = ["method", "ratio", "finetune_epochs"]
@@ -262,18 +264,13 @@ def _prune_copy(base, method: str, ratio: float, cfg: SweepConfig, calibration, 
     model = copy.deepcopy(base)
     if method == UNSTRUCTURED:
         return api.sparsify(model, amount=ratio).model, 0
-    pc = PruneConfig(ratio=ratio if cfg.axis == "ratio" else 0.0, method=method, imgsz=cfg.imgsz,
-                     round_to=cfg.round_to, blocks=cfg.layers and method == "bn" and ratio > 0,
+    pc = PruneConfig(method=method, imgsz=cfg.imgsz, round_to=cfg.round_to,
+                     blocks=cfg.layers and method == "bn" and ratio > 0,
                      reconstruct=cfg.reconstruct, steps=cfg.steps if not (cfg.layers and method == "bn") else 1)
-    costs = None
-    if cfg.axis == "speedup":
-        if ratio == 1:
-            return model, 0
-        from yoloprune.workflows.speedup import search_speedup
-
-        search = search_speedup(base, ratio, pc, threads=cfg.latency_threads)
-        pc, costs = search.config(pc), search.costs
-    report = api.prune(model, config=pc, calibration=calibration, reference=reference, costs=costs)
+    if cfg.axis == "speedup" and ratio == 1:
+        return model, 0
+    target = Speedup(ratio, threads=cfg.latency_threads) if cfg.axis == "speedup" else Ratio(ratio)
+    report = api.prune(model, config=pc, calibration=calibration, reference=reference, target=target)
     return report.model, len(report.removed_blocks)
 
 
@@ -340,11 +337,17 @@ def _recover(cfg: SweepConfig, ckpt: Path, work: Path, name: str) -> None:
     recovered.replace(ckpt)
 
 
-def reuse_unpruned(df: pd.DataFrame, job: tuple, unpruned: float = 0.0) -> dict | None:
-    """Ratio 0 (``unpruned``: speed-up 1 on that axis) without fine-tuning is the unpruned model whatever the
-    method: reuse a finished such row."""
+def is_unpruned(job: tuple, unpruned: float = 0.0) -> bool:
+    """Whether a (method, point, finetune_epochs) job is the unpruned model, whatever the structured method: the
+    point ``unpruned`` (ratio 0, or speed-up 1 on that axis) without fine-tuning."""
     method, ratio, ft = job
-    if ratio != unpruned or ft or "status" not in df.columns:
+    return ratio == unpruned and not ft and method != UNSTRUCTURED
+
+
+def reuse_unpruned(df: pd.DataFrame, job: tuple, unpruned: float = 0.0) -> dict | None:
+    """A finished row of the unpruned model (``is_unpruned``), for another job that is the unpruned model."""
+    method = job[0]
+    if not is_unpruned(job, unpruned) or "status" not in df.columns:
         return None
     done = df[(df["ratio"] == unpruned) & (df["finetune_epochs"] == 0) & (df["status"] == "ok")
               & (df["method"] != UNSTRUCTURED)]

@@ -2,7 +2,7 @@
 
 GFLOPs are not time: on onnxruntime (one thread) the tea-bud yolov8n at 0.45x GFLOPs runs 1.68x faster, not 2.24x.
 By default (``budget="latency"``) the runtime's channel block is measured and widths are kept in whole blocks, and
-every conv of the model is timed alone on the runtime at the widths pruning can leave (``workflows.latency_table``,
+every conv of the model is timed alone on the runtime at the widths pruning can leave (``speed.table``,
 cached per model, size, runtime and machine); the planner cuts to the latency that table predicts (with
 ``PruneConfig.cost_power`` > 0 it would also weigh each channel's importance by the time it costs; off by default,
 as it cost accuracy). The prediction is checked by timing
@@ -25,12 +25,16 @@ from pathlib import Path
 
 from torch import nn
 
-from yoloprune import api
+from yoloprune import sources
+from yoloprune.engine import prune as _prune
 from yoloprune.engine.costs import CostTable
+from yoloprune.engine.hooks import trace_model
 from yoloprune.engine.importance import entry
 from yoloprune.engine.plan import PruneConfig
 from yoloprune.errors import BudgetError, ConfigError
-from yoloprune.workflows.latency_table import Built, Runtime, channel_block, latency_table, runtime
+from yoloprune.speed.runtimes import Runtime, runtime
+from yoloprune.speed.table import Built, latency_table
+from yoloprune.targets import Latency, Speedup
 
 TOLERANCE = 0.03  # stop when the measured speed-up is within 3% of the target
 BUDGETS = {"latency": "target_cost", "gflops": "target_gflops"}  # each budget's PruneConfig field
@@ -84,31 +88,33 @@ class SpeedupSearch:
 def build_table(net: nn.Module, imgsz: int, rt: Runtime | str = "onnxruntime", round_to: int = 8) -> Built:
     """The latency table of a loaded model's convs on a runtime (by name or a ``Runtime``), cached."""
     rt = runtime(rt) if isinstance(rt, str) else rt
-    graph = api.trace_model(net)
+    graph = trace_model(net, sources.adapter_for(net))
     return latency_table(net, imgsz, set(graph.bn_after), rt, round_to)
 
 
 def _trial(net: nn.Module, cfg: PruneConfig, costs: CostTable | None) -> nn.Module:
     """``net`` pruned as ``cfg`` says, without calibration (the widths are what is timed)."""
-    return api.prune(copy.deepcopy(net), config=replace(cfg, selection="score", reconstruct=False), costs=costs).model
+    trial = copy.deepcopy(net)
+    cfg = replace(cfg, selection="score", reconstruct=False)
+    return _prune.prune(trial, sources.adapter_for(trial), cfg, None, None, costs).model
 
 
-def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int = 1, runs: int = 15,
-                   max_trials: int = 8, latency_ms: float | None = None, budget: str = "latency",
-                   runtime_name: str = "onnxruntime") -> SpeedupSearch:
-    """The target (``target_cost`` of the latency table, or ``target_gflops``) whose pruned model runs ``speedup``
-    times faster than the unpruned one on the runtime (or, with ``latency_ms``, in that many milliseconds on this
-    machine). Each trial's measured speed-up corrects the next by a log-log secant, inside the bracket the trials
-    so far leave, until one lands within ``TOLERANCE``."""
-    if budget not in BUDGETS:
-        raise ConfigError(f"unknown budget {budget!r}; choose {', '.join(BUDGETS)}")
-    if latency_ms is None and not (speedup or 0) > 1:
-        raise ConfigError(f"--target-speedup must be above 1 (a speed-up over the unpruned model), got {speedup}")
-    if latency_ms is not None and not latency_ms > 0:
-        raise ConfigError(f"--target-latency must be a positive number of milliseconds, got {latency_ms}")
-    _check_searchable(cfg)
-    rt = runtime(runtime_name, threads)
-    net, _ = api.load_model(model)
+def _gflops(net: nn.Module, imgsz: int) -> float:
+    return sources.adapter_for(net).gflops(net, imgsz)
+
+
+def search_speedup(model, target: Speedup | Latency, cfg: PruneConfig, runs: int = 15,
+                   max_trials: int = 8) -> SpeedupSearch:
+    """The config target (``target_cost`` of the latency table, or ``target_gflops``) whose pruned model meets
+    ``target``: runs ``target.x`` times faster than the unpruned one on the runtime, or in ``target.ms``
+    milliseconds on this machine. Each trial's measured speed-up corrects the next by a log-log secant, inside the
+    bracket the trials so far leave, until one lands within ``TOLERANCE``."""
+    budget = target.budget
+    check_searchable(cfg)
+    rt = runtime(target.runtime, target.threads)
+    net, _ = sources.load_model(model)
+    speedup = target.x if isinstance(target, Speedup) else None
+    latency_ms = target.ms if isinstance(target, Latency) else None
     key = BUDGETS[budget]
     with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
         folder = Path(tmp)
@@ -121,7 +127,7 @@ def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int 
                                   f"--target-latency {latency_ms:g} ms: nothing to prune for")
         built, overhead = None, 0.0
         if budget == "latency":  # widths in whole blocks of what the runtime computes in: a part-block costs a whole
-            cfg = replace(cfg, round_to=math.lcm(cfg.round_to, channel_block(rt, cfg.round_to)))
+            cfg = replace(cfg, round_to=math.lcm(cfg.round_to, rt.channel_block(cfg.round_to)))
             built = build_table(net, cfg.imgsz, rt, cfg.round_to)
             table0 = built.table.total(net)
             if not table0 > 0:
@@ -157,10 +163,10 @@ def search_speedup(model, speedup: float | None, cfg: PruneConfig, threads: int 
     predicted = costs.total(pruned) + overhead if costs is not None else None
     return SpeedupSearch(speedup, budget, frac, s, base_ms, t, predicted, rt.name,
                          [(f, x) for f, x, _, _ in trials], latency_ms, built, cfg.round_to,
-                         api.gflops(pruned, cfg.imgsz) / api.gflops(net, cfg.imgsz))
+                         _gflops(pruned, cfg.imgsz) / _gflops(net, cfg.imgsz))
 
 
-def _check_searchable(cfg: PruneConfig) -> None:
+def check_searchable(cfg: PruneConfig) -> None:
     """Refuse, before any timing, what a speed-up search cannot combine: trials are planned without calibration,
     by a global or uniform threshold, to a target the search sets."""
     if cfg.target_gflops is not None or cfg.target_cost is not None:
@@ -201,4 +207,4 @@ def _next(trials: list, speedup: float, lo: float, hi: float) -> float:
     return f
 
 
-__all__ = ["BUDGETS", "TOLERANCE", "SpeedupSearch", "build_table", "search_speedup", "speedup_of"]
+__all__ = ["BUDGETS", "TOLERANCE", "SpeedupSearch", "build_table", "check_searchable", "search_speedup", "speedup_of"]
