@@ -8,3 +8,7 @@ re-write them from their saved rows.
 from yoloprune.runtime import offline_runtime
 
 offline_runtime()  # before any script imports Ultralytics: no hub checks, no font download
+
+from yoloprune.log import to_console  # noqa: E402
+
+to_console()  # the library's progress lines, as the command line shows them

@@ -14,6 +14,7 @@ from yoloprune.cli.options import document, resolve_imgsz
 from yoloprune.cli.prune import add_compact, add_info, add_iterative, add_prune, add_recover, add_sparsify
 from yoloprune.cli.train import add_make_data, add_train
 from yoloprune.errors import YoloPruneError
+from yoloprune.log import to_console
 from yoloprune.runtime import offline_runtime
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "trust_checkpoint", False):  # the environment carries it to worker processes too
             os.environ[defaults.TRUST_ENV] = "1"
+        to_console()  # the library reports through logging; the command line shows it
         if args.command not in ("make-data",):
             offline_runtime()
         resolve_imgsz(args)

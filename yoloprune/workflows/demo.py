@@ -12,6 +12,7 @@ import pandas as pd
 
 from yoloprune.defaults import METHOD, ROUND_TO
 from yoloprune.errors import ConfigError
+from yoloprune.log import say
 from yoloprune.workflows.export import ExportConfig, export
 from yoloprune.workflows.sweep import SweepConfig, markdown, sweep, write_results
 
@@ -66,7 +67,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         parts.append(("slimmed", slimmed, ["bn"], True))
     frames = []
     for name, path, methods, layers in parts:
-        print(f"sweeping {name} model {path} with {', '.join(methods)}", flush=True)
+        say(f"sweeping {name} model {path} with {', '.join(methods)}")
         df = sweep(SweepConfig(model=str(path), data=str(data), out=str(out / name), ratios=cfg.ratios,
                                methods=methods, round_to=ROUND_TO, layers=layers))
         frames.append(df.assign(model=name))
@@ -74,20 +75,20 @@ def run_demo(cfg: DemoConfig) -> Path:
     df = df[["model", *[c for c in df.columns if c != "model"]]]
     write_results(df, out, f"demo: {Path(model).name} (+ {Path(slimmed).name}) on {Path(data).stem} val, no fine-tuning"
                   if slimmed is not None else f"demo: {Path(model).name} on {Path(data).stem} val, no fine-tuning")
-    print(markdown(df))
+    say(markdown(df))
     best = pick_best(df)
     if best is None:
-        print(f"no pruned model kept mAP50-95 within {TOLERANCE:.2f} of the baseline without fine-tuning; "
+        say(f"no pruned model kept mAP50-95 within {TOLERANCE:.2f} of the baseline without fine-tuning; "
               "try lower ratios or `yoloprune sweep --finetune-epochs K`")
     else:
         tag = f"{best['method']}-{best['ratio']:g}"
-        print(f"best within {TOLERANCE:.2f} mAP50-95 of the baseline: {best['model']} {tag} (mAP50-95 "
+        say(f"best within {TOLERANCE:.2f} mAP50-95 of the baseline: {best['model']} {tag} (mAP50-95 "
               f"{best['map50_95']:.4f}, GFLOPs x{best['gflops_ratio']:.3f}, params x{best['params_ratio']:.3f})")
         res = export(ExportConfig(model=str(out / best["model"] / "models" / f"{tag}.pt"), out=str(out / "best.onnx"),
                                   data=str(data), baseline=str(model)))
-        print(res.table())
-    print(f"table: {out / 'results.md'} and {out / 'results.csv'} (each model's own sweep under {out}/<model>/)")
-    print(f"plots: {out / 'map_vs_ratio.png'}, {out / 'map_vs_latency.png'}")
-    print(f"checkpoints and ONNX per ratio: {out}/<model>/models")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+        say(res.table())
+    say(f"table: {out / 'results.md'} and {out / 'results.csv'} (each model's own sweep under {out}/<model>/)")
+    say(f"plots: {out / 'map_vs_ratio.png'}, {out / 'map_vs_latency.png'}")
+    say(f"checkpoints and ONNX per ratio: {out}/<model>/models")
+    say(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return out

@@ -11,7 +11,6 @@ is the last step that stayed within it.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from yoloprune.defaults import CALIB_IMAGES, METHOD, ROUND_TO
 from yoloprune.engine.plan import PruneConfig, step_target
 from yoloprune.engine.prune import one_step_gflops
 from yoloprune.errors import ConfigError, check_ratio
+from yoloprune.log import say
 from yoloprune.speed.search import search_speedup, speedup_of
 from yoloprune.targets import Speedup
 from yoloprune.workflows.evaluate import Evaluator
@@ -86,9 +86,9 @@ def _steps_table(rows: list[dict], out: Path) -> None:
 
 
 def _progress(i: int, n: int, row: dict) -> None:
-    print(f"{bar(i, n)} step {i}/{n}: GFLOPs x{row['gflops_ratio']:.3f}, params x{row['params_ratio']:.3f}, "
+    say(f"{bar(i, n)} step {i}/{n}: GFLOPs x{row['gflops_ratio']:.3f}, params x{row['params_ratio']:.3f}, "
           f"val {row['metric']} {row['map50_95_pruned']:.4f} pruned -> {row['map50_95']:.4f} after "
-          f"{row['epochs']} epoch(s), {row['seconds']:.0f}s", file=sys.stderr, flush=True)
+          f"{row['epochs']} epoch(s), {row['seconds']:.0f}s", err=True)
 
 
 def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     if cfg.target_speedup:  # the final GFLOPs and channel block of a one-shot prune that runs that fast
         search = search_speedup(original, Speedup(cfg.target_speedup, cfg.runtime, cfg.threads),
                                 PruneConfig(method=cfg.method, round_to=cfg.round_to, imgsz=cfg.imgsz))
-        print(search.line(), file=sys.stderr, flush=True)
+        say(search.line(), err=True)
         cfg = replace(cfg, round_to=search.round_to)
         target = search.gflops_ratio
     else:
@@ -139,8 +139,8 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
             rows.append(row)
             _progress(i, cfg.steps, row)
             if cfg.max_map_drop is not None and map0 - row["map50_95"] > cfg.max_map_drop:
-                print(f"step {i} fell {map0 - row['map50_95']:.4f} below the original (> {cfg.max_map_drop}); "
-                      "stopping", file=sys.stderr, flush=True)
+                say(f"step {i} fell {map0 - row['map50_95']:.4f} below the original (> {cfg.max_map_drop}); "
+                      "stopping", err=True)
                 break
             kept, current = step, step
         if kept is None:

@@ -9,7 +9,6 @@ model, every width kept, in the source's own format.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from yoloprune.atomic import atomic_write_text
 from yoloprune.data.images import image_folder, letterboxed_files, letterboxed_images
 from yoloprune.engine.recover import RecoverConfig, RecoverResult, recover
 from yoloprune.errors import ConfigError
+from yoloprune.log import say
 
 
 @dataclass
@@ -84,8 +84,8 @@ def _progress(folder: Path, total: str):
     """After each epoch: one line, and the run's results.csv rewritten (atomically)."""
     def report(result: RecoverResult) -> None:
         row = result.rows[-1]
-        print(f"epoch {row.epoch}{total}  loss {row.train_loss:.4f}  held-back distance to the teacher "
-              f"{row.distance:.4f} (before {result.distance_before:.4f})  {row.seconds / 60:.1f} min", flush=True)
+        say(f"epoch {row.epoch}{total}  loss {row.train_loss:.4f}  held-back distance to the teacher "
+              f"{row.distance:.4f} (before {result.distance_before:.4f})  {row.seconds / 60:.1f} min")
         table = pd.DataFrame([asdict(r) for r in result.rows])
         atomic_write_text(folder / "results.csv", table.to_csv(index=False))
     return report
@@ -101,8 +101,8 @@ def recover_model(run: RecoverRun) -> tuple[Path, RecoverResult]:
     images = unlabeled_images(run.images, run.imgsz, run.max_images)
     folder = run_folder(run.project, run.name)
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"run folder: {folder} (per-epoch results.csv in it); teacher {teacher_path}; {len(images)} images at "
-          f"{run.imgsz} px", flush=True)
+    say(f"run folder: {folder} (per-epoch results.csv in it); teacher {teacher_path}; {len(images)} images at "
+          f"{run.imgsz} px")
     settings = {**asdict(run), "teacher": str(teacher_path), "images_read": len(images)}
     atomic_write_text(folder / "recover.json", json.dumps(settings, indent=1, default=str))
     total = f"/{run.training.epochs}" if run.training.epochs else ""
@@ -111,8 +111,8 @@ def recover_model(run: RecoverRun) -> tuple[Path, RecoverResult]:
                           "best_epoch": result.best_epoch, "distance_before": result.distance_before,
                           "distance": result.distance}}
     out = sources.save_checkpoint(student, run.out, ckpt, meta)
-    print(f"held-back distance to the teacher {result.distance_before:.4f} -> {result.distance:.4f} "
-          f"(best epoch {result.best_epoch} of {len(result.rows)})", file=sys.stderr, flush=True)
+    say(f"held-back distance to the teacher {result.distance_before:.4f} -> {result.distance:.4f} "
+          f"(best epoch {result.best_epoch} of {len(result.rows)})", err=True)
     return out, result
 
 

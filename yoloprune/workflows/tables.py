@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
+
+from yoloprune.log import say
 
 
 def markdown_table(rows: Iterable[dict], cols: list[str], cell: Callable[[str, object], str]) -> str:
@@ -24,8 +25,7 @@ class Progress:
         self.done += 1
         elapsed = time.perf_counter() - self.t0
         left = elapsed / self.done * (self.total - self.done)
-        print(f"{bar(self.done, self.total)} {self.done}/{self.total} {what}  elapsed {elapsed:.0f}s, ~{left:.0f}s left",
-              file=sys.stderr, flush=True)
+        say(f"{bar(self.done, self.total)} {self.done}/{self.total} {what}  elapsed {elapsed:.0f}s, ~{left:.0f}s left", err=True)
 
 
 def bar(done: int, total: int) -> str:

@@ -26,6 +26,7 @@ from yoloprune.engine import slimming
 from yoloprune.engine.hooks import trace_model
 from yoloprune.engine.reconstruct import fit_linear
 from yoloprune.errors import ConfigError
+from yoloprune.log import say
 from yoloprune.sources.base import Adapter, TrainJob
 from yoloprune.sources.ultralytics.model import VAL_KEYS, YOLO, as_dict, load_model, save_checkpoint, trainer_base
 
@@ -202,7 +203,7 @@ class SparseDetectionTrainer(PrunedDetectionTrainer):
 
 
 def _announce(trainer) -> None:
-    print(f"run folder: {trainer.save_dir} (per-epoch results.csv and weights/ in it)", flush=True)
+    say(f"run folder: {trainer.save_dir} (per-epoch results.csv and weights/ in it)")
 
 
 def _epoch_line(trainer) -> None:
@@ -217,11 +218,11 @@ def _epoch_line(trainer) -> None:
     val = (trainer.metrics or {}).get(key)
     if done > total:  # Ultralytics' final validation of best.pt reports as one epoch past the end
         if val is not None:
-            print(f"best.pt: val {name} {float(val):.4f}", flush=True)
+            say(f"best.pt: val {name} {float(val):.4f}")
         return
-    print(f"epoch {done}/{total}  " + "  ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
+    say(f"epoch {done}/{total}  " + "  ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
           + (f"  val {name} {float(val):.4f}" if val is not None else "")
-          + f"  {elapsed / 60:.1f} min, ~{elapsed / done * max(total - done, 0) / 60:.1f} min left", flush=True)
+          + f"  {elapsed / 60:.1f} min, ~{elapsed / done * max(total - done, 0) / 60:.1f} min left")
 
 def base_trainer(job: TrainJob, hooks: Adapter) -> type:
     """yoloprune's trainer for ``job`` (sparsity training or fine-tuning) on the models of ``hooks``' source."""
