@@ -51,13 +51,17 @@ class AnchorDetect(nn.Module):
             if not self.training:
                 if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4]:
                     self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
-                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + self.grid[i]) * self.stride[i]
-                wh = (wh * 2) ** 2 * self.anchor_grid[i]
-                z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+                z.append(self._decode(x[i], i).view(bs, self.na * nx * ny, self.no))
         if self.training:
             return x
         return (torch.cat(z, 1),) if self.export else (torch.cat(z, 1), x)
+
+    def _decode(self, p: torch.Tensor, i: int) -> torch.Tensor:
+        """One level's raw outputs (B, na, H, W, no) decoded: xywh in pixels, then sigmoid scores."""
+        xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
+        xy = (xy * 2 + self.grid[i]) * self.stride[i]
+        wh = (wh * 2) ** 2 * self.anchor_grid[i]
+        return torch.cat((xy, wh, conf), 4)
 
     def _make_grid(self, nx: int, ny: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         d, t = self.anchors[i].device, self.anchors[i].dtype
@@ -84,22 +88,17 @@ class AnchorSegment(AnchorDetect):
 
     def forward(self, x: list[torch.Tensor]):
         p = self.proto(x[0])
-        z = []
-        for i in range(self.nl):
-            x[i] = self.m[i](x[i])
-            bs, _, ny, nx = x[i].shape
-            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            if not self.training:
-                if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4]:
-                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
-                xy, wh, conf, mask = x[i].split((2, 2, self.nc + 1, self.nm), 4)
-                xy = (xy.sigmoid() * 2 + self.grid[i]) * self.stride[i]
-                wh = (wh.sigmoid() * 2) ** 2 * self.anchor_grid[i]
-                z.append(torch.cat((xy, wh, conf.sigmoid(), mask), 4).view(bs, self.na * nx * ny, self.no))
+        out = AnchorDetect.forward(self, x)
         if self.training:
-            return x, p
-        y = torch.cat(z, 1)
-        return (y, p) if self.export else (y, p, x)
+            return out, p
+        return (out[0], p) if self.export else (out[0], p, out[1])
+
+    def _decode(self, p: torch.Tensor, i: int) -> torch.Tensor:
+        """As Detect's, the mask coefficients left raw."""
+        xy, wh, conf, mask = p.split((2, 2, self.nc + 1, self.nm), 4)
+        xy = (xy.sigmoid() * 2 + self.grid[i]) * self.stride[i]
+        wh = (wh.sigmoid() * 2) ** 2 * self.anchor_grid[i]
+        return torch.cat((xy, wh, conf.sigmoid(), mask), 4)
 
 
 def _proto(c1: int, c_: int = 256, c2: int = 32) -> nn.Module:
