@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-if "YOLOPRUNE_CACHE" not in os.environ:  # latency tables of the tests' models stay out of the user's cache
-    import tempfile
-
-    os.environ["YOLOPRUNE_CACHE"] = tempfile.mkdtemp(prefix="yoloprune-test-cache-")
+# Latency tables of the tests' models stay out of the user's cache, in a folder of this process's own: an xdist
+# worker makes its own rather than share the one it inherits from the controller (YOLOPRUNE_TEST_CACHE names the
+# folder a conftest made; a YOLOPRUNE_CACHE the user set is kept).
+_OWN_CACHE = "YOLOPRUNE_TEST_CACHE"
+if os.environ.get("YOLOPRUNE_CACHE", os.environ.get(_OWN_CACHE)) == os.environ.get(_OWN_CACHE):
+    os.environ["YOLOPRUNE_CACHE"] = os.environ[_OWN_CACHE] = tempfile.mkdtemp(prefix="yoloprune-test-cache-")
+    atexit.register(shutil.rmtree, os.environ[_OWN_CACHE], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -22,10 +30,62 @@ SLOW_TIMEOUT = 900  # seconds: a slow test that runs longer has hung (the fast o
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Every slow test gets a timeout of its own, unless it names one."""
+    """Every slow test gets a timeout of its own, unless it names one; and the slow tests run first (in their
+    order), so that xdist's workers end on short tests rather than one of them on a long one."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: same order on every worker
+
+
+def pytest_configure(config) -> None:
+    """Under xdist, what the workers would otherwise race to create on a fresh machine is made once, here in the
+    controller, before they start: the font link of ``offline_runtime`` (in the user's cache; two workers creating
+    it at once leave one of them without the font) and Ultralytics' settings file (made on import, above)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and getattr(config.option, "numprocesses", None):
+        from yoloprune.runtime import offline_runtime
+
+        env = dict(os.environ)
+        offline_runtime()
+        os.environ.clear()  # the workers inherit the controller's environment as the tests found it
+        os.environ.update(env)
+
+
+@contextlib.contextmanager
+def _turn(item):
+    """A test marked ``timing`` (it asserts on measured speed) runs alone: under xdist, the other workers wait
+    between tests until it is done, so that nothing else competes for the cores while it times. The locks are two
+    files in the run's base temp folder (the parent of each worker's): every test enters through the gate and holds
+    the room shared; a timed test keeps the gate, so no other test starts, and waits to hold the room alone."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or not item.config.option.basetemp:
+        yield
+        return
+    import fcntl
+
+    root = Path(item.config.option.basetemp).parent
+    alone = item.get_closest_marker("timing") is not None
+    with open(root / "timing.gate", "a") as gate, open(root / "timing.room", "a") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Outside pytest-timeout's clock: waiting for a timed test on another worker is not this test's time."""
+    with _turn(item):
+        yield
+
+
 _CACHE: dict[tuple[str, int | None], torch.nn.Module] = {}
 
 
