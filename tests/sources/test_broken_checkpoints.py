@@ -57,9 +57,10 @@ def broken(source: str, tmp: Path) -> dict[str, Path]:
     files = {}
     files["truncated"] = tmp / "truncated.pt"
     files["truncated"].write_bytes(real[: len(real) * 2 // 3])
-    # Bytes flipped inside data.pkl (_flip_pickle_bytes) are left out: in a full run a process reached 24 GB and was
-    # killed, plausibly by such a file whose flipped attribute (a scale factor, a stride) makes the load's smoke
-    # forward allocate without bound; an open issue, not yet guarded against.
+    # Bytes flipped inside data.pkl: in the Ultralytics file one lands in a LONG_BINPUT, whose memo index (1.75e9)
+    # made the unpickler ask for ~24 GB before safe_pickle.check_structure read the opcodes first
+    files["flipped-pickle"] = tmp / "flipped-pickle.pt"
+    files["flipped-pickle"].write_bytes(_flip_pickle_bytes(real))
     files["flipped-tail"] = tmp / "flipped-tail.pt"  # the zip directory at the end
     files["flipped-tail"].write_bytes(real[:-40] + bytes(b ^ 0xFF for b in real[-40:]))
     ckpt = _read(source)
@@ -101,3 +102,21 @@ def test_the_unbroken_files_still_run(tmp_path, capsys):
     for source, path in REAL.items():
         assert main(["info", "--model", str(path)]) == 0, source
     capsys.readouterr()
+
+
+def test_a_damaged_memo_index_is_refused_before_the_unpickler_allocates(tmp_path):
+    """A flipped byte in a LONG_BINPUT names a memo slot past 1e9; Python's unpickler would size its memo to it."""
+    import resource
+
+    from yoloprune.errors import CheckpointError
+    from yoloprune.sources import load_model
+
+    path = tmp_path / "memo.pt"
+    path.write_bytes(_flip_pickle_bytes(REAL["ultralytics"].read_bytes()))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))  # the test process fails fast instead of the machine
+    try:
+        with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint.*UnpicklingError"):
+            load_model(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

@@ -28,7 +28,9 @@ import enum
 import importlib
 import os
 import pickle
+import pickletools
 import types
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,8 +143,34 @@ def refusal(path: str | Path, module: str, name: str) -> CheckpointError:
 def load(path: str | Path, remap: Callable[[str, str], Any | None] | None = None) -> Any:
     """``torch.load`` of ``path`` on the CPU against the allow-list (any global, when trusted; old names mapped
     either way). A refused global raises CheckpointError, naming the file, before the file's objects are built."""
+    check_structure(path)
     return torch.load(path, map_location="cpu", weights_only=False,
                       pickle_module=_unpickler(path, remap or (lambda _m, _n: None), trusted()))
+
+
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def check_structure(path: str | Path) -> None:
+    """Read the opcodes of a zip checkpoint's ``data.pkl`` before unpickling it; a damaged one raises
+    ``pickle.UnpicklingError``. Python's unpickler sizes its memo by the largest index a file names, so one flipped
+    byte in a ``LONG_BINPUT`` asks for tens of GB before any object is built; here an index past the number of
+    opcodes (a real pickle numbers its memo from 0, one entry per opcode at most) stops the load instead."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format (or not a checkpoint at all: torch.load says which)
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(names) != 1:
+            return  # torch.load names what is missing
+        data = z.read(names[0])
+    n_ops = 0
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            n_ops += 1
+            if op.name in _MEMO_OPS and int(arg) > n_ops:
+                raise pickle.UnpicklingError(f"memo index {arg} at opcode {n_ops} (damaged data.pkl)")
+    except (ValueError, UnicodeDecodeError) as e:  # unknown opcode, a bad literal, a truncated argument
+        raise pickle.UnpicklingError(f"damaged data.pkl: {e}"[:120]) from None
 
 
 def _unpickler(path: str | Path, remap: Callable[[str, str], Any | None], trust_all: bool) -> types.SimpleNamespace:
@@ -168,4 +196,4 @@ def _unpickler(path: str | Path, remap: Callable[[str, str], Any | None], trust_
     return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="yoloprune_unpickle")
 
 
-__all__ = ["ALLOWED", "TRUST_ENV", "load", "refusal", "trusted"]
+__all__ = ["ALLOWED", "TRUST_ENV", "check_structure", "load", "refusal", "trusted"]
