@@ -40,6 +40,7 @@ def _cfg(project, out, ratios) -> SweepConfig:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one worker starts the Ray instances of this run, one at a time
 def test_local_ray_instance_gives_the_local_sweeps_rows(project, tmp_path):
     pytest.importorskip("ray")
     from yoloprune.workflows.cluster import RayConfig, ray_sweep
@@ -79,6 +80,7 @@ def _ray(*args, env):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_killed_driver_resumes_with_only_the_missing_points(project, tmp_path):
     """A running one-CPU cluster (``ray start``) takes the points one at a time; the driver is killed once the
     first row is written; the rerun joins the same cluster and submits only the two missing points."""

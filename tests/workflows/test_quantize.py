@@ -30,6 +30,7 @@ def exported(tmp_path_factory):
     return out, tmp / "m.int8.onnx"
 
 
+@pytest.mark.xdist_group("int8-export")  # with the other user of the module fixture: exported once
 def test_int8_export_keeps_the_fp32_models_detections(exported, capsys):
     fp32, int8 = exported
     assert int8.is_file() and int8.stat().st_size < 0.5 * fp32.stat().st_size
@@ -68,6 +69,7 @@ def test_int8_refuses_what_it_cannot_quantize_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "c.int8.onnx").exists() and not (tmp_path / "d.int8.onnx").exists()
 
 
+@pytest.mark.xdist_group("int8-export")
 def test_val_of_an_exported_file_matches_its_checkpoint(exported, capsys):
     fp32, int8 = exported
     evaluator = yp.Evaluator(str(DATA), "val", imgsz=IMGSZ)

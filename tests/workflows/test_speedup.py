@@ -123,6 +123,7 @@ def test_a_cost_target_is_met_by_the_tables_prediction_and_weighing_moves_channe
         yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(target_cost=0.7, imgsz=64))
 
 
+@pytest.mark.timing
 def test_target_speedup_lands_near_the_asked_ratio_measured_again():
     model = build("yolov8n.yaml", nc=2)
     cfg = yp.PruneConfig(imgsz=IMGSZ)
@@ -138,6 +139,7 @@ def test_target_speedup_lands_near_the_asked_ratio_measured_again():
     assert gf.budget == "gflops" and abs(gf.measured / 1.3 - 1) < 0.15 and gf.costs is None
 
 
+@pytest.mark.timing
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA a small model's eager time is launch-bound")
 def test_torch_runtime_times_the_model_itself(cache):
     model = build("yolov8n.yaml", nc=2)
@@ -147,6 +149,7 @@ def test_torch_runtime_times_the_model_itself(cache):
     assert speedup_of(small, model, 128, "torch", runs=10) > 1.1
 
 
+@pytest.mark.timing
 def test_target_speedup_on_the_command_line_prints_prediction_and_measurement(tmp_path, capsys):
     ckpt = yp.save_checkpoint(build("yolov8n.yaml", nc=2), tmp_path / "m.pt")
     out = tmp_path / "o.pt"
@@ -187,6 +190,7 @@ def test_targets_validate_themselves():
             make()
 
 
+@pytest.mark.timing
 def test_a_speed_target_is_one_call_searched_pruned_and_timed_again():
     model = build("yolov8n.yaml", nc=2)
     report = yp.prune(copy.deepcopy(model), config=yp.PruneConfig(imgsz=IMGSZ), target=yp.Speedup(1.3))

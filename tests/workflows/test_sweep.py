@@ -192,6 +192,7 @@ def test_sweep_recovers_pruned_points_without_labels_and_resumes_older_folders(s
     assert len(sweep(_cfg(setup, old, [0.0, 0.4]))) == 2
 
 
+@pytest.mark.timing
 def test_sweep_at_target_speedups_with_int8_columns(tmp_path):
     """Points at measured speed-ups (1 = the unpruned model), each also quantized to INT8 and scored and timed."""
     data, _ = tiny_project(tmp_path / "p", n_train=6, n_val=3)

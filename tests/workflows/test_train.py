@@ -223,6 +223,7 @@ def test_ddp_workers_rebuild_the_pruned_model_and_the_penalty(tiny, tmp_path, mo
     assert header.count("slim/sr") == 1 and len(results) == 2  # callbacks ran once per event, one epoch
 
 
+@pytest.mark.timing
 def test_iterative_pruning_to_a_speedup_times_every_step(pruned_from, tmp_path):
     from yoloprune.workflows.iterative import IterativeConfig, iterative_prune
 
