@@ -55,8 +55,8 @@ class Bench(harness.WorkFolder):
             model, ckpt = load_model(src)
         else:
             calib = calibration_images(str(data), self.imgsz)
-            cfg = yp.PruneConfig(target_gflops=target, imgsz=self.imgsz, **RECIPES[recipe])
-            report = yp.prune(str(src), config=cfg, calibration=calib)
+            cfg = yp.PruneConfig(imgsz=self.imgsz, **RECIPES[recipe])
+            report = yp.prune(str(src), config=cfg, target=yp.Gflops(target), calibration=calib)
             model, ckpt = report.model, report.ckpt
         seconds = time.perf_counter() - t0
         save_checkpoint(model, self.path(key), ckpt)

@@ -31,10 +31,14 @@ def weights(name: str) -> Path:
 def __getattr__(name: str):
     """``alternate`` and ``paired_onnx_latency``: the library's alternating timer (``yoloprune.speed.timing``),
     imported on first use so that ``python -m benchmarks list`` loads no torch."""
-    if name in ("alternate", "paired_onnx_latency"):
-        from yoloprune.workflows import latency
+    if name == "alternate":
+        from yoloprune.speed.timing import alternate
 
-        return getattr(latency, name)
+        return alternate
+    if name == "paired_onnx_latency":
+        from yoloprune.speed.runtimes import paired_onnx_latency
+
+        return paired_onnx_latency
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -209,7 +213,7 @@ def prune_to(src: Path, out: Path, target: float, imgsz: int, calib) -> float:
     from yoloprune.sources import source_meta
 
     t0 = time.perf_counter()
-    report = yp.prune(str(src), config=yp.PruneConfig(target_gflops=target, imgsz=imgsz), calibration=calib)
+    report = yp.prune(str(src), config=yp.PruneConfig(imgsz=imgsz), target=yp.Gflops(target), calibration=calib)
     save_checkpoint(report.model, out, report.ckpt, source_meta(str(src)))
     return (time.perf_counter() - t0) / 60
 

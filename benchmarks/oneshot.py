@@ -52,10 +52,10 @@ def main() -> None:
                 refit, recal, steps = RECIPES[recipe]
                 times = []
                 for r in harness.floats(args.ratios):
-                    cfg = yp.PruneConfig(ratio=r, method=method, imgsz=imgsz, round_to=8,
+                    cfg = yp.PruneConfig(method=method, imgsz=imgsz, round_to=8,
                                          reconstruct=refit, recalibrate_bn=recal, steps=steps)
                     start = time.perf_counter()
-                    report = yp.prune(copy.deepcopy(base), config=cfg, calibration=calib)
+                    report = yp.prune(copy.deepcopy(base), config=cfg, target=yp.Ratio(r), calibration=calib)
                     times.append(time.perf_counter() - start)
                     v, t = val(report.model).map50_95, test(report.model).map50_95
                     row = (f"| {fam} | {method} | {recipe} | {r:g} | {report.after.params:,} | "

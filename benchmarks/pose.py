@@ -52,8 +52,8 @@ class Bench(harness.WorkFolder):
     def one_shot(self, ratio: float, reconstruct: bool) -> Path:
         key = f"{ratio:g}-{'recon' if reconstruct else 'meancomp'}"
         if not self.done(key):
-            cfg = yp.PruneConfig(ratio=ratio, method="l1", imgsz=self.imgsz, round_to=8, reconstruct=reconstruct)
-            report = yp.prune(str(BASE), config=cfg, calibration=self.calib)
+            cfg = yp.PruneConfig(method="l1", imgsz=self.imgsz, round_to=8, reconstruct=reconstruct)
+            report = yp.prune(str(BASE), config=cfg, target=yp.Ratio(ratio), calibration=self.calib)
             save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(BASE)))
             self.record(key, ratio, "l1 + reconstruction" if reconstruct else "l1 mean-comp", 0.0)
         return self.path(key)

@@ -30,7 +30,7 @@ FAMILIES = ["yolov5nu", "yolov5su", "yolov8n", "yolov8s", "yolo11n", "yolo11s"]
 
 def _yoloprune(model: torch.nn.Module) -> None:
     graph = trace_model(model)
-    apply(model, plan(model, graph, PruneConfig(ratio=0.5, method="l1", round_to=1)))
+    apply(model, plan(model, graph, PruneConfig(method="l1", round_to=1), 0.5))
 
 
 def _torch_pruning(model: torch.nn.Module) -> None:

@@ -66,8 +66,8 @@ class Bench(harness.WorkFolder):
 
     def one_shot(self, base: Path, key: str, target: float, family: str, recipe: str, **prune) -> Path:
         if not self.done(key):
-            cfg = yp.PruneConfig(method="l1", target_gflops=target, imgsz=self.imgsz, round_to=8, **prune)
-            report = yp.prune(str(base), config=cfg, calibration=self.calib)
+            cfg = yp.PruneConfig(method="l1", imgsz=self.imgsz, round_to=8, **prune)
+            report = yp.prune(str(base), config=cfg, target=yp.Gflops(target), calibration=self.calib)
             save_checkpoint(report.model, self.path(key), report.ckpt, source_meta(str(base)))
             self.record(key, family, target, recipe, self.path(key), 0.0, base)
         return self.path(key)
@@ -111,7 +111,7 @@ def run(bench: Bench, targets: list[float]) -> None:
         if not bench.done(key):
             t0 = time.perf_counter()
             iterative_prune(IterativeConfig(model=str(V8), data=str(bench.data), out=str(bench.path(key)),
-                                            target_gflops=t, steps=e, epochs=1, imgsz=bench.imgsz))
+                                            target=yp.Gflops(t), steps=e, epochs=1, imgsz=bench.imgsz))
             bench.record(key, "yolov8n", t, f"iterative, {e} steps x 1 ep", bench.path(key),
                          time.perf_counter() - t0, V8)
         ours = bench.one_shot(V5, f"yolov5nu-{tag}-recon", t, "yolov5nu", "yoloprune one-shot")

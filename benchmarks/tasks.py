@@ -37,7 +37,7 @@ def exactness(model: torch.nn.Module, ratio: float = 0.3) -> float:
     """Worst relative error between the masked and the physically pruned model over every contract output."""
     size = 2 * sources.adapter_for(model).max_stride(model)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    p = yp.plan(model, trace_model(model), yp.PruneConfig(ratio=ratio, round_to=1))
+    p = yp.plan(model, trace_model(model), yp.PruneConfig(round_to=1), ratio)
     masked = copy.deepcopy(model)
     yp.mask(masked, p)
     removed = copy.deepcopy(masked)

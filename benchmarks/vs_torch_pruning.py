@@ -71,7 +71,7 @@ def main() -> None:
     g0 = gflops(base, imgsz)
     ours = copy.deepcopy(base)
     calib = calibration_images(args.data, imgsz)
-    yp.prune(ours, config=yp.PruneConfig(method="l1", target_gflops=args.gflops, imgsz=imgsz, round_to=8),
+    yp.prune(ours, config=yp.PruneConfig(method="l1", imgsz=imgsz, round_to=8), target=yp.Gflops(args.gflops),
              calibration=calib)
     theirs = torch_pruning_to(base, gflops(ours, imgsz))
     evaluator = yp.Evaluator(args.data, "val", imgsz=imgsz)

@@ -185,7 +185,7 @@ def assert_masked_equals_removed_equals_compacted(make, ratio: float, x: torch.T
 
     model = make()
     full = contract(model, x)
-    p = yp.plan(model, trace_model(model), yp.PruneConfig(ratio=ratio, method="l1"))
+    p = yp.plan(model, trace_model(model), yp.PruneConfig(method="l1"), ratio)
     assert len(p.remove) > 0
     yp.mask(model, p)
     masked = contract(model, x)

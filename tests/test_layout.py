@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "yoloprune"
 # Each layer may import itself and the layers before it (numbers: equal numbers may not import each other).
 LAYERS = {"yoloprune": 0, "yoloprune.errors": 0, "yoloprune.defaults": 0, "yoloprune.atomic": 0, "yoloprune.runtime": 0, "yoloprune.log": 0,
-          "yoloprune.targets": 1, "yoloprune.engine": 1, "yoloprune.sources": 2, "yoloprune.speed": 3,
-          "yoloprune.data": 3, "yoloprune.api": 4, "yoloprune.workflows": 5, "yoloprune.cli": 6,
-          "yoloprune.__main__": 7}
+          "yoloprune.targets": 1, "yoloprune.engine": 2, "yoloprune.sources": 3, "yoloprune.speed": 4,
+          "yoloprune.data": 4, "yoloprune.api": 5, "yoloprune.workflows": 6, "yoloprune.cli": 7,
+          "yoloprune.__main__": 8}
 
 
 def _modules() -> dict[str, Path]:

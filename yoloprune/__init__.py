@@ -18,7 +18,7 @@ _EXPORTS = {
     "apply": "api", "compact": "api", "load_model": "api", "prune": "api", "save_checkpoint": "api",
     "sparsify": "api", "trace_model": "api", "gflops": "api",
     "CostTable": "engine.costs", "build_table": "speed.search", "search_speedup": "speed.search",
-    "Ratio": "targets", "Gflops": "targets", "Speedup": "targets", "Latency": "targets",
+    "Ratio": "targets", "Gflops": "targets", "Cost": "targets", "Speedup": "targets", "Latency": "targets",
     "calibration_images": "data.images",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
     "UnsupportedModelError": "errors", "YoloPruneError": "errors",

@@ -28,7 +28,7 @@ from yoloprune.engine.report import Report
 from yoloprune.engine.sparsity import SparsifyConfig, SparsityReport
 from yoloprune.errors import ConfigError
 from yoloprune.sources import adapter_for, load_model, save_checkpoint
-from yoloprune.targets import TIMED, Gflops, Ratio, Target
+from yoloprune.targets import TIMED, Ratio, Target
 
 
 def hooks_for(model: nn.Module) -> ModelHooks:
@@ -64,44 +64,40 @@ class Timed:
                                     f"{self.search.runtime}: {self.timed_again:.2f}x"]
 
 
-def prune(model: Any, ratio: float = 0.0, method: str = METHOD, config: PruneConfig | None = None,
+def prune(model: Any, ratio: float | None = None, method: str = METHOD, config: PruneConfig | None = None,
           calibration: torch.Tensor | None = None, reference: Reference | None = None, costs: CostTable | None = None,
           target: Target | None = None, **options) -> Report:
     """Prune ``model`` (YOLO, model, or checkpoint path, which is read and never written) with genuine channel
-    removal, to ``target`` (``yoloprune.Ratio``, ``Gflops``, ``Speedup`` or ``Latency``; else ``ratio``).
-    ``config`` (else ``method`` and ``options``) says how; ``calibration`` images (N, 3, H, W, no labels;
-    ``yoloprune.calibration_images``) or a recorded ``reference`` of the unpruned model turn on mean compensation
-    and least-squares reconstruction. A speed target is searched by timing trial prunes beside the unpruned model
-    on its runtime, then the calibrated prune is made at the widths found and timed again (``report.speed``). A
-    cost table (``costs``) gives a config's ``target_cost`` its meaning. Returns the Report; ``report.model`` is
-    the pruned model.
+    removal, to ``target`` (``yoloprune.Ratio``, ``Gflops``, ``Speedup``, ``Latency``, or ``Cost`` with a cost
+    table; ``ratio`` is short for ``Ratio(ratio)``). ``config`` (else ``method`` and ``options``) says how;
+    ``calibration`` images (N, 3, H, W, no labels; ``yoloprune.calibration_images``) or a recorded ``reference`` of
+    the unpruned model turn on mean compensation and least-squares reconstruction. A speed target is searched by
+    timing trial prunes beside the unpruned model on its runtime, then the calibrated prune is made at the widths
+    found and timed again (``report.speed``). Returns the Report; ``report.model`` is the pruned model.
     """
-    cfg = config or PruneConfig(ratio=ratio, method=method, **options)
-    if target is not None:
-        if cfg.ratio or cfg.target_gflops is not None or cfg.target_cost is not None or (config and ratio):
-            raise ConfigError(f"give the target once: {target} was given, and the config has its own")
-        if isinstance(target, Ratio):
-            cfg = replace(cfg, ratio=target.value)
-        elif isinstance(target, Gflops):
-            cfg = replace(cfg, target_gflops=target.fraction)
+    if ratio is not None and target is not None:
+        raise ConfigError(f"give the target once: {target} and ratio {ratio} were both given")
+    target = target if target is not None else Ratio(ratio or 0.0)
+    cfg = config or PruneConfig(method=method, **options)
     if isinstance(target, TIMED):  # what a timed search cannot combine, said before anything else
         from yoloprune.speed.search import check_searchable
 
         check_searchable(cfg)
-    cfg.validate(calibrated=calibration is not None or reference is not None)
+        cfg.validate(calibrated=calibration is not None or reference is not None)
+    else:
+        cfg.validate(calibrated=calibration is not None or reference is not None, target=target)
     net, ckpt = load_model(model)
-    timed = None
     if isinstance(target, TIMED):
         from yoloprune.speed.search import search_speedup, speedup_of
 
         unpruned = copy.deepcopy(net)
         search = search_speedup(net, target, cfg)
-        cfg, costs = search.config(cfg), search.costs
-        report = _prune.prune(net, hooks_for(net), cfg, calibration, reference, costs)
+        cfg = search.config(cfg)
+        report = _prune.prune(net, hooks_for(net), cfg, search.amount, calibration, reference, search.costs)
         timed = Timed(search, speedup_of(report.model, unpruned, cfg.imgsz, target.runtime, target.threads))
         return replace(report, ckpt=ckpt, speed=timed)
     costs = getattr(costs, "table", costs)  # a built latency table, or its CostTable
-    return replace(_prune.prune(net, hooks_for(net), cfg, calibration, reference, costs), ckpt=ckpt)
+    return replace(_prune.prune(net, hooks_for(net), cfg, target, calibration, reference, costs), ckpt=ckpt)
 
 
 def record_reference(model: nn.Module, images: torch.Tensor, focus: bool = True) -> Reference:

@@ -14,15 +14,8 @@ RECOVER_LR = 1e-4  # its Adam learning rate (1e-3 recovered less on a real model
 RECOVER_BATCH = 4
 DISTILL_WEIGHT = 1.5  # feature-distillation weight (Ultralytics' default 6.0 cost mAP on tea-bud; docs/benchmarks.md)
 # The built-in importance criteria and their help lines (``engine.importance.register`` adds more from Python)
-CRITERIA_HELP = {
-    "l1": "L1 norm of the BN-scaled filters that produce the channel",
-    "l2": "L2 norm of the BN-scaled filters that produce the channel",
-    "bn": "|gamma| of the channel's BatchNorms (network slimming)",
-    "act": "data-aware: what the channel adds to its consumers' normalised outputs beyond its mean",
-}
 SPEED_RUNTIMES = ("onnxruntime", "torch")  # where --target-speedup is measured (speed.runtimes.RUNTIMES)
 UNSTRUCTURED = "unstructured"  # the sweep method that sparsifies (fake pruning) instead of removing channels
-SWEEP_METHODS = (*CRITERIA_HELP, UNSTRUCTURED)
 # Per task: the names of the primary and secondary metric that evaluation reports
 TASK_METRICS: dict[str, tuple[str, str]] = {
     "detect": ("mAP50-95", "mAP50"),

@@ -57,6 +57,28 @@ class Gflops:
         return f"{self.fraction:g}x GFLOPs"
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Prune until a cost table given beside it (``engine.costs``; a latency table) predicts this fraction of the
+    unpruned model's cost, in (0, 1]. The speed search sets it; users ask for a ``Speedup`` or ``Latency``."""
+
+    fraction: float
+    kind = "cost"
+
+    def __post_init__(self) -> None:
+        f = _positive(self.fraction, "the cost target")
+        if f > 1:
+            raise ConfigError(f"the cost target is a fraction of the unpruned model's cost in (0, 1], got {f:g}")
+        object.__setattr__(self, "fraction", f)
+
+    @property
+    def tag(self) -> str:
+        return f"c{self.fraction:.3g}"
+
+    def __str__(self) -> str:
+        return f"{self.fraction:.3g}x predicted cost"
+
+
 BUDGETS = ("latency", "gflops")  # how a speed target is searched: see speed.search
 
 
@@ -118,7 +140,7 @@ class Latency:
         return f"{self.ms:g} ms on {self.runtime}"
 
 
-Target = Ratio | Gflops | Speedup | Latency
+Target = Ratio | Gflops | Cost | Speedup | Latency
 TIMED = (Speedup, Latency)
 
-__all__ = ["BUDGETS", "TIMED", "Gflops", "Latency", "Ratio", "Speedup", "Target"]
+__all__ = ["BUDGETS", "TIMED", "Cost", "Gflops", "Latency", "Ratio", "Speedup", "Target"]

@@ -50,7 +50,7 @@ def test_pruned_toy_matches_masked_toy():
     model = Residual().eval()
     x = torch.randn(2, 3, 16, 16)
     g = yp.trace(model)
-    p = plan(model, g, yp.PruneConfig(ratio=0.5, round_to=1))
+    p = plan(model, g, yp.PruneConfig(round_to=1), 0.5)
     yp.mask(model, p)
     with torch.no_grad():
         masked = model(x)

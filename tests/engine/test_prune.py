@@ -99,7 +99,7 @@ def test_ignored_layers_are_left_alone():
 def test_uniform_scope_prunes_every_group_by_ratio():
     model = build("yolov8n.yaml")
     graph = trace_model(model)
-    p = yp.plan(model, graph, yp.PruneConfig(ratio=0.5, scope="uniform"))
+    p = yp.plan(model, graph, yp.PruneConfig(scope="uniform"), 0.5)
     for units in graph.groups().values():
         n_removed = sum(u.id in p.remove for u in units)
         assert n_removed == min(int(0.5 * len(units)), len(units) - 1)
@@ -107,7 +107,7 @@ def test_uniform_scope_prunes_every_group_by_ratio():
 
 def test_target_gflops_reaches_fraction():
     model = build("yolov8n.yaml")
-    report = yp.prune(model, target_gflops=0.5, imgsz=128)
+    report = yp.prune(model, target=yp.Gflops(0.5), imgsz=128)
     assert report.after.gflops <= 0.5 * report.before.gflops
     assert report.after.gflops > 0.35 * report.before.gflops  # bisection lands near the target
 
@@ -179,7 +179,7 @@ def test_model_broken_by_pruning_is_refused_and_left_untouched():
     graph = trace(model, imgsz=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(yp.UnsupportedModelError, match="no longer runs"):
-        apply_checked(model, plan(model, graph, PruneConfig(ratio=0.5, round_to=1)), PLAIN)
+        apply_checked(model, plan(model, graph, PruneConfig(round_to=1), 0.5), PLAIN)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model(torch.zeros(1, 3, 8, 8))
 
@@ -189,7 +189,7 @@ def test_yolo26_width_read_from_shape_is_frozen_and_it_prunes_exactly():
     base = build("yolo26n.yaml")
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     graph = trace_model(base)
-    p = yp.plan(base, graph, yp.PruneConfig(ratio=0.4))
+    p = yp.plan(base, graph, yp.PruneConfig(), 0.4)
     masked, removed = copy.deepcopy(base), copy.deepcopy(base)
     yp.mask(masked, p)
     apply(removed, p)

@@ -7,6 +7,7 @@ import copy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,7 +35,7 @@ def _prune_with(model, ratio: float, calib: torch.Tensor, refit: bool):
     """The prune flow, step by step, so that the test sees the plan and the refit jobs."""
     graph = trace_model(model)
     ref = record(model, calib, graph.bn_after)
-    p = yp.plan(model, graph, yp.PruneConfig(ratio=ratio, method="l1"))
+    p = yp.plan(model, graph, yp.PruneConfig(method="l1"), ratio)
     jobs = refit_jobs(model, p)
     apply(model, p, ref.mean)
     if refit:
@@ -82,7 +83,7 @@ def test_reconstruction_lowers_every_refit_layers_error_on_held_back_images():
 def test_reconstruction_is_exact_when_the_removed_channels_are_zero():
     model = build("yolov8n.yaml")
     graph = trace_model(model)
-    p = yp.plan(model, graph, yp.PruneConfig(ratio=0.4, method="l1"))
+    p = yp.plan(model, graph, yp.PruneConfig(method="l1"), 0.4)
     yp.mask(model, p)
     x = _images(2, 3)
     masked = model.eval()(x)[0]
@@ -98,7 +99,7 @@ def test_reconstruction_is_exact_when_the_removed_channels_are_zero():
 def test_prune_with_calibration_reconstructs_and_loads_in_plain_ultralytics(tmp_path):
     model = build("yolov8n.yaml")
     calib = _images(16, 5)
-    report = yp.prune(model, config=yp.PruneConfig(ratio=0.3, imgsz=64), calibration=calib)
+    report = yp.prune(model, config=yp.PruneConfig(imgsz=64), target=yp.Ratio(0.3), calibration=calib)
     assert report.refits and "reconstructed" in report.table()
     path = yp.save_checkpoint(report.model, tmp_path / "p.pt")
     probe = textwrap.dedent(f"""
@@ -149,14 +150,14 @@ def test_criteria_registry_accepts_new_criteria_and_refuses_unknown_names(capsys
 
     try:
         model = build("yolov8n.yaml")
-        p = yp.plan(model, trace_model(model), yp.PruneConfig(ratio=0.2, method="channel_index"))
+        p = yp.plan(model, trace_model(model), yp.PruneConfig(method="channel_index"), 0.2)
         assert p.remove
     finally:
         CRITERIA.pop("channel_index")
     with pytest.raises(yp.ConfigError, match="unknown method"):
         yp.PruneConfig(method="nope").validate()
     with pytest.raises(yp.ConfigError, match="calibration"):
-        yp.PruneConfig(method="act", ratio=0.2).validate()
+        yp.PruneConfig(method="act").validate()
     from yoloprune.cli import main
 
     with pytest.raises(SystemExit) as e:
@@ -212,13 +213,13 @@ def test_calibration_from_a_folder_of_unlabeled_images(tiny_ckpt, tmp_path, caps
 
 def test_pruning_in_steps_reaches_the_one_step_size_and_refits_towards_the_original():
     calib = _images(16, 6)
-    one = yp.prune(build("yolov8n.yaml"), config=yp.PruneConfig(ratio=0.4, imgsz=64), calibration=calib)
-    three = yp.prune(build("yolov8n.yaml"), config=yp.PruneConfig(ratio=0.4, imgsz=64, steps=3), calibration=calib)
+    one = yp.prune(build("yolov8n.yaml"), config=yp.PruneConfig(imgsz=64), target=yp.Ratio(0.4), calibration=calib)
+    three = yp.prune(build("yolov8n.yaml"), config=yp.PruneConfig(imgsz=64, steps=3), target=yp.Ratio(0.4), calibration=calib)
     assert "in 3 steps" in three.action and three.refits
     assert three.after.gflops <= one.after.gflops * (1 + 1e-6)
     assert three.after.gflops > 0.9 * one.after.gflops, "the same ratio means the same size in any number of steps"
     with pytest.raises(yp.ConfigError, match="steps"):
-        yp.PruneConfig(ratio=0.2, steps=0).validate()
+        yp.PruneConfig(steps=0).validate()
 
 
 def test_depthwise_convs_are_left_to_mean_compensation_with_the_reason_reported():
@@ -228,7 +229,7 @@ def test_depthwise_convs_are_left_to_mean_compensation_with_the_reason_reported(
     model = DetectionModel("yolov8n-ghost.yaml", verbose=False).eval()
     x = _images(2, 7)
     shape = model(x)[0].shape
-    report = yp.prune(model, config=yp.PruneConfig(ratio=0.3, imgsz=64), calibration=_images(8, 8))
+    report = yp.prune(model, config=yp.PruneConfig(imgsz=64), target=yp.Ratio(0.3), calibration=_images(8, 8))
     assert report.refits and report.refit_skipped
     assert set(report.refit_skipped.values()) == {"depthwise/grouped conv"}
     assert "not refit (mean compensation only)" in report.table()
@@ -259,3 +260,23 @@ def test_foreground_maps_are_the_heads_sigmoid_scores_per_level():
     scores = model(x)[0][:, 4:]  # (N, nc, anchors): the decoded class scores, level by level
     flat = torch.cat([m.flatten(1) for m in maps], dim=1)
     assert torch.allclose(flat, scores.amax(1), atol=1e-5)
+
+
+def test_calibration_images_without_the_models_objects_get_one_warning_line(tmp_path, capsys):
+    """The shipped tea-bud detector on plain grey-and-noise images detects nothing: calibrating on them would fit
+    the pruned model to scenes without tea buds, and the command says so in one line. On tea-bud images: silent."""
+    from yoloprune.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        cv2.imwrite(str(blank / f"{i}.jpg"), (120 + rng.normal(0, 8, (160, 160, 3))).clip(0, 255).astype(np.uint8))
+    args = ["prune", "--model", str(root / "weights" / "teabud-yolov8n.pt"), "--ratio", "0.2", "--imgsz", "160",
+            "--calib-imgsz", "160", "--calib-images", "8"]
+    assert main([*args, "--calib-data", str(blank), "--out", str(tmp_path / "a.pt")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "detects something" in line]
+    assert len(warned) == 1 and "on only 0 of 8 calibration images" in warned[0], warned
+    assert main([*args, "--calib-data", str(root / "data" / "teabud.yaml"), "--out", str(tmp_path / "b.pt")]) == 0
+    assert "detects something" not in capsys.readouterr().err

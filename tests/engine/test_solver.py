@@ -71,7 +71,7 @@ def test_damage_widths_and_obs_selection_reach_the_gflops_target_and_run(scope, 
     model = build("yolov8n.yaml")
     g0 = gflops(model, 64)
     calib = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    report = yp.prune(model, config=yp.PruneConfig(target_gflops=0.6, imgsz=64, scope=scope, selection=selection),
+    report = yp.prune(model, config=yp.PruneConfig(imgsz=64, scope=scope, selection=selection), target=yp.Gflops(0.6),
                       calibration=calib)
     assert 0.5 < gflops(model, 64) / g0 <= 0.6
     assert report.refits and model(torch.rand(1, 3, 64, 64))[0].shape[1] == 4 + 80
@@ -91,7 +91,7 @@ def test_auto_selection_is_obs_with_calibration_and_score_without():
 
     def pruned(calibration, selection):
         model = build("yolov8n.yaml")
-        yp.prune(model, config=yp.PruneConfig(ratio=0.4, imgsz=64, selection=selection), calibration=calibration)
+        yp.prune(model, config=yp.PruneConfig(imgsz=64, selection=selection), target=yp.Ratio(0.4), calibration=calibration)
         return model.state_dict()
 
     def same(a, b):

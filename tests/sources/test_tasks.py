@@ -426,7 +426,7 @@ def test_iterative_pruning_of_a_pose_model_reaches_its_target_and_reports_pose_m
     base, _ = pruned_from_source["pose"]
     out = tmp_path / "it.pt"
     df = iterative_prune(IterativeConfig(model=str(base), data=str(task_data["pose"]), out=str(out),
-                                         target_gflops=0.6, steps=2, epochs=1, imgsz=64, batch=4, workers=0,
+                                         target=yp.Gflops(0.6), steps=2, epochs=1, imgsz=64, batch=4, workers=0,
                                          calib_images=4))
     assert list(df["step"]) == [0, 1, 2] and set(df["metric"]) == {"pose mAP50-95"}
     model, _ = sources.load_model(out)

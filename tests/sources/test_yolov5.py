@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import assert_masked_equals_removed_equals_compacted, head_out, randomize_bn, rel_err
+from conftest import assert_masked_equals_removed_equals_compacted, build, head_out, randomize_bn, rel_err
 
 import yoloprune as yp
 from yoloprune import api, sources
@@ -315,17 +315,27 @@ def test_finetune_keeps_pruned_widths_and_the_original_format(tmp_path):
 
 
 def test_cli_offers_exactly_the_registered_criteria_with_their_help():
-    """The command line lists its criteria from defaults (so --help imports no torch); the engine's registry is
-    filled by @register: the two name the same criteria, and every criterion's help line is in prune --help."""
+    """The command line lists the criteria registry (engine.criteria, torch-free, so --help imports no torch), one
+    list: a criterion registered from Python shows in prune --help with its help line, and runs."""
     from yoloprune.cli import build_parser
-    from yoloprune.defaults import CRITERIA_HELP
-    from yoloprune.engine.importance import CRITERIA
+    from yoloprune.engine.criteria import CRITERIA, register
 
-    prune = build_parser()._subparsers._group_actions[0].choices["prune"]
-    method = next(a for a in prune._actions if a.dest == "method")
-    assert tuple(method.choices) == tuple(CRITERIA) == tuple(CRITERIA_HELP)
+    def method_of(parser):
+        prune = parser._subparsers._group_actions[0].choices["prune"]
+        return prune, next(a for a in prune._actions if a.dest == "method")
+
+    prune, method = method_of(build_parser())
+    assert tuple(method.choices) == tuple(CRITERIA) == ("l1", "l2", "bn", "act")
     text = "".join(prune.format_help().split())  # wrapped at any width
-    assert all("".join(f"{k}: {h}".split()) in text for k, h in CRITERIA_HELP.items())
+    assert all("".join(f"{k}: {e.help}".split()) in text for k, e in CRITERIA.items())
+    register("index", help="a test criterion: the unit's id")(lambda unit, ctx: float(unit.id))
+    try:
+        prune, method = method_of(build_parser())
+        assert "index" in method.choices and "index:atestcriterion" in "".join(prune.format_help().split())
+        report = yp.prune(build("yolov8n.yaml"), ratio=0.3, method="index", imgsz=64)
+        assert report.after.params < 0.9 * report.before.params
+    finally:
+        CRITERIA.pop("index")
 
 
 def test_help_does_not_import_torch_or_ultralytics():
@@ -339,7 +349,7 @@ def test_calibrated_prune_to_a_gflops_target_on_an_original_model():
     model, _ = sources.load_model(REAL)
     gflops0 = api.gflops(model, 128)
     calib = torch.rand(8, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    report = yp.prune(model, config=yp.PruneConfig(target_gflops=0.6, imgsz=128, round_to=8), calibration=calib)
+    report = yp.prune(model, config=yp.PruneConfig(imgsz=128, round_to=8), target=yp.Gflops(0.6), calibration=calib)
     assert api.gflops(report.model, 128) <= 0.6 * gflops0
     assert report.refits and not any(name.startswith("model.24.") for name in report.refit_skipped)
     assert report.model(torch.rand(1, 3, 128, 128))[0].shape == (1, 1008, 7)

@@ -84,8 +84,8 @@ def test_reconstruction_keeps_the_real_detector_where_mean_compensation_collapse
     got = {}
     for name, method, refit in (("teabud-yolov8n", "l1", True), ("teabud-yolov8n", "l1", False),
                                 ("teabud-yolov8n-sparse", "bn", True)):
-        cfg = yp.PruneConfig(ratio=0.4, method=method, imgsz=320, round_to=8, reconstruct=refit)
-        report = yp.prune(WEIGHTS / f"{name}.pt", config=cfg, calibration=calib)
+        cfg = yp.PruneConfig(method=method, imgsz=320, round_to=8, reconstruct=refit)
+        report = yp.prune(WEIGHTS / f"{name}.pt", config=cfg, target=yp.Ratio(0.4), calibration=calib)
         assert report.after.params < 0.45 * report.before.params
         assert bool(report.refits) == refit
         got[(name, refit)] = ev(report.model).map50_95

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,26 @@ def test_engine_recovery_trains_towards_the_teacher_and_keeps_the_best_epoch():
     assert result.distance == min(r.distance for r in result.rows)
     assert [p.requires_grad for p in student.parameters()] == grads  # as the model was given
     assert torch.equal(student.model[-1].dfl.conv.weight, dfl)  # a constant of the architecture stays one
+
+
+def test_a_rate_that_diverges_is_probed_down_and_the_distance_falls():
+    """A reconstructed student starts close to its teacher. At a rate its first epoch diverges with (the issue's
+    real model: 0.009 -> 0.30), the probe picks a lower one, epochs that end above the best are undone, and the
+    result is below where it started; the result says what rate it trained at and why it stopped."""
+    teacher = build("yolov8n.yaml", nc=2)
+    images = (torch.rand(24, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    calib = images.float() / 255
+
+    def student():
+        return yp.prune(copy.deepcopy(teacher), ratio=0.3, imgsz=64, calibration=calib).model
+
+    fast = dict(epochs=2, minutes=None, lr=3e-3, batch=4)
+    old = recover(student(), teacher, adapter_for(teacher), images, RecoverConfig(**fast, probe=False, backoff=1e9))
+    assert old.rows[0].distance > 1.5 * old.distance_before, old  # the old schedule: epoch 1 undoes the refit
+    new = recover(student(), teacher, adapter_for(teacher), images, RecoverConfig(**fast))
+    assert new.lr < 3e-3 and [lr for lr, _ in new.probe][0] == 3e-3, new.probe
+    assert new.distance < new.distance_before and new.best_epoch >= 1, new
+    assert new.stopped
 
 
 def test_head_loss_is_zero_for_the_teacher_itself_and_grows_with_the_difference():

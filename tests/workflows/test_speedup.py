@@ -111,16 +111,16 @@ def test_a_cost_target_is_met_by_the_tables_prediction_and_weighing_moves_channe
     table = CostTable({n: LayerCost([ci], [co], [[float(ci * co) * (1000 if n == "model.0.conv" else 1)]])
                        for n, (ci, co) in layer_widths(model).items()})
     base = table.total(model)
-    plain = yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(target_cost=0.7, imgsz=64), costs=table)
+    plain = yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(imgsz=64), target=yp.Cost(0.7), costs=table)
     assert table.total(plain.model) <= 0.7 * base and table.total(plain.model) > 0.55 * base
-    weighed = yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(target_cost=0.7, imgsz=64, cost_power=1),
+    weighed = yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(imgsz=64, cost_power=1), target=yp.Cost(0.7),
                        costs=table)
     w0 = lambda m: dict(m.named_modules())["model.0.conv"].out_channels  # noqa: E731
     assert w0(weighed.model) < w0(plain.model)
     x = torch.rand(1, 3, 64, 64)
     weighed.model.eval()(x)  # still a working model
     with pytest.raises(yp.ConfigError, match="cost table"):
-        yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(target_cost=0.7, imgsz=64))
+        yp.prune(build("yolov8n.yaml", nc=2), config=yp.PruneConfig(imgsz=64), target=yp.Cost(0.7))
 
 
 @pytest.mark.timing
@@ -131,7 +131,7 @@ def test_target_speedup_lands_near_the_asked_ratio_measured_again():
     assert search.budget == "latency" and search.round_to % 8 == 0 and 0.2 < search.fraction < 1
     assert abs(search.measured / 1.3 - 1) < 0.15 and search.predicted_ms > 0
     assert "predicted" in search.line() and "measured" in search.line()
-    pruned = yp.prune(copy.deepcopy(model), config=search.config(cfg), costs=search.costs).model
+    pruned = yp.prune(copy.deepcopy(model), config=search.config(cfg), target=search.amount, costs=search.costs).model
     again = speedup_of(pruned, model, IMGSZ, runs=25)  # measured afresh, in alternation with the unpruned model
     assert abs(again / 1.3 - 1) < 0.2, (search, again)
     assert abs(search.gflops_ratio - yp.gflops(pruned, IMGSZ) / yp.gflops(model, IMGSZ)) < 1e-9
@@ -200,7 +200,7 @@ def test_a_speed_target_is_one_call_searched_pruned_and_timed_again():
     gf = yp.prune(copy.deepcopy(model), target=yp.Gflops(0.6), imgsz=IMGSZ)
     assert gf.after.gflops <= 0.6 * gf.before.gflops + 1e-9 and gf.speed is None
     with pytest.raises(yp.ConfigError, match="give the target once"):
-        yp.prune(copy.deepcopy(model), config=yp.PruneConfig(ratio=0.2), target=yp.Gflops(0.6))
+        yp.prune(copy.deepcopy(model), ratio=0.2, target=yp.Gflops(0.6))
 
 
 def test_the_default_output_name_states_the_target(tmp_path, capsys):

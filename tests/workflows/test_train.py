@@ -140,7 +140,7 @@ def test_iterative_pruning_reaches_the_gflops_target_and_writes_its_step_table(p
 
     root, data, base, _ = pruned_from
     out = tmp_path / "it.pt"
-    df = iterative_prune(IterativeConfig(model=str(base), data=str(data), out=str(out), target_gflops=0.6, steps=2,
+    df = iterative_prune(IterativeConfig(model=str(base), data=str(data), out=str(out), target=yp.Gflops(0.6), steps=2,
                                          epochs=1, imgsz=128, batch=4, workers=0, calib_images=4))
     assert list(df["step"]) == [0, 1, 2]
     g0 = gflops(load_model(str(base))[0], 128)
@@ -229,7 +229,7 @@ def test_iterative_pruning_to_a_speedup_times_every_step(pruned_from, tmp_path):
 
     root, data, base, _ = pruned_from
     out = tmp_path / "it.pt"
-    df = iterative_prune(IterativeConfig(model=str(base), data=str(data), out=str(out), target_speedup=1.3, steps=2,
+    df = iterative_prune(IterativeConfig(model=str(base), data=str(data), out=str(out), target=yp.Speedup(1.3), steps=2,
                                          epochs=0, imgsz=192, batch=4, workers=0, calib_images=4))
     assert list(df["step"]) == [0, 1, 2] and df["speedup"].iloc[0] == 1.0
     assert 1.1 < df["speedup"].iloc[-1] < 1.6, df  # each step timed beside the original, in alternation
@@ -239,5 +239,7 @@ def test_iterative_pruning_to_a_speedup_times_every_step(pruned_from, tmp_path):
     block = runtime("onnxruntime").channel_block(8)  # measured on this machine (cached by the search)
     widths = [m.out_channels for m in yp.load_model(str(out))[0].modules() if isinstance(m, torch.nn.Conv2d)]
     assert sum(w % block == 0 for w in widths) > 0.8 * len(widths), "widths in the runtime's channel block"
-    with pytest.raises(yp.ConfigError, match="exactly one"):
-        IterativeConfig(model=str(base), data=str(data), out=str(out), target_speedup=1.3, ratio=0.3).validate()
+    with pytest.raises(yp.ConfigError, match="needs a Ratio, Gflops or Speedup target"):  # one field: one target
+        IterativeConfig(model=str(base), data=str(data), out=str(out)).validate()
+    with pytest.raises(yp.ConfigError, match="needs a Ratio, Gflops or Speedup target"):
+        IterativeConfig(model=str(base), data=str(data), out=str(out), target=yp.Latency(5.0)).validate()

@@ -98,20 +98,21 @@ def target_from(args: argparse.Namespace):
     ``--target-latency``; ratio 0 when none), refusing two at once and a runtime given without a speed target."""
     from yoloprune.targets import Gflops, Latency, Ratio, Speedup
 
+    latency = getattr(args, "target_latency", None)  # commands without --target-latency (iterative)
     given = {"--ratio": args.ratio, "--target-gflops": args.target_gflops,
-             "--target-speedup": args.target_speedup, "--target-latency": args.target_latency}
+             "--target-speedup": args.target_speedup, "--target-latency": latency}
     named = [k for k, v in given.items() if v is not None]
     if len(named) > 1:
         raise ConfigError(f"give one target, not {' and '.join(named)}")
-    timed = args.target_speedup is not None or args.target_latency is not None
+    timed = args.target_speedup is not None or latency is not None
     if not timed and (args.runtime is not None or args.threads is not None):
         raise ConfigError("--runtime and --threads say where a speed target is timed: give --target-speedup or "
                           "--target-latency with them")
     where = {"runtime": args.runtime or defaults.SPEED_RUNTIMES[0], "threads": args.threads or 1}
     if args.target_speedup is not None:
         return Speedup(args.target_speedup, **where)
-    if args.target_latency is not None:
-        return Latency(args.target_latency, **where)
+    if latency is not None:
+        return Latency(latency, **where)
     if args.target_gflops is not None:
         return Gflops(args.target_gflops)
     return Ratio(args.ratio or 0.0)
@@ -162,11 +163,19 @@ def speedups(text: str) -> list[float]:
     return values
 
 
+def criteria() -> dict[str, str]:
+    """The criteria registry's names and help lines (``engine.importance.register``): the one list of methods."""
+    from yoloprune.engine.criteria import CRITERIA
+
+    return {name: e.help for name, e in CRITERIA.items()}
+
+
 def methods(text: str) -> list[str]:
+    known = (*criteria(), defaults.UNSTRUCTURED)  # as workflows.sweep.sweep_methods, without importing pandas
     values = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [v for v in values if v not in defaults.SWEEP_METHODS]
+    bad = [v for v in values if v not in known]
     if not values or bad:
-        raise argparse.ArgumentTypeError(f"methods must be from {','.join(defaults.SWEEP_METHODS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"methods must be from {','.join(known)}, got {text!r}")
     return values
 
 

@@ -12,13 +12,13 @@ from yoloprune.cli.options import (
     calibration_from,
     check_calibrated,
     check_out,
+    criteria,
     default_out,
     positive_float,
     positive_int,
     ratio,
     target_from,
 )
-from yoloprune.errors import ConfigError
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -50,8 +50,8 @@ def add_prune(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.pt: Ultralytics or original YOLOv5) or model yaml")
     p.add_argument("--ratio", type=ratio, default=None,
                    help="fraction of prunable channels to remove, in [0, 1); default 0 when no other target is given")
-    p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
-                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in defaults.CRITERIA_HELP.items()))
+    p.add_argument("--method", choices=criteria(), default=defaults.METHOD,
+                   help="importance criterion: " + "; ".join(f"{k}: {h}" for k, h in criteria().items()))
     p.add_argument("--scope", choices=("global", "uniform", "damage"), default="global",
                    help="widths: global: one score threshold across groups; uniform: the same fraction of every "
                         "group; damage: every group's width chosen together by the estimated damage per GFLOP saved "
@@ -156,12 +156,7 @@ def _cmd_iterative(args: argparse.Namespace) -> int:
     from yoloprune.workflows.iterative import IterativeConfig, iterative_prune
 
     check_out(args.model, args.out)
-    if args.target_speedup is None and (args.runtime is not None or args.threads is not None):
-        raise ConfigError("--runtime and --threads say where --target-speedup is timed: give it with them")
-    cfg = IterativeConfig(model=args.model, data=args.data, out=args.out, ratio=args.ratio,
-                          target_gflops=args.target_gflops, target_speedup=args.target_speedup,
-                          runtime=args.runtime or defaults.SPEED_RUNTIMES[0], threads=args.threads or 1,
-                          steps=args.steps, epochs=args.epochs,
+    cfg = IterativeConfig(model=args.model, data=args.data, out=args.out, target=target_from(args), steps=args.steps, epochs=args.epochs,
                           method=args.method,
                           round_to=args.round_to, distill=args.distill, max_map_drop=args.max_map_drop,
                           imgsz=args.imgsz, batch=args.batch, workers=args.workers, calib_images=args.calib_images)
@@ -184,8 +179,7 @@ def add_iterative(sub) -> None:
     add_runtime(p)
     p.add_argument("--steps", type=positive_int, default=3, help="pruning steps")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after each step")
-    p.add_argument("--method", choices=tuple(defaults.CRITERIA_HELP), default=defaults.METHOD,
-                   help="importance criterion")
+    p.add_argument("--method", choices=criteria(), default=defaults.METHOD, help="importance criterion")
     p.add_argument("--round-to", type=positive_int, default=defaults.ROUND_TO, help="keep widths multiples of N")
     p.add_argument("--distill", action="store_true", help="fine-tune with the original model as the teacher")
     p.add_argument("--max-map-drop", type=float, default=None,

@@ -47,15 +47,56 @@ def is_image_folder(source: str | Path) -> bool:
     return Path(source).is_dir() and not (Path(source) / "train").is_dir()
 
 
-def calibration_images(source: str | Path, imgsz: int = CALIB_IMGSZ, n: int = CALIB_IMAGES) -> torch.Tensor:
+def calibration_images(source: str | Path, imgsz: int = CALIB_IMGSZ, n: int = CALIB_IMAGES,
+                       views: bool = True) -> torch.Tensor:
     """Up to ``n`` calibration images, letterboxed as the validator does: (n, 3, imgsz, imgsz). ``source`` is a
     data yaml or a classification dataset folder (its first train images), or a folder of images; no labels are
-    read."""
+    read. With ``views`` and fewer than ``n`` files, each file also gives more views of itself (``image_views``)
+    until there are ``n``: a user's handful of images then fills the fitting samples of reconstruction with more
+    than the same pixels."""
     if n < 1:
         raise ConfigError(f"the number of calibration images must be >= 1, got {n}")
-    if is_image_folder(source):
-        return torch.from_numpy(letterboxed_files(image_folder(source, n), imgsz))
-    return torch.from_numpy(letterboxed_images(source, "train", n, imgsz))
+    files = image_folder(source, n) if is_image_folder(source) else load_data(source, "train").files("train")[:n]
+    if not views or len(files) >= n:
+        return torch.from_numpy(letterboxed_files(files, imgsz))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(image_views(files, imgsz, n)), dtype=np.float32) / 255.0)
+
+
+# The views of one image beyond itself, in the order they are added: flipped; then crops of 0.6 of each side (the
+# four corners and the centre) taken from the file at its own resolution, each also flipped. A crop is letterboxed
+# to the calibration size like the whole image, so its objects appear 1.7x larger and its detail is the file's own.
+CROP = 0.6
+_VIEWS = [(None, False), (None, True)] + [(corner, flip) for corner in ("tl", "br", "c", "tr", "bl")
+                                          for flip in (False, True)]
+
+
+def _view(img: np.ndarray, corner: str | None, flip: bool) -> np.ndarray:
+    if corner is not None:
+        h, w = img.shape[:2]
+        ch, cw = max(1, round(h * CROP)), max(1, round(w * CROP))
+        y = {"t": 0, "b": h - ch, "c": (h - ch) // 2}[corner[0]]
+        x = {"l": 0, "r": w - cw, "c": (w - cw) // 2}[corner[-1]]
+        img = img[y:y + ch, x:x + cw]
+    return img[:, ::-1] if flip else img
+
+
+def image_views(files: list[Path], imgsz: int, n: int) -> list[np.ndarray]:
+    """``n`` letterboxed views (RGB, (3, H, W), uint8 range) of ``files``: every file as it is first, then each
+    file's next view (``_VIEWS``) in turn, until there are ``n`` or every view is used."""
+    images = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"cannot decode image {f}")
+        images.append(img)
+    out = []
+    for corner, flip in _VIEWS:
+        for img in images:
+            if len(out) == n:
+                return out
+            out.append(sources.letterbox(np.ascontiguousarray(_view(img, corner, flip)), imgsz)[..., ::-1]
+                       .transpose(2, 0, 1))
+    return out
 
 
 def recorded_train_images(model: str | Path) -> tuple[Path | None, str | None]:

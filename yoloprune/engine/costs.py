@@ -4,7 +4,7 @@ The engine does not measure anything: a caller builds the table (``speed.table``
 the runtime the model is deployed with) and passes it beside the config. The engine reads it two ways:
 
 - ``total``: the predicted cost of a model at its current widths (bilinear in a layer's input and output widths
-  between the measured grid points), the budget of ``PruneConfig.target_cost``;
+  between the measured grid points), the budget of a ``Cost`` target;
 - ``unit_cost``: what removing one unit of a coupled group saves (the table's slope, summed over the layers the
   unit touches), by which ``weigh`` divides the group's importance scores, so that a global threshold removes
   first what costs most time per unit of importance (as hardware-aware pruning does, e.g. HALP).

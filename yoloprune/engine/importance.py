@@ -11,7 +11,8 @@ A unit's score aggregates over every layer in its coupled group. Built in:
   linearly, on calibration images. It is measured in the consumers' normalised outputs, so one threshold
   compares every layer.
 
-Add a criterion with ``@register("name")`` on a function ``(unit, ctx) -> float``.
+The registry (names, flags, help) is ``engine.criteria``; add a criterion with ``@register("name")`` on a
+function ``(unit, ctx) -> float``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloprune.defaults import CRITERIA_HELP
+from yoloprune.engine.criteria import CRITERIA, entry, names, register
 from yoloprune.engine.graph import Member, Unit
 from yoloprune.engine.surgery import inputs_of, surgery_for
 from yoloprune.errors import ConfigError
@@ -64,37 +65,6 @@ class ScoreContext:
 Criterion = Callable[[Unit, ScoreContext], float]
 
 
-@dataclass(frozen=True)
-class _Entry:
-    fn: Criterion
-    normalise: bool  # divide by the group's mean, so one global threshold compares groups of different fan-in
-    needs_data: bool  # needs calibration images
-    help: str
-
-
-CRITERIA: dict[str, _Entry] = {}
-
-
-def register(name: str, *, normalise: bool = False, needs_data: bool = False, help: str = ""):
-    """Decorator: make ``fn(unit, ctx) -> float`` available as ``method=name`` (higher = more important)."""
-
-    def deco(fn: Criterion) -> Criterion:
-        CRITERIA[name] = _Entry(fn, normalise, needs_data, help or (fn.__doc__ or "").strip().splitlines()[0])
-        return fn
-
-    return deco
-
-
-def names() -> tuple[str, ...]:
-    return tuple(CRITERIA)
-
-
-def entry(name: str) -> _Entry:
-    if name not in CRITERIA:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(CRITERIA)}")
-    return CRITERIA[name]
-
-
 def _is_bn(mod: nn.Module) -> bool:
     return isinstance(mod, nn.modules.batchnorm._BatchNorm)
 
@@ -110,17 +80,14 @@ def _norm(unit: Unit, ctx: ScoreContext, p: int) -> float:
     return sum(scores) / len(scores) if scores else math.inf
 
 
-@register("l1", normalise=True, help=CRITERIA_HELP["l1"])
 def l1(unit: Unit, ctx: ScoreContext) -> float:
     return _norm(unit, ctx, 1)
 
 
-@register("l2", normalise=True, help=CRITERIA_HELP["l2"])
 def l2(unit: Unit, ctx: ScoreContext) -> float:
     return _norm(unit, ctx, 2)
 
 
-@register("bn", help=CRITERIA_HELP["bn"])
 def bn(unit: Unit, ctx: ScoreContext) -> float:
     gammas = [ctx.gammas(m.module)[m.index] for m in unit.producers
               if _is_bn(ctx.modules[m.module]) and ctx.modules[m.module].weight is not None]
@@ -149,7 +116,6 @@ def _output_scale(ref, name: str) -> torch.Tensor | None:
     return None if out is None else 1.0 / out.std(0).clamp_min(1e-6)
 
 
-@register("act", needs_data=True, help=CRITERIA_HELP["act"])
 def act(unit: Unit, ctx: ScoreContext) -> float:
     ref = ctx.reference
     total, seen = 0.0, False
@@ -169,7 +135,8 @@ def group_scores(units: list[Unit], ctx: ScoreContext, method: str) -> torch.Ten
     e = entry(method)
     if e.needs_data and ctx.reference is None:
         raise ConfigError(f"method {method!r} needs calibration images (--calib-data)")
-    s = torch.tensor([e.fn(u, ctx) for u in units], dtype=torch.float64)
+    fn = e.fn
+    s = torch.tensor([fn(u, ctx) for u in units], dtype=torch.float64)
     if e.normalise:
         finite = s[torch.isfinite(s)]
         mean = finite.mean() if finite.numel() else torch.tensor(1.0, dtype=torch.float64)
@@ -177,4 +144,4 @@ def group_scores(units: list[Unit], ctx: ScoreContext, method: str) -> torch.Ten
     return s
 
 
-__all__ = ["CRITERIA", "ScoreContext", "group_scores", "names", "register"]
+__all__ = ["CRITERIA", "ScoreContext", "entry", "group_scores", "names", "register"]

@@ -17,14 +17,16 @@ from yoloprune.defaults import METHOD, ROUND_TO
 from yoloprune.engine.graph import Graph, Unit
 from yoloprune.engine.importance import ScoreContext, entry, group_scores
 from yoloprune.engine.reconstruct import Reference
-from yoloprune.errors import ConfigError, check_ratio
+from yoloprune.errors import ConfigError
+from yoloprune.targets import Cost, Gflops, Ratio
 
 
 @dataclass
 class PruneConfig:
-    """How to prune. ``ratio`` is the fraction of prunable units (coupled channels) removed."""
+    """How to prune: the criterion, how widths and channels are chosen, rounding, and what calibration images do.
+    How much to prune is a target given beside it (``yoloprune.targets``: ``Ratio``, ``Gflops``, ``Cost``; the
+    API also takes ``Speedup`` and ``Latency``, which it turns into one of these by timing)."""
 
-    ratio: float = 0.0
     method: str = METHOD
     # "global": one score threshold across groups; "uniform": the same ratio in every group; "damage": every
     # group's width chosen together by the estimated damage per GFLOP saved (engine.solver; needs calibration)
@@ -35,10 +37,7 @@ class PruneConfig:
     round_to: int = ROUND_TO  # keep each group's width a multiple of this
     min_channels: int = 1  # never keep fewer units than this in a group
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
-    target_gflops: float | None = None  # instead of ratio: prune until GFLOPs <= this fraction of the original
-    # With a cost table given beside the config (engine.costs; a latency table): prune until its predicted cost
-    # <= this fraction of the unpruned model's, and weigh scores by (unit cost / mean) ** cost_power
-    target_cost: float | None = None
+    # With a cost table and a Cost target: weigh scores by (unit cost / mean) ** cost_power
     cost_power: float = 0.0  # 0.25 cost 7.8 points of mAP50-95 at 1.3x on the tea-bud yolov8n, 1.0 cost 28
     imgsz: int = 640  # image size for GFLOPs
     blocks: bool = False  # bn method: also remove residual blocks whose branch's |gamma| all fall under the threshold
@@ -47,11 +46,11 @@ class PruneConfig:
     reconstruct: bool = True  # least-squares refit of every layer that lost inputs
     focus: bool = True  # draw half of each layer's fitting samples where the head finds objects (else uniformly)
     recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images afterwards
-    steps: int = 1  # reach the ratio or GFLOPs target in this many prune-and-reconstruct steps (no training)
+    steps: int = 1  # reach the target in this many prune-and-reconstruct steps (no training)
 
-    def validate(self, calibrated: bool = False) -> None:
-        """Refuse impossible settings; ``calibrated``: calibration images (or a recorded reference) are given."""
-        check_ratio(self.ratio)
+    def validate(self, calibrated: bool = False, target: Amount | None = None) -> None:
+        """Refuse impossible settings; ``calibrated``: calibration images (or a recorded reference) are given;
+        ``target``: what the config is to reach (a Ratio unless given), for the combinations it rules out."""
         if entry(self.method).needs_data and not calibrated:
             raise ConfigError(f"method {self.method!r} is data-aware: give calibration images (--calib-data)")
         if self.scope not in ("global", "uniform", "damage"):
@@ -65,19 +64,19 @@ class PruneConfig:
             raise ConfigError("round_to and min_channels must be >= 1")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {self.steps}")
-        if self.blocks and (self.method != "bn" or self.scope != "global" or self.target_gflops is not None
-                            or self.target_cost is not None
-                            or self.steps > 1):
-            raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
         if not (isinstance(self.cost_power, (int, float)) and math.isfinite(self.cost_power) and self.cost_power >= 0):
             raise ConfigError(f"cost_power must be a finite number >= 0, got {self.cost_power!r}")
-        if self.target_cost is not None and not 0 < self.target_cost <= 1:
-            raise ConfigError(f"target_cost is a fraction of the unpruned model's cost in (0, 1], got {self.target_cost}")
-        if self.target_cost is not None and (self.target_gflops is not None or self.scope == "damage"):
-            raise ConfigError("a cost target is reached by the global or uniform scope, alone (not with a GFLOPs "
-                              "target or damage widths)")
-        if self.target_gflops is not None and not 0 < self.target_gflops <= 1:
-            raise ConfigError(f"target_gflops is a fraction of the original GFLOPs in (0, 1], got {self.target_gflops}")
+        target = Ratio() if target is None else target
+        if not isinstance(target, (Ratio, Gflops, Cost)):
+            raise ConfigError(f"the engine prunes to a Ratio, Gflops or Cost target, not {target!r}")
+        if self.blocks and (self.method != "bn" or self.scope != "global" or not isinstance(target, Ratio)
+                            or self.steps > 1):
+            raise ConfigError("block removal (blocks/--layers) works with the global bn method and a ratio, in one step")
+        if isinstance(target, Cost) and self.scope == "damage":
+            raise ConfigError("a cost target is reached by the global or uniform scope (not damage widths)")
+
+
+Amount = Ratio | Gflops | Cost  # what the engine prunes to
 
 
 def selection(cfg: PruneConfig, calibrated: bool) -> str:
@@ -139,24 +138,24 @@ def global_threshold(scored: Scored, ratio: float) -> float:
     return every.sort().values[k - 1].item() if k > 0 else -math.inf
 
 
-def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, threshold: float | None = None,
+def plan(model: nn.Module, graph: Graph, cfg: PruneConfig, ratio: float = 0.0, threshold: float | None = None,
          scored: Scored | None = None, reference: Reference | None = None,
          orders: list[list[int]] | None = None) -> Plan:
-    """Choose how many units each group loses, under one global threshold (from ``cfg.ratio`` unless given) or the
+    """Choose how many units each group loses, under one global threshold (from ``ratio`` unless given) or the
     same fraction of every group, and which: the lowest-scoring, or the first of each group's ``orders`` (removal
     orders by position, as ``solver.removal_curve`` gives them). ``scored``: reuse ``score_groups`` (scores do not
     depend on the ratio)."""
     scored = scored if scored is not None else score_groups(model, graph, cfg, reference)
     if cfg.method == "bn" and cfg.scope == "global":
         safe = safe_max_ratio([s for _, s in scored])  # already bn scores: the same as bn_safe_max
-        if cfg.ratio > safe:
-            raise ConfigError(f"ratio {cfg.ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
+        if ratio > safe:
+            raise ConfigError(f"ratio {ratio} is above the safe maximum {safe:.3f} for bn pruning of this model: "
                               "a global |gamma| threshold that high would empty a layer")
     if cfg.scope == "global" and threshold is None:
-        threshold = global_threshold(scored, cfg.ratio)
+        threshold = global_threshold(scored, ratio)
     remove: set[int] = set()
     for g, (units, scores) in enumerate(scored):
-        n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(cfg.ratio * len(units))
+        n_remove = int((scores <= threshold).sum()) if cfg.scope == "global" else int(ratio * len(units))
         order = orders[g] if orders is not None else scores.argsort(stable=True).tolist()
         drop = order[: len(units) - _n_keep(len(units), n_remove, cfg)]
         remove.update(units[i].id for i in drop)

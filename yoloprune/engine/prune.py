@@ -19,6 +19,7 @@ from yoloprune.engine.costs import CostTable, weigh
 from yoloprune.engine.graph import Graph
 from yoloprune.engine.hooks import ModelHooks, example_input, trace_model
 from yoloprune.engine.plan import (
+    Amount,
     Plan,
     PruneConfig,
     Scored,
@@ -33,6 +34,8 @@ from yoloprune.engine.report import Report, snapshot
 from yoloprune.engine.solver import Curve, allocate, layer_costs, removal_curve, total_flops
 from yoloprune.engine.surgery import channels, dead_blocks, filter_of, keep_channels, remove_blocks
 from yoloprune.errors import BudgetError, ConfigError, UnsupportedModelError
+from yoloprune.log import log
+from yoloprune.targets import Cost, Gflops, Ratio
 
 
 @torch.no_grad()
@@ -99,14 +102,14 @@ def apply_checked(model: nn.Module, p: Plan, hooks: ModelHooks, means: dict[str,
 
 
 def _plan_for_budget(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, measure, goal: float,
-                     scored: Scored, orders: list[list[int]] | None) -> Plan:
+                     scored: Scored, orders: list[list[int]] | None, what: str) -> Plan:
     """Bisect the ratio until ``measure(pruned model)`` (GFLOPs, or a cost table's prediction) falls to ``goal``
     (the model scored once)."""
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         mid = (lo + hi) / 2
         try:
-            candidate = plan(model, graph, replace(cfg, ratio=mid), scored=scored, orders=orders)
+            candidate = plan(model, graph, cfg, mid, scored=scored, orders=orders)
         except ConfigError:  # above the bn method's safe maximum
             hi = mid
             continue
@@ -117,8 +120,6 @@ def _plan_for_budget(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Pru
         else:
             lo = mid
     if best is None:
-        what = (f"{cfg.target_cost:.0%} of the original predicted cost" if cfg.target_cost
-                else f"{cfg.target_gflops:.0%} of the original GFLOPs")
         raise BudgetError(f"cannot reach {what} under these constraints")
     return best
 
@@ -130,8 +131,8 @@ def _curves(model: nn.Module, graph: Graph, cfg: PruneConfig, reference: Referen
                           allowed_removals(len(units), cfg)[-1]) for units, scores in scored]
 
 
-def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
-                    reference: Reference, scored: Scored, curves: list[Curve]) -> Plan:
+def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, target: Amount,
+                    base: float, reference: Reference, scored: Scored, curves: list[Curve]) -> Plan:
     """Every group's width chosen together by estimated damage per GFLOP saved (``solver.allocate``); for a GFLOPs
     target, the estimated saving is raised until the pruned model, measured, meets it."""
     groups = [units for units, _ in scored]
@@ -143,9 +144,9 @@ def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Prun
         counts = allocate(groups, curves, allowed, copy.deepcopy(layers), budget, by_flops)
         return Plan(graph, frozenset(groups[g][i].id for g, n in enumerate(counts) for i in curves[g].order[:n]))
 
-    if not cfg.target_gflops:
-        return pick(cfg.ratio * sum(len(units) for units in groups), by_flops=False)
-    now, goal = hooks.gflops(model, cfg.imgsz), cfg.target_gflops * base
+    if isinstance(target, Ratio):
+        return pick(target.value * sum(len(units) for units in groups), by_flops=False)
+    now, goal = hooks.gflops(model, cfg.imgsz), target.fraction * base
     share = max(now - goal, 0.0) / now  # of the estimate: the layers' multiply-adds are most of the GFLOPs
     for _ in range(8):
         candidate = pick(share * total_flops(layers), by_flops=True)
@@ -155,12 +156,12 @@ def _plan_by_damage(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: Prun
         if got <= goal:
             return candidate
         share += 1.05 * (got - goal) / now + 1e-3
-    raise BudgetError(f"cannot reach {cfg.target_gflops:.0%} of the original GFLOPs under these constraints")
+    raise BudgetError(f"cannot reach {target.fraction:.0%} of the original GFLOPs under these constraints")
 
 
-def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, base: float,
+def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig, target: Amount, base: float,
             reference: Reference | None, threshold: float | None, costs: Budget | None = None) -> Plan:
-    """The plan: widths by ``cfg.scope`` (and the GFLOPs or cost target), channels by ``cfg.selection``; with a
+    """The plan: widths by ``cfg.scope`` to ``target``, channels by ``cfg.selection``; with a
     cost table, the scores weighed by what a unit of each group costs (``costs.weigh``)."""
     scored = score_groups(model, graph, cfg, reference)
     if costs is not None and cfg.scope == "global":
@@ -169,17 +170,17 @@ def _choose(model: nn.Module, hooks: ModelHooks, graph: Graph, cfg: PruneConfig,
     obs = selection(cfg, reference is not None) == "obs"
     curves = _curves(model, graph, cfg, reference, scored) if cfg.scope == "damage" or obs else None
     if cfg.scope == "damage":
-        return _plan_by_damage(model, hooks, graph, cfg, base, reference, scored, curves)
+        return _plan_by_damage(model, hooks, graph, cfg, target, base, reference, scored, curves)
     orders = [c.order for c in curves] if curves is not None else None
-    if cfg.target_cost:
+    if isinstance(target, Cost):
         if costs is None:
-            raise ConfigError("target_cost needs a cost table (a latency table) given beside the config")
-        return _plan_for_budget(model, hooks, graph, cfg, costs.table.total, cfg.target_cost * costs.base, scored,
-                                orders)
-    if cfg.target_gflops:
+            raise ConfigError("a cost target needs a cost table (a latency table) given beside the config")
+        return _plan_for_budget(model, hooks, graph, cfg, costs.table.total, target.fraction * costs.base, scored,
+                                orders, f"{target.fraction:.0%} of the original predicted cost")
+    if isinstance(target, Gflops):
         return _plan_for_budget(model, hooks, graph, cfg, lambda m: hooks.gflops(m, cfg.imgsz),
-                                cfg.target_gflops * base, scored, orders)
-    return plan(model, graph, cfg, threshold=threshold, scored=scored, orders=orders)
+                                target.fraction * base, scored, orders, f"{target.fraction:.0%} of the original GFLOPs")
+    return plan(model, graph, cfg, target.value, threshold=threshold, scored=scored, orders=orders)
 
 
 def refit_jobs(model: nn.Module, p: Plan, fixed: set[str] = frozenset()) -> dict[str, Refit]:
@@ -207,8 +208,28 @@ def record_reference(net: nn.Module, hooks: ModelHooks, images: torch.Tensor, gr
     """The unpruned model's Reference on calibration ``images``; with ``focus``, each layer's samples are drawn
     half where the head finds objects (``reconstruct.foreground``), so the refit spends its fit there."""
     graph = graph or trace_model(net, hooks)
-    scores = foreground(net, images, list(hooks.head_outputs(net)), lambda out: hooks.scores(net, out)) if focus else None
-    return record(net, images, graph.bn_after, focus=scores)
+    scores = foreground(net, images, list(hooks.head_outputs(net)), lambda out: hooks.scores(net, out))
+    check_detects(scores, len(images))
+    return record(net, images, graph.bn_after, focus=scores if focus else None)
+
+
+DETECTS = 0.25  # a score the unpruned model must reach somewhere on an image for it to show what it detects
+FEW_DETECTING = 0.1  # warn when fewer calibration images than this share do
+
+
+def check_detects(scores: list[torch.Tensor], n: int) -> float:
+    """The share of the ``n`` calibration images on which the unpruned model scores ``DETECTS`` or more somewhere
+    (``scores``: per head level, (N, H, W)); a warning when it is under ``FEW_DETECTING``: calibration then fits
+    the pruned model to scenes without the model's objects, and it loses its detections."""
+    if not scores or not n:
+        return 1.0
+    best = torch.stack([s.reshape(len(s), -1).max(1).values for s in scores]).max(0).values
+    share = float((best >= DETECTS).float().mean())
+    if share < FEW_DETECTING:
+        log.warning(f"warning: the unpruned model detects something (score >= {DETECTS}) on only "
+                    f"{int((best >= DETECTS).sum())} of {n} calibration images: they do not show what it detects, "
+                    "so the pruned model will lose its detections; give images of the model's own scenes")
+    return share
 
 
 def _recorded(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, graph: Graph, images: torch.Tensor | None,
@@ -223,7 +244,7 @@ def _recorded(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, graph: Graph,
 
 @dataclass(frozen=True)
 class Budget:
-    """A cost table and the unpruned model's total by it (``PruneConfig.target_cost`` is a fraction of that)."""
+    """A cost table and the unpruned model's total by it (a ``Cost`` target is a fraction of that)."""
 
     table: CostTable
     base: float
@@ -248,18 +269,19 @@ class _Step:
     refits: dict[str, Refit]
 
 
-def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float, images: torch.Tensor | None,
+def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amount, gflops0: float,
+                images: torch.Tensor | None,
                 reference: Reference | None, targets: _Targets | None = None, costs: Budget | None = None) -> _Step:
     """Trace, (remove dead-under-threshold blocks), calibrate, plan, apply, reconstruct, recalibrate."""
     graph = trace_model(net, hooks)
     blocks: list[str] = []
     threshold = None
     if cfg.blocks:  # plan first: it refuses above the safe maximum before the model is touched
-        threshold = plan(net, graph, cfg).threshold
+        threshold = plan(net, graph, cfg, target.value).threshold
         blocks = prune_blocks_under(net, hooks, threshold)
         graph = trace_model(net, hooks)
     reference = _recorded(net, hooks, cfg, graph, images, reference, fresh=bool(blocks))
-    p = _choose(net, hooks, graph, cfg, gflops0, reference, threshold, costs)
+    p = _choose(net, hooks, graph, cfg, target, gflops0, reference, threshold, costs)
     jobs = refit_jobs(net, p, hooks.fixed_layers(net)) if reference is not None and cfg.reconstruct else {}
     fit_ref = reference
     if targets is not None:  # aim at the original model: its outputs, at its channel indices
@@ -279,25 +301,25 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: fl
     return _Step(graph, p, blocks, refits)
 
 
-def one_step_gflops(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, gflops0: float | None = None,
+def one_step_gflops(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, ratio: float, gflops0: float | None = None,
                     costs: Budget | None = None) -> float:
-    """The GFLOPs fraction that pruning at ``cfg.ratio`` in one step reaches (planned on a copy, no calibration)."""
+    """The GFLOPs fraction that pruning at ``ratio`` in one step reaches (planned on a copy, no calibration)."""
     gflops0 = gflops0 or hooks.gflops(net, cfg.imgsz)
     trial = copy.deepcopy(net)
-    _prune_step(trial, hooks, replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), gflops0, None, None,
-                costs=costs)
+    _prune_step(trial, hooks, replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), Ratio(ratio), gflops0,
+                None, None, costs=costs)
     return hooks.gflops(trial, cfg.imgsz) / gflops0
 
 
-def _step_config(cfg: PruneConfig, i: int, gflops_ratio: float | None) -> PruneConfig:
-    """Step ``i`` (1-based) of ``cfg.steps``: the GFLOPs target of the schedule (``step_target``) towards
-    ``cfg.target_gflops``, or towards what one-step pruning at ``cfg.ratio`` would reach (``gflops_ratio``), so that
-    the same ratio gives the same model size in any number of steps."""
-    if cfg.steps == 1:
-        return cfg
-    if cfg.target_cost:
-        return replace(cfg, target_cost=step_target(cfg.target_cost, i, cfg.steps))
-    return replace(cfg, target_gflops=step_target(cfg.target_gflops or gflops_ratio, i, cfg.steps))
+def _step_target(target: Amount, i: int, steps: int, gflops_ratio: float | None) -> Amount:
+    """Step ``i`` (1-based) of ``steps``: the GFLOPs (or cost) target of the schedule (``step_target``) towards
+    ``target``, or for a Ratio towards what one-step pruning at it would reach (``gflops_ratio``), so that the same
+    ratio gives the same model size in any number of steps."""
+    if steps == 1:
+        return target
+    if isinstance(target, Cost):
+        return Cost(step_target(target.fraction, i, steps))
+    return Gflops(step_target(gflops_ratio if isinstance(target, Ratio) else target.fraction, i, steps))
 
 
 def _multi_step_targets(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, images: torch.Tensor | None,
@@ -311,34 +333,38 @@ def _multi_step_targets(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, ima
     return reference, _Targets(reference, origin)
 
 
-def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, calibration: torch.Tensor | None = None,
-          reference: Reference | None = None, costs: CostTable | None = None) -> Report:
-    """Prune ``net`` in place as ``cfg`` says.
+def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amount | None = None,
+          calibration: torch.Tensor | None = None, reference: Reference | None = None,
+          costs: CostTable | None = None) -> Report:
+    """Prune ``net`` in place to ``target`` (a Ratio, none: ratio 0; a Gflops fraction; a Cost fraction of the
+    cost table's prediction) as ``cfg`` says.
 
     With ``calibration`` images (N, 3, H, W; no labels) or the unpruned model's recorded ``reference`` (reused
     across a sweep): mean compensation, least-squares reconstruction (``cfg.reconstruct``) and BatchNorm
     recalibration (``cfg.recalibrate_bn``), in ``cfg.steps`` steps; later steps record the model they start from
     afresh, and reconstruction always aims at the original model's outputs. Returns a Report with params and
     GFLOPs before/after, per-layer widths and the refit layers' errors; ``report.model`` is ``net``. With a cost
-    table (``costs``, e.g. a latency table): ``cfg.target_cost`` is a fraction of its prediction for ``net``, and
+    table (``costs``, e.g. a latency table): a Cost target is a fraction of its prediction for ``net``, and
     the global threshold weighs each group's scores by its units' costs.
     """
-    cfg.validate(calibrated=calibration is not None or reference is not None)
+    target = Ratio() if target is None else target
+    cfg.validate(calibrated=calibration is not None or reference is not None, target=target)
     before = snapshot(net, hooks, cfg.imgsz)
     budget = Budget(costs, costs.total(net)) if costs is not None else None
     if budget is not None and not budget.base > 0:
         raise ConfigError("the cost table names none of this model's layers (a table of another model?)")
-    gflops_ratio = (one_step_gflops(net, hooks, cfg, before.gflops, budget) if cfg.steps > 1 and not cfg.target_gflops
-                    and not cfg.target_cost else None)
+    gflops_ratio = (one_step_gflops(net, hooks, cfg, target.value, before.gflops, budget)
+                    if cfg.steps > 1 and isinstance(target, Ratio) else None)
     reference, targets = _multi_step_targets(net, hooks, cfg, calibration, reference)
     removed, blocks = 0, []
     for i in range(1, cfg.steps + 1):
-        step = _prune_step(net, hooks, _step_config(cfg, i, gflops_ratio), before.gflops, calibration,
+        step = _prune_step(net, hooks, cfg, _step_target(target, i, cfg.steps, gflops_ratio), before.gflops,
+                           calibration,
                            reference if i == 1 else None, targets, budget)
         removed += len(step.plan.remove)
         blocks += step.blocks
-    action = f"prune {cfg.method} " + (f"target_gflops={cfg.target_gflops}" if cfg.target_gflops
-                                       else f"target_cost={cfg.target_cost:.4g}" if cfg.target_cost
-                                       else f"ratio={cfg.ratio}") + (f" in {cfg.steps} steps" if cfg.steps > 1 else "")
+    amount = {Gflops: lambda t: f"target_gflops={t.fraction}", Cost: lambda t: f"target_cost={t.fraction:.4g}",
+              Ratio: lambda t: f"ratio={t.value}"}[type(target)](target)
+    action = f"prune {cfg.method} {amount}" + (f" in {cfg.steps} steps" if cfg.steps > 1 else "")
     return Report.build(net, hooks, before, step.graph, removed=removed, imgsz=cfg.imgsz, action=action,
                         removed_blocks=blocks, refits=step.refits)

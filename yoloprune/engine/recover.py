@@ -7,11 +7,15 @@ objectness) logits by binary cross-entropy against the teacher's probabilities. 
 contract, so pruning never changed them and student and teacher compare channel by channel. No label is read.
 
 The student trains with its BatchNorm statistics frozen (eval mode; the few hundred images a user has would make
-poor batch statistics) and Adam at a small learning rate (a short warm-up, then a cosine over the run's epochs or
-minutes); every parameter but the architecture's constants (the
-hooks' ``fixed_layers``, e.g. the DFL's integral) is trained, and no width changes. Each
-epoch ends with the distance to the teacher on held-back images, without augmentation, and the best epoch's
-weights are the result.
+poor batch statistics) and Adam (a short warm-up, then a cosine over the run's epochs or minutes); every parameter
+but the architecture's constants (the hooks' ``fixed_layers``, e.g. the DFL's integral) is trained, and no width
+changes. A reconstructed model starts close to its teacher, where Adam's first steps (each parameter moved by about
+the learning rate, whatever its gradient) can undo in one epoch what reconstruction fitted. So the rate is not
+trusted: a short probe first tries the highest rate and lower ones for a few steps each on a copy and keeps the
+highest that lowers the held-back distance; and an epoch that ends with the distance above the best so far sends
+the student back to the best weights with the rate halved (``backoff``). Each epoch ends with the distance to the
+teacher on held-back images, without augmentation; the best epoch's weights are the result, and the result says
+why training stopped.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ class RecoverConfig:
 
     epochs: int | None = None
     minutes: float | None = RECOVER_MINUTES
-    lr: float = RECOVER_LR  # Adam
+    lr: float = RECOVER_LR  # Adam: the highest rate tried (the probe may choose a lower one)
+    probe: bool = True  # try lr, lr/3, lr/10, lr/30 for a few steps each first; train at the highest that helps
+    backoff: float = 0.02  # an epoch whose held-back distance ends this fraction above the best: back, rate halved
     batch: int = RECOVER_BATCH
     hold_out: float = 0.1  # fraction of the images held back for the distance (at least 1, at most 64)
     flip: bool = True  # random horizontal flips
@@ -54,14 +60,17 @@ class RecoverConfig:
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise ConfigError(f"minutes must be > 0, got {self.minutes}")
         if not (self.lr > 0 and self.batch >= 1 and 0 < self.hold_out < 1 and 0 <= self.scale < 1
-                and 0 <= self.warmup < 1):
-            raise ConfigError("lr must be > 0, batch >= 1, hold_out and warmup in (0, 1) and scale in [0, 1)")
+                and 0 <= self.warmup < 1 and self.backoff >= 0):
+            raise ConfigError("lr must be > 0, batch >= 1, hold_out and warmup in (0, 1), scale in [0, 1) and "
+                              "backoff >= 0")
 
-    def lr_at(self, progress: float) -> float:
-        """The learning rate at ``progress`` (0 to 1) through the run: linear warm-up, then a cosine to zero."""
+    def lr_at(self, progress: float, lr: float | None = None) -> float:
+        """The learning rate at ``progress`` (0 to 1) through the run, peaking at ``lr`` (else ``self.lr``):
+        linear warm-up, then a cosine to zero."""
+        lr = self.lr if lr is None else lr
         if progress < self.warmup:
-            return self.lr * (progress + 1e-3) / self.warmup
-        return self.lr * 0.5 * (1 + math.cos(math.pi * min((progress - self.warmup) / (1 - self.warmup), 1.0)))
+            return lr * (progress + 1e-3) / self.warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * min((progress - self.warmup) / (1 - self.warmup), 1.0)))
 
 
 @dataclass
@@ -80,6 +89,10 @@ class RecoverResult:
     distance_before: float
     rows: list[EpochRow] = field(default_factory=list)
     best_epoch: int = 0
+    lr: float | None = None  # the peak rate trained at (the probe's choice)
+    probe: list[tuple[float, float]] = field(default_factory=list)  # (rate, held-back distance after its steps)
+    backoffs: int = 0  # epochs that ended above the best and were undone, the rate halved each time
+    stopped: str = ""  # why training ended
 
     @property
     def distance(self) -> float:
@@ -238,47 +251,98 @@ def recover(student: nn.Module, teacher: nn.Module, hooks: ModelHooks, images: t
     return result
 
 
+def _steps(student, teacher, caps, loss: HeadLoss, opt, train: torch.Tensor, cfg: RecoverConfig,
+           gen: torch.Generator, rate: Callable[[], float], n: int | None = None,
+           stop: Callable[[], bool] = lambda: False) -> tuple[float, int]:
+    """One pass over ``train`` in a random order (or its first ``n`` batches) at ``rate()`` per step; returns the
+    mean loss and the images seen."""
+    perm, seen, total = torch.randperm(len(train), generator=gen), 0, 0.0
+    for k, i in enumerate(range(0, len(train), cfg.batch)):
+        if (n is not None and k >= n) or stop():
+            break
+        for group in opt.param_groups:
+            group["lr"] = rate()
+        x = augment(_as_float(train[perm[i:i + cfg.batch]]), cfg, gen)
+        with torch.no_grad():
+            target = _outputs(teacher, caps[1], x)
+        value = loss(_outputs(student, caps[0], x), target)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        total, seen = total + float(value.detach()) * len(x), seen + len(x)
+    return total / max(seen, 1), seen
+
+
+PROBE_RATES = (1.0, 1 / 3, 1 / 10, 1 / 30)  # of cfg.lr, tried highest first
+PROBE_STEPS = 8
+
+
+def _probe(student, params, teacher, caps, loss: HeadLoss, train, held, cfg: RecoverConfig, gen,
+           result: RecoverResult) -> float:
+    """The highest of ``PROBE_RATES`` whose ``PROBE_STEPS`` steps (from the student as it is, on a fresh Adam)
+    lower the held-back distance; the lowest when none does. The student is left as it was."""
+    start = copy.deepcopy(student.state_dict())
+    chosen = None
+    for share in PROBE_RATES:
+        lr = cfg.lr * share
+        opt = torch.optim.Adam(params, lr=lr)
+        _steps(student, teacher, caps, loss, opt, train, cfg, gen, lambda lr=lr: lr, PROBE_STEPS)
+        d = _distance(student, teacher, caps, loss, held, cfg.batch)
+        result.probe.append((lr, d))
+        student.load_state_dict(start)
+        if d < result.distance_before:
+            chosen = lr
+            break
+    return chosen if chosen is not None else cfg.lr * PROBE_RATES[-1]
+
+
 def _train(student, params: list[nn.Parameter], teacher, caps, loss: HeadLoss, train: torch.Tensor,
            held: torch.Tensor, cfg: RecoverConfig, gen: torch.Generator, result: RecoverResult, on_epoch) -> None:
     """Epochs until ``cfg.epochs`` or ``cfg.minutes`` run out, training ``params`` (every parameter but the
-    architecture's constants); keeps the best epoch's weights in ``student``."""
+    architecture's constants) at the probed rate, backing off where an epoch ends above the best; keeps the best
+    epoch's weights in ``student``."""
     for p in student.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    best, best_state = result.distance_before, copy.deepcopy(student.state_dict())
     t0, epoch = time.perf_counter(), 0
     deadline = t0 + cfg.minutes * 60 if cfg.minutes else math.inf
+    peak = _probe(student, params, teacher, caps, loss, train, held, cfg, gen, result) if cfg.probe else cfg.lr
+    result.lr = peak
+    opt = torch.optim.Adam(params, lr=peak)
+    best, best_state = result.distance_before, copy.deepcopy(student.state_dict())
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch) if cfg.epochs else None
-    done = 0
+    done, scale = 0, 1.0
 
     def progress() -> float:  # the share of the run behind us: by steps, or by time when the time ends first
         by_time = (time.perf_counter() - t0) / (cfg.minutes * 60) if cfg.minutes else 0.0
         return max(done / steps if steps else 0.0, by_time)
 
+    def rate() -> float:
+        nonlocal done
+        done += 1
+        return scale * cfg.lr_at(progress(), peak)
+
+    result.stopped = f"{cfg.epochs} epochs done" if cfg.epochs else f"{cfg.minutes:g} minutes used"
     while (cfg.epochs is None or epoch < cfg.epochs) and time.perf_counter() < deadline:
         epoch += 1
-        perm, seen, total = torch.randperm(len(train), generator=gen), 0, 0.0
-        for i in range(0, len(train), cfg.batch):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(progress())
-            done += 1
-            x = augment(_as_float(train[perm[i:i + cfg.batch]]), cfg, gen)
-            with torch.no_grad():
-                target = _outputs(teacher, caps[1], x)
-            value = loss(_outputs(student, caps[0], x), target)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            total, seen = total + float(value.detach()) * len(x), seen + len(x)
-            if time.perf_counter() >= deadline:
-                break
-        row = EpochRow(epoch, total / max(seen, 1), _distance(student, teacher, caps, loss, held, cfg.batch),
+        train_loss, _ = _steps(student, teacher, caps, loss, opt, train, cfg, gen, rate,
+                               stop=lambda: time.perf_counter() >= deadline)
+        row = EpochRow(epoch, train_loss, _distance(student, teacher, caps, loss, held, cfg.batch),
                        time.perf_counter() - t0)
         result.rows.append(row)
         if row.distance < best:
             best, best_state, result.best_epoch = row.distance, copy.deepcopy(student.state_dict()), epoch
+        elif row.distance > best * (1 + cfg.backoff):  # drifting away: back to the best, at half the rate
+            student.load_state_dict(best_state)
+            opt = torch.optim.Adam(params, lr=peak)
+            scale, result.backoffs = scale / 2, result.backoffs + 1
+            if scale < 1 / 16:
+                result.stopped = (f"the held-back distance rose after {result.backoffs} back-offs (rate down to "
+                                  f"{scale * peak:.2g})")
+                if on_epoch is not None:
+                    on_epoch(result)
+                break
         if on_epoch is not None:
             on_epoch(result)
     student.load_state_dict(best_state)

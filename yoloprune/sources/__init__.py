@@ -21,8 +21,9 @@ from torch import nn
 from yoloprune.errors import CheckpointError, YoloPruneError
 from yoloprune.sources.base import Adapter, TrainJob, Validation, ValSettings
 from yoloprune.sources.ultralytics import UltralyticsAdapter
-from yoloprune.sources.ultralytics.model import Exported, as_dict, letterbox
-from yoloprune.sources.ultralytics.model import read_exported as read_ultralytics_export
+from yoloprune.sources.ultralytics.export import Exported
+from yoloprune.sources.ultralytics.export import read_exported as read_ultralytics_export
+from yoloprune.sources.ultralytics.model import as_dict, letterbox
 from yoloprune.sources.yolov5 import YOLOv5Adapter, is_original_yaml
 
 # Asked in order; the last, Ultralytics, claims everything the others do not.

@@ -34,20 +34,20 @@ from yoloprune.engine.plan import PruneConfig
 from yoloprune.errors import BudgetError, ConfigError
 from yoloprune.speed.runtimes import Runtime, runtime
 from yoloprune.speed.table import Built, latency_table
-from yoloprune.targets import Latency, Speedup
+from yoloprune.targets import Cost, Gflops, Latency, Speedup
 
 TOLERANCE = 0.03  # stop when the measured speed-up is within 3% of the target
-BUDGETS = {"latency": "target_cost", "gflops": "target_gflops"}  # each budget's PruneConfig field
+BUDGETS = {"latency": Cost, "gflops": Gflops}  # the engine target each budget searches
 
 
 @dataclass
 class SpeedupSearch:
-    """What a search for a speed-up found: the config field (``target_cost`` or ``target_gflops``) and its value,
+    """What a search for a speed-up found: the engine target (``Cost`` of the latency table, or ``Gflops``),
     the speed-up and latency measured at it, and (latency budget) the table's prediction."""
 
     target: float  # speed-up asked for
     budget: str  # "latency" or "gflops"
-    fraction: float  # the target_cost (latency) or target_gflops (gflops) found
+    fraction: float  # the Cost (latency) or Gflops (gflops) fraction found
     measured: float  # the speed-up measured at it
     base_ms: float  # the unpruned model's latency, measured
     pruned_ms: float  # the pruned model's, measured
@@ -60,8 +60,13 @@ class SpeedupSearch:
     gflops_ratio: float = 1.0  # the pruned model's GFLOPs over the unpruned model's
 
     def config(self, cfg: PruneConfig) -> PruneConfig:
-        """``cfg`` with the target found, the ratio cleared and widths rounded as the trials were."""
-        return replace(cfg, ratio=0.0, round_to=self.round_to, **{BUDGETS[self.budget]: self.fraction})
+        """``cfg`` with widths rounded as the trials were."""
+        return replace(cfg, round_to=self.round_to)
+
+    @property
+    def amount(self) -> Cost | Gflops:
+        """The engine target found: prune to it with ``config(cfg)`` and ``costs``."""
+        return BUDGETS[self.budget](self.fraction)
 
     @property
     def costs(self) -> CostTable | None:
@@ -92,11 +97,11 @@ def build_table(net: nn.Module, imgsz: int, rt: Runtime | str = "onnxruntime", r
     return latency_table(net, imgsz, set(graph.bn_after), rt, round_to)
 
 
-def _trial(net: nn.Module, cfg: PruneConfig, costs: CostTable | None) -> nn.Module:
-    """``net`` pruned as ``cfg`` says, without calibration (the widths are what is timed)."""
+def _trial(net: nn.Module, cfg: PruneConfig, target: Cost | Gflops, costs: CostTable | None) -> nn.Module:
+    """``net`` pruned to ``target`` as ``cfg`` says, without calibration (the widths are what is timed)."""
     trial = copy.deepcopy(net)
     cfg = replace(cfg, selection="score", reconstruct=False)
-    return _prune.prune(trial, sources.adapter_for(trial), cfg, None, None, costs).model
+    return _prune.prune(trial, sources.adapter_for(trial), cfg, target, None, None, costs).model
 
 
 def _gflops(net: nn.Module, imgsz: int) -> float:
@@ -105,7 +110,7 @@ def _gflops(net: nn.Module, imgsz: int) -> float:
 
 def search_speedup(model, target: Speedup | Latency, cfg: PruneConfig, runs: int = 15,
                    max_trials: int = 8) -> SpeedupSearch:
-    """The config target (``target_cost`` of the latency table, or ``target_gflops``) whose pruned model meets
+    """The engine target (a ``Cost`` fraction of the latency table, or ``Gflops``) whose pruned model meets
     ``target``: runs ``target.x`` times faster than the unpruned one on the runtime, or in ``target.ms``
     milliseconds on this machine. Each trial's measured speed-up corrects the next by a log-log secant, inside the
     bracket the trials so far leave, until one lands within ``TOLERANCE``."""
@@ -115,7 +120,7 @@ def search_speedup(model, target: Speedup | Latency, cfg: PruneConfig, runs: int
     net, _ = sources.load_model(model)
     speedup = target.x if isinstance(target, Speedup) else None
     latency_ms = target.ms if isinstance(target, Latency) else None
-    key = BUDGETS[budget]
+    amount = BUDGETS[budget]
     with tempfile.TemporaryDirectory(prefix="yoloprune-speedup-") as tmp:
         folder = Path(tmp)
         base = rt.prepare(net, folder, "base", cfg.imgsz)
@@ -141,7 +146,7 @@ def search_speedup(model, target: Speedup | Latency, cfg: PruneConfig, runs: int
         lo, hi = 0.0, 1.0  # fractions known too fast / too slow
         for _ in range(max_trials):
             try:
-                pruned = _trial(net, replace(cfg, ratio=0.0, **{key: frac}), costs)
+                pruned = _trial(net, cfg, amount(frac), costs)
             except BudgetError:  # out of reach under the constraints: aim higher
                 lo = frac
                 frac = math.sqrt(frac * hi)
@@ -169,15 +174,13 @@ def search_speedup(model, target: Speedup | Latency, cfg: PruneConfig, runs: int
 def check_searchable(cfg: PruneConfig) -> None:
     """Refuse, before any timing, what a speed-up search cannot combine: trials are planned without calibration,
     by a global or uniform threshold, to a target the search sets."""
-    if cfg.target_gflops is not None or cfg.target_cost is not None:
-        raise ConfigError("give one of --target-gflops and --target-speedup / --target-latency")
     if cfg.scope == "damage" or cfg.blocks:
         raise ConfigError("--target-speedup / --target-latency work with the global or uniform scope, without "
                           "block removal (--layers)")
     if entry(cfg.method).needs_data:
         raise ConfigError(f"--target-speedup / --target-latency plan trial prunes without calibration: method "
                           f"{cfg.method!r} is data-aware; use l1, l2 or bn")
-    replace(cfg, target_cost=0.5).validate(calibrated=True)
+    cfg.validate(calibrated=True, target=Cost(0.5))
 
 
 def speedup_of(model: nn.Module, reference: nn.Module, imgsz: int, runtime_name: str = "onnxruntime",

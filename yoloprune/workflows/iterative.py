@@ -24,10 +24,10 @@ from yoloprune.data.images import calibration_images
 from yoloprune.defaults import CALIB_IMAGES, METHOD, ROUND_TO
 from yoloprune.engine.plan import PruneConfig, step_target
 from yoloprune.engine.prune import one_step_gflops
-from yoloprune.errors import ConfigError, check_ratio
+from yoloprune.errors import ConfigError
 from yoloprune.log import say
 from yoloprune.speed.search import search_speedup, speedup_of
-from yoloprune.targets import Speedup
+from yoloprune.targets import Gflops, Ratio, Speedup
 from yoloprune.workflows.evaluate import Evaluator
 from yoloprune.workflows.tables import bar, markdown_table
 from yoloprune.workflows.train import TrainConfig, train
@@ -38,11 +38,9 @@ class IterativeConfig:
     model: str
     data: str
     out: str
-    ratio: float | None = None  # overall fraction of prunable channels removed, or
-    target_gflops: float | None = None  # final GFLOPs as a fraction of the original, or
-    target_speedup: float | None = None  # final speed-up on ``runtime``: the one-shot search sets the final GFLOPs
-    runtime: str = "onnxruntime"  # where speed is measured (speed.runtimes.RUNTIMES)
-    threads: int = 1
+    # the final target: a Ratio of prunable channels, a Gflops fraction, or a Speedup (its one-shot search sets the
+    # final GFLOPs and the channel block; every step is timed on its runtime)
+    target: Ratio | Gflops | Speedup | None = None
     steps: int = 3
     epochs: int = 1  # fine-tune epochs after each step (0: prune and reconstruct only)
     method: str = METHOD
@@ -55,26 +53,24 @@ class IterativeConfig:
     calib_images: int = CALIB_IMAGES
 
     def validate(self) -> None:
-        if sum(x is not None for x in (self.ratio, self.target_gflops, self.target_speedup)) != 1:
-            raise ConfigError("give exactly one of ratio, target_gflops and target_speedup")
-        if self.target_speedup is not None and not self.target_speedup > 1:
-            raise ConfigError(f"target_speedup must be above 1, got {self.target_speedup}")
-        if self.ratio is not None and check_ratio(self.ratio) == 0:
+        if not isinstance(self.target, (Ratio, Gflops, Speedup)):
+            raise ConfigError(f"iterative pruning needs a Ratio, Gflops or Speedup target, got {self.target!r}")
+        if isinstance(self.target, Ratio) and self.target.value == 0:
             raise ConfigError("ratio 0 prunes nothing; give a ratio in (0, 1)")
-        if self.target_gflops is not None and not 0 < self.target_gflops < 1:
-            raise ConfigError(f"target_gflops must be in (0, 1), got {self.target_gflops}")
+        if isinstance(self.target, Gflops) and self.target.fraction == 1:
+            raise ConfigError("a GFLOPs target of 1 prunes nothing; give a fraction in (0, 1)")
         if self.steps < 1 or self.epochs < 0:
             raise ConfigError("steps must be >= 1 and epochs >= 0")
         if self.max_map_drop is not None and self.max_map_drop < 0:
             raise ConfigError(f"max_map_drop must be >= 0, got {self.max_map_drop}")
 
-    def step_config(self, i: int, gflops_now: float, gflops0: float, target: float) -> PruneConfig:
-        """The PruneConfig of step ``i`` (1-based) for the current model: the schedule's GFLOPs target
-        (``step_target``) of the original, towards ``target_gflops`` or what one-step pruning at ``ratio`` reaches
-        (``target``)."""
-        goal = gflops0 * step_target(target, i, self.steps)
-        return PruneConfig(target_gflops=min(goal / gflops_now, 1.0), method=self.method, round_to=self.round_to,
-                           imgsz=self.imgsz)
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig(method=self.method, round_to=self.round_to, imgsz=self.imgsz)
+
+    def step_target(self, i: int, gflops_now: float, gflops0: float, target: float) -> Gflops:
+        """Step ``i`` (1-based) for the current model: the schedule's GFLOPs target (``step_target``) of the
+        original, towards the final GFLOPs fraction ``target``, as a fraction of the current model's."""
+        return Gflops(min(gflops0 * step_target(target, i, self.steps) / gflops_now, 1.0))
 
 
 def _steps_table(rows: list[dict], out: Path) -> None:
@@ -102,26 +98,27 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
     gflops0, params0 = hooks.gflops(original, cfg.imgsz), sum(p.numel() for p in original.parameters())
     first = evaluator(original)
     map0, metric = first.map50_95, first.metric  # the task's metric: mAP50-95, pose mAP50-95, top-1 accuracy, ...
-    if cfg.target_speedup:  # the final GFLOPs and channel block of a one-shot prune that runs that fast
-        search = search_speedup(original, Speedup(cfg.target_speedup, cfg.runtime, cfg.threads),
-                                PruneConfig(method=cfg.method, round_to=cfg.round_to, imgsz=cfg.imgsz))
+    timed = cfg.target if isinstance(cfg.target, Speedup) else None
+    if timed:  # the final GFLOPs and channel block of a one-shot prune that runs that fast
+        search = search_speedup(original, timed, cfg.prune_config())
         say(search.line(), err=True)
         cfg = replace(cfg, round_to=search.round_to)
         target = search.gflops_ratio
+    elif isinstance(cfg.target, Gflops):
+        target = cfg.target.fraction
     else:
-        target = cfg.target_gflops or one_step_gflops(original, hooks, PruneConfig(
-            ratio=cfg.ratio, method=cfg.method, round_to=cfg.round_to, imgsz=cfg.imgsz))
+        target = one_step_gflops(original, hooks, cfg.prune_config(), cfg.target.value)
     rows: list[dict] = [{"step": 0, "gflops_ratio": 1.0, "params_ratio": 1.0, "map50_95_pruned": map0,
                          "map50_95": map0, "epochs": 0, "seconds": 0.0, "metric": metric,
-                         **({"speedup": 1.0} if cfg.target_speedup else {})}]
+                         **({"speedup": 1.0} if timed else {})}]
     meta = sources.source_meta(cfg.model)
     with tempfile.TemporaryDirectory(prefix="yoloprune-iter-") as tmp:
         current, kept = Path(cfg.model), None
         for i in range(1, cfg.steps + 1):
             t0 = time.perf_counter()
             model, _ = sources.load_model(current)
-            pc = cfg.step_config(i, hooks.gflops(model, cfg.imgsz), gflops0, target)
-            report = api.prune(model, config=pc, calibration=calib)
+            report = api.prune(model, config=cfg.prune_config(), calibration=calib,
+                               target=cfg.step_target(i, hooks.gflops(model, cfg.imgsz), gflops0, target))
             step = Path(tmp) / f"step{i}.pt"
             sources.save_checkpoint(report.model, step, report.ckpt, {**meta, "iterative": {"step": i}})
             pruned_map = evaluator(report.model).map50_95
@@ -134,8 +131,8 @@ def iterative_prune(cfg: IterativeConfig) -> pd.DataFrame:
                    "params_ratio": sum(p.numel() for p in model.parameters()) / params0,
                    "map50_95_pruned": pruned_map, "map50_95": evaluator(model).map50_95, "epochs": cfg.epochs,
                    "seconds": time.perf_counter() - t0, "metric": metric}
-            if cfg.target_speedup:
-                row["speedup"] = speedup_of(model, original, cfg.imgsz, cfg.runtime, cfg.threads)
+            if timed:
+                row["speedup"] = speedup_of(model, original, cfg.imgsz, timed.runtime, timed.threads)
             rows.append(row)
             _progress(i, cfg.steps, row)
             if cfg.max_map_drop is not None and map0 - row["map50_95"] > cfg.max_map_drop:

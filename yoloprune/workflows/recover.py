@@ -18,7 +18,7 @@ import torch
 from yoloprune import sources
 from yoloprune.atomic import atomic_write_text
 from yoloprune.data.images import image_folder, letterboxed_files, letterboxed_images
-from yoloprune.engine.recover import RecoverConfig, RecoverResult, recover
+from yoloprune.engine.recover import PROBE_STEPS, RecoverConfig, RecoverResult, recover
 from yoloprune.errors import ConfigError
 from yoloprune.log import say
 
@@ -91,6 +91,13 @@ def _progress(folder: Path, total: str):
     return report
 
 
+def summary(result: RecoverResult) -> str:
+    """The rate trained at, how the probe chose it, the back-offs and why training stopped, in one phrase."""
+    probe = ", ".join(f"{lr:.2g}: {d:.4f}" for lr, d in result.probe)
+    return (f"rate {result.lr:.2g}" + (f" (probe, distance after {PROBE_STEPS} steps: {probe})" if probe else "")
+            + (f", {result.backoffs} back-off(s)" if result.backoffs else "") + f"; stopped: {result.stopped}")
+
+
 def recover_model(run: RecoverRun) -> tuple[Path, RecoverResult]:
     """Train, and write the best epoch's model to ``run.out``. Returns the output path and the run's figures."""
     run.training.validate()
@@ -109,10 +116,11 @@ def recover_model(run: RecoverRun) -> tuple[Path, RecoverResult]:
     result = recover(student, teacher, sources.adapter_for(student), images, run.training, _progress(folder, total))
     meta = {"recovered": {"teacher": str(Path(teacher_path).resolve()), "epochs": len(result.rows),
                           "best_epoch": result.best_epoch, "distance_before": result.distance_before,
-                          "distance": result.distance}}
+                          "distance": result.distance, "lr": result.lr, "backoffs": result.backoffs,
+                          "stopped": result.stopped}}
     out = sources.save_checkpoint(student, run.out, ckpt, meta)
     say(f"held-back distance to the teacher {result.distance_before:.4f} -> {result.distance:.4f} "
-          f"(best epoch {result.best_epoch} of {len(result.rows)})", err=True)
+        f"(best epoch {result.best_epoch} of {len(result.rows)}; {summary(result)})", err=True)
     return out, result
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from yoloprune.engine.graph import Branch
 from yoloprune.engine.hooks import ResidualBranch
 from yoloprune.sources.base import Adapter, TrainJob, Validation, ValSettings
+from yoloprune.sources.ultralytics import export as ux
 from yoloprune.sources.ultralytics import model as um
 
 
@@ -98,7 +99,7 @@ class UltralyticsAdapter(Adapter):
 
     def export_onnx(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynamic: bool,
                     simplify: bool) -> Path:
-        return um.export_onnx(model, ckpt, out, imgsz, dynamic, simplify)
+        return ux.export_onnx(model, ckpt, out, imgsz, dynamic, simplify)
 
     def exported_runner(self, path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
         """A function running an exported model (ONNX, OpenVINO or ncnn folder) on a batch: its first output."""
@@ -114,7 +115,7 @@ class UltralyticsAdapter(Adapter):
     def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str,
                       int8_data: str | None = None, fraction: float = 1.0) -> Path:
         """OpenVINO or ncnn through Ultralytics' exporter: a folder at ``out`` (INT8 calibrated on ``int8_data``)."""
-        return um.export_format(model, ckpt, out, imgsz, fmt, int8_data, fraction)
+        return ux.export_format(model, ckpt, out, imgsz, fmt, int8_data, fraction)
 
 
 __all__ = ["UltralyticsAdapter"]

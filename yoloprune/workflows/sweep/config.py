@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from yoloprune.defaults import CALIB_IMAGES, ROUND_TO, SWEEP_RATIOS, UNSTRUCTURED
-from yoloprune.engine.importance import names as criteria
+from yoloprune.engine.criteria import names as criteria
 from yoloprune.errors import ConfigError, check_ratio
 
 KEY = ["method", "ratio", "finetune_epochs"]
