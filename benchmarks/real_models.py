@@ -97,6 +97,29 @@ def label_lines(result) -> list[str]:
             for c, (x, y, bw, bh) in zip(result.boxes.cls.tolist(), result.boxes.xywhn.tolist(), strict=True)]
 
 
+def agreement_dataset(work: Path, weights: Path, imgsz: int, splits: tuple[list[np.ndarray], list[np.ndarray]]) -> Path:
+    """``work/frames.yaml``: train/ (calibration and recovery, never labelled) and val/ (labelled by the unpruned
+    model ``weights``: its detections at conf 0.25)."""
+    data = work / "frames.yaml"
+    if data.exists():
+        return data
+    from ultralytics import YOLO
+
+    teacher = YOLO(str(weights))
+    for split, images in zip(("train", "val"), splits, strict=True):
+        (work / "frames" / split / "images").mkdir(parents=True, exist_ok=True)
+        (work / "frames" / split / "labels").mkdir(parents=True, exist_ok=True)
+        for i, frame in enumerate(images):
+            img = work / "frames" / split / "images" / f"{i:04d}.png"
+            cv2.imwrite(str(img), frame)
+            if split == "val":
+                lines = label_lines(teacher.predict(str(img), conf=0.25, imgsz=imgsz, verbose=False)[0])
+                (img.parent.parent / "labels" / f"{i:04d}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
+    atomic_write_text(data, f"path: {work / 'frames'}\ntrain: train/images\nval: val/images\n"
+                            f"names: {dict(teacher.names)}\n")
+    return data
+
+
 class Bench(harness.WorkFolder):
     def __init__(self, kind: str, work: Path, weights: Path, frames: int, imgsz: int | None,
                  image: Path | None = None) -> None:
@@ -111,25 +134,7 @@ class Bench(harness.WorkFolder):
         self.results = harness.load_json(RESULTS)
 
     def make_dataset(self, splits: tuple[list[np.ndarray], list[np.ndarray]]) -> Path:
-        """train/ (calibration and recovery, never labelled) and val/ (labelled by the unpruned model)."""
-        data = self.work / "frames.yaml"
-        if data.exists():
-            return data
-        from ultralytics import YOLO
-
-        teacher = YOLO(str(self.weights))
-        for split, images in zip(("train", "val"), splits, strict=True):
-            (self.work / "frames" / split / "images").mkdir(parents=True, exist_ok=True)
-            (self.work / "frames" / split / "labels").mkdir(parents=True, exist_ok=True)
-            for i, frame in enumerate(images):
-                img = self.work / "frames" / split / "images" / f"{i:04d}.png"
-                cv2.imwrite(str(img), frame)
-                if split == "val":
-                    lines = label_lines(teacher.predict(str(img), conf=0.25, imgsz=self.imgsz, verbose=False)[0])
-                    (img.parent.parent / "labels" / f"{i:04d}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
-        atomic_write_text(data, f"path: {self.work / 'frames'}\ntrain: train/images\nval: val/images\n"
-                                f"names: {dict(teacher.names)}\n")
-        return data
+        return agreement_dataset(self.work, self.weights, self.imgsz, splits)
 
     def record(self, key: str, target: float, recipe: str, minutes: float, **extra) -> None:
         model, _ = load_model(self.path(key))

@@ -28,6 +28,7 @@ _EXPORTS = {
     "EvalResult": "workflows.evaluate", "Evaluator": "workflows.evaluate", "evaluate": "workflows.evaluate",
     "ExportConfig": "workflows.export", "export": "workflows.export", "export_onnx": "workflows.export",
     "SweepConfig": "workflows.sweep", "sweep": "workflows.sweep",
+    "OptimizeConfig": "workflows.optimize", "optimize": "workflows.optimize",
 }
 
 __all__ = sorted(_EXPORTS)

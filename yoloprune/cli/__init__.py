@@ -10,6 +10,7 @@ import sys
 
 from yoloprune import defaults
 from yoloprune.cli.evaluate import add_demo, add_export, add_sweep, add_val
+from yoloprune.cli.optimize import add_optimize
 from yoloprune.cli.options import document, resolve_imgsz
 from yoloprune.cli.prune import add_compact, add_info, add_iterative, add_prune, add_recover, add_sparsify
 from yoloprune.cli.train import add_make_data, add_train
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "original YOLOv5 checkpoints).")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_demo, add_info, add_prune, add_recover, add_iterative, add_compact, add_sparsify, add_val,
-                add_sweep, add_export, add_make_data, add_train):
+                add_sweep, add_export, add_optimize, add_make_data, add_train):
         add(sub)
     for name, p in sub.choices.items():
         if name != "make-data":
