@@ -122,12 +122,14 @@ def agreement_dataset(work: Path, weights: Path, imgsz: int, splits: tuple[list[
 
 class Bench(harness.WorkFolder):
     def __init__(self, kind: str, work: Path, weights: Path, frames: int, imgsz: int | None,
-                 image: Path | None = None) -> None:
+                 image: Path | None = None, step: int = 320) -> None:
         super().__init__(work)
         self.kind, self.name, self.weights = kind, NAMES[kind], weights
+        if kind == "tau" and step != 320:  # its own rows beside the overlapping tiles'
+            self.kind, self.name = f"tau-step{step}", f"{self.name}, {frames} tiles, {step} px step"
         model, ckpt = load_model(weights)
         self.imgsz = imgsz or int((ckpt.get("train_args") or {}).get("imgsz", 640))
-        self.data = self.make_dataset(ir_frames(frames) if kind == "ir" else em_tiles(image, frames))
+        self.data = self.make_dataset(ir_frames(frames) if kind == "ir" else em_tiles(image, frames, step=step))
         self.val = yp.Evaluator(str(self.data), "val", imgsz=self.imgsz)
         self.calib = calibration_images(str(self.data), self.imgsz)
         self.base_gflops = gflops(model, self.imgsz)
@@ -202,6 +204,7 @@ def main() -> None:
     ap.add_argument("--speedups", default="", help="also one-shot at these measured speed-ups, latency against "
                     "GFLOPs budget (prune --target-speedup), e.g. 1.4")
     ap.add_argument("--frames", type=int, default=64, help="images per split")
+    ap.add_argument("--step", type=int, default=320, help="tau: the tiles' step in px (640: no two tiles overlap)")
     ap.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
     args = ap.parse_args()
     if args.render_only:  # every model's rows are in RESULTS
@@ -213,7 +216,7 @@ def main() -> None:
         ap.error("the following arguments are required: kind, --weights")
     if args.kind == "tau" and args.image is None:
         ap.error("tau needs --image (the package's sample/sample.tif)")
-    bench = Bench(args.kind, Path(args.work) / args.kind, args.weights, args.frames, args.imgsz, args.image)
+    bench = Bench(args.kind, Path(args.work) / args.kind, args.weights, args.frames, args.imgsz, args.image, args.step)
     bench.unpruned()
     for s in harness.floats(args.speedups):
         for budget in ("latency", "gflops"):

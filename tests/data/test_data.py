@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from yoloprune.data.coco import coco_map, read_yolo_labels
 from yoloprune.data.spec import load_data
@@ -192,3 +193,20 @@ def test_val_cli_refuses_model_with_other_class_count(tiny_data, tmp_path, capsy
     assert main(["val", "--model", str(ckpt), "--data", str(tiny_data)]) == 2
     err = capsys.readouterr().err
     assert "80 classes" in err and err.strip().count("\n") == 0
+
+
+def test_few_calibration_files_give_views_of_themselves(tmp_path):
+    """Three files asked for eight calibration images: the three as they are first (what views=False gives),
+    then their mirror images, then crops of 0.6 of each side taken at the file's own resolution."""
+    from yoloprune.data.images import calibration_images
+
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(480, 640), (300, 300), (200, 500)]):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    plain = calibration_images(tmp_path, 64, 8, views=False)
+    views = calibration_images(tmp_path, 64, 8)
+    assert plain.shape == (3, 3, 64, 64) and views.shape == (8, 3, 64, 64)
+    assert torch.equal(views[:3], plain)
+    assert torch.equal(views[3], plain[0].flip(-1))  # the square-padded letterbox of a mirror is the mirror
+    assert not any(torch.equal(views[6], v) for v in plain)  # a crop: other pixels than any whole image
+    assert calibration_images(tmp_path, 64, 2).shape[0] == 2  # enough files: no views
