@@ -145,7 +145,7 @@ def test_yolov5_loss_falls_when_training_and_widths_are_kept():
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(40):
         loss, items = model.loss(batch)
         assert set(items) == {"box_loss", "obj_loss", "cls_loss"} and all(torch.isfinite(v) for v in items.values())
         opt.zero_grad()
@@ -381,3 +381,19 @@ def test_sweep_rows_of_an_original_model_keep_its_format_and_training_options(tm
     assert "models.yolo DetectionModel" in _globals(row)
     _, ckpt = sources.load_model(row)
     assert ckpt["opt"]["cfg"] == "models/yolov5n.yaml" and sources.train_imgsz(row) == 64
+
+
+def test_the_layers_the_anchor_head_reads_are_left_alone_unless_asked():
+    """The 1x1 output convs of YOLOv5's head read the neck's last convs directly: those keep their width by default
+    (ModelHooks.protected), and are pruned with protect=False; Ultralytics' models protect nothing."""
+    def width(model, name):
+        return model.get_submodule(name).conv.out_channels
+
+    kept = yp.prune(str(REAL), ratio=0.4, imgsz=128).model
+    base, _ = yp.load_model(str(REAL))
+    for name in ("model.17.cv3", "model.20.cv3", "model.23.cv3"):
+        assert width(kept, name) == width(base, name)
+    cut = yp.prune(str(REAL), ratio=0.4, imgsz=128, protect=False).model
+    assert any(width(cut, n) < width(base, n) for n in ("model.17.cv3", "model.20.cv3", "model.23.cv3"))
+    v8 = build("yolov8n.yaml")
+    assert sources.adapter_for(v8).protected(v8) == ()

@@ -73,6 +73,12 @@ class ModelHooks(ABC):
         (``head_outputs``). A source whose score is a product (YOLOv5's objectness times class) overrides it."""
         return highest_sigmoid(outputs, self.head_outputs(model))
 
+    def protected(self, model: nn.Module) -> tuple[str, ...]:
+        """Module names (or prefixes) whose channels a prune leaves alone unless told otherwise
+        (``PruneConfig.protect``), as ``PruneConfig.ignore`` does: layers whose loss costs far more accuracy than
+        their GFLOPs are worth. None by default."""
+        return ()
+
     @abstractmethod
     def fix_widths(self, model: nn.Module) -> None:
         """Refresh attributes that cache a width, after surgery changed the layers."""

@@ -37,6 +37,7 @@ class PruneConfig:
     round_to: int = ROUND_TO  # keep each group's width a multiple of this
     min_channels: int = 1  # never keep fewer units than this in a group
     ignore: tuple[str, ...] = ()  # module names (or prefixes) whose channels are left alone
+    protect: bool = True  # also leave alone what the model's source protects (ModelHooks.protected)
     # With a cost table and a Cost target: weigh scores by (unit cost / mean) ** cost_power
     cost_power: float = 0.0  # 0.25 cost 7.8 points of mAP50-95 at 1.3x on the tea-bud yolov8n, 1.0 cost 28
     imgsz: int = 640  # image size for GFLOPs

@@ -349,6 +349,8 @@ def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amount | 
     """
     target = Ratio() if target is None else target
     cfg.validate(calibrated=calibration is not None or reference is not None, target=target)
+    if cfg.protect:
+        cfg = replace(cfg, ignore=(*cfg.ignore, *hooks.protected(net)))
     before = snapshot(net, hooks, cfg.imgsz)
     budget = Budget(costs, costs.total(net)) if costs is not None else None
     if budget is not None and not budget.base > 0:

@@ -141,6 +141,21 @@ class YOLOv5Adapter(Adapter):
     def fixed_layers(self, model: nn.Module) -> set[str]:
         return set()
 
+    def protected(self, model: nn.Module) -> tuple[str, ...]:
+        """The last conv of each layer the anchor head reads (a C3's ``cv3``, a BottleneckCSP's ``cv4``), with the
+        channels it reads and writes. The head's 1x1 output convs read those channels directly, with no layer of
+        their own in between to absorb a removal: on the tea-bud yolov5n at 0.7x GFLOPs, pruning them kept 81% of
+        val mAP50-95, leaving them alone 92%."""
+        head = model.model[-1]
+        if isinstance(head, ClassifyHead):
+            return ()
+        out = []
+        for f in head.f:
+            block = model.model[f]
+            last = "cv4" if hasattr(block, "cv4") else "cv3" if hasattr(block, "cv3") else None
+            out.append(f"model.{f}.{last}" if last else f"model.{f}")
+        return tuple(out)
+
     def head_output_convs(self, model: nn.Module) -> set[str]:
         """The Detect head's 1x1 output convs (and a Segment's prototype conv); a classifier's final Linear."""
         i, head = len(model.model) - 1, model.model[-1]
