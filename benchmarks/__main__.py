@@ -66,6 +66,8 @@ BENCHES = [
     Bench("few_images", "~25 min", "calibration from 8, 16, 24 and 64 images, with and without views: tea-bud "
           "test mAP, tau-fibrils agreement", {"few_images.md": []}, saved=True,
           skip="tau needs tau-fibrils-yolo fetched by hand (its docstring)"),
+    Bench("optimize", "~13 min a target", "yoloprune optimize on the tea-bud yolov8n: shipped speed-up, mAP, time",
+          {"optimize.md": []}, saved=True),
     Bench("deploy", "~1 h", "GFLOPs- vs latency-targeted at measured speed-ups: ONNX FP32/INT8, OpenVINO, ncnn",
           {"deploy.md": []}, saved=True),
     Bench("recovery", "~1.5 h + 45 min", "fine-tuning, distillation, iterative pruning; vs Torch-Pruning on yolov5nu",

@@ -76,6 +76,8 @@ class OptimizeConfig:
         else:
             images = str(Path(images).resolve())
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "model", "out")}
+        if self.data:  # a path: the same file however it was written
+            keep["data"] = str(Path(self.data).resolve())
         return {**keep, "model": str(Path(self.model).resolve()), "model_sha256": sources.sha256(self.model),
                 "images": images}
 
