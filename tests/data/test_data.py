@@ -204,9 +204,10 @@ def test_few_calibration_files_give_views_of_themselves(tmp_path):
     for i, (h, w) in enumerate([(480, 640), (300, 300), (200, 500)]):
         cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     plain = calibration_images(tmp_path, 64, 8, views=False)
-    views = calibration_images(tmp_path, 64, 8)
+    views = calibration_images(tmp_path, 64, 8, views=True)
+    assert torch.equal(calibration_images(tmp_path, 64, 8), plain)  # off by default
     assert plain.shape == (3, 3, 64, 64) and views.shape == (8, 3, 64, 64)
     assert torch.equal(views[:3], plain)
     assert torch.equal(views[3], plain[0].flip(-1))  # the square-padded letterbox of a mirror is the mirror
     assert not any(torch.equal(views[6], v) for v in plain)  # a crop: other pixels than any whole image
-    assert calibration_images(tmp_path, 64, 2).shape[0] == 2  # enough files: no views
+    assert calibration_images(tmp_path, 64, 2, views=True).shape[0] == 2  # enough files: no views
