@@ -211,3 +211,16 @@ def test_few_calibration_files_give_views_of_themselves(tmp_path):
     assert torch.equal(views[3], plain[0].flip(-1))  # the square-padded letterbox of a mirror is the mirror
     assert not any(torch.equal(views[6], v) for v in plain)  # a crop: other pixels than any whole image
     assert calibration_images(tmp_path, 64, 2, views=True).shape[0] == 2  # enough files: no views
+
+
+def test_prune_calib_views_gives_the_views_to_calibration(tmp_path):
+    """``prune --calib-views`` with 3 files and --calib-images 8 calibrates on 8 views; without it, on the 3."""
+    from yoloprune.cli import build_parser
+    from yoloprune.cli.options import calibration_from
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
+    base = ["prune", "--model", "m.pt", "--calib-data", str(tmp_path), "--calib-images", "8", "--calib-imgsz", "64"]
+    assert calibration_from(build_parser().parse_args(base)).shape[0] == 3
+    assert calibration_from(build_parser().parse_args([*base, "--calib-views"])).shape[0] == 8

@@ -169,6 +169,7 @@ def test_target_speedup_refuses_what_it_cannot_mean(tmp_path, capsys):
                         (["--ratio", "0.3", "--runtime", "torch"], "--runtime and --threads"),
                         (["--ratio", "0.3", "--no-reconstruct"], "act on calibration images"),
                         (["--ratio", "0.3", "--steps", "2"], "act on calibration images"),
+                        (["--ratio", "0.3", "--calib-views"], "act on calibration images"),
                         (["--target-latency", "100000"], "already runs in"),
                         (["--target-speedup", "1.5", "--method", "act"], "data-aware"),
                         (["--target-speedup", "1.5", "--scope", "damage"], "global or uniform")):

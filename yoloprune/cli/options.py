@@ -90,7 +90,8 @@ def calibration_from(args: argparse.Namespace):
                    if recorded else "") + "no calibration images: channels are removed without mean compensation or reconstruction, which "
                   "costs a trained model most of its accuracy; give --calib-data with a folder of a few dozen of "
                   "your images (no labels needed)", flush=True)
-    return None if source is None else calibration_images(source, args.calib_imgsz, args.calib_images)
+    views = getattr(args, "calib_views", False)  # prune's option; other commands calibrate on the images as they are
+    return None if source is None else calibration_images(source, args.calib_imgsz, args.calib_images, views=views)
 
 
 def target_from(args: argparse.Namespace):
@@ -122,7 +123,8 @@ def check_calibrated(args: argparse.Namespace, calibration) -> None:
     """Options that act on calibration images are refused without them, not dropped."""
     if calibration is None:
         used = [f for f, on in (("--no-reconstruct", args.no_reconstruct), ("--recalibrate-bn", args.recalibrate_bn),
-                                ("--steps", args.steps > 1)) if on]
+                                ("--steps", args.steps > 1), ("--calib-views", getattr(args, "calib_views", False)))
+                if on]
         if used:
             raise ConfigError(f"{', '.join(used)} act on calibration images: give --calib-data (none was found)")
 

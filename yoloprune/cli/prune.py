@@ -79,6 +79,9 @@ def add_prune(sub) -> None:
     p.add_argument("--calib-images", type=positive_int, default=defaults.CALIB_IMAGES,
                    help="number of calibration images")
     p.add_argument("--calib-imgsz", type=positive_int, default=defaults.CALIB_IMGSZ, help="calibration image size")
+    p.add_argument("--calib-views", action="store_true",
+                   help="with fewer images than --calib-images: add flipped and cropped views of them up to that "
+                        "count (helped a detector calibrated on 8 images, hurt an EM model: benchmarks/few_images.md)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="with --calib-data: mean compensation only, no least-squares refit")
     p.add_argument("--recalibrate-bn", action="store_true",
