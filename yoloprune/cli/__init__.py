@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # outputs are written atomically: whatever was finished is whole, nothing is half-written
         print(f"yoloprune: interrupted ({args.command}); finished outputs are kept, none is half-written"
-              + ("; run the same command to resume" if args.command in ("sweep", "demo") else ""), file=sys.stderr)
+              + ("; run the same command to resume" if args.command in ("sweep", "demo", "optimize") else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()

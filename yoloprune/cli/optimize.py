@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from yoloprune import defaults
 from yoloprune.cli.options import positive_float, positive_int
@@ -17,12 +16,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
                          target_latency=args.target_latency, runtime=args.runtime, threads=args.threads,
                          int8=not args.no_int8, minutes=args.minutes, data=args.data, imgsz=args.imgsz,
                          calib_images=args.calib_images)
-    try:
-        result = optimize(cfg)
-    except KeyboardInterrupt:  # every finished step is in state.json; the same command goes on from there
-        print(f"yoloprune: interrupted (optimize); finished steps are kept in {args.out}/state.json: run the same "
-              "command to resume", file=sys.stderr)
-        return 130
+    result = optimize(cfg)  # Ctrl-C: the command line's one line (every finished step is in state.json)
     agreement = "n/a" if result.agreement is None else f"{result.agreement:.4f}"
     print(f"shipped {result.shipped}: {result.speedup:.2f}x the unpruned FP32 ONNX file (target "
           f"{result.target:.2f}x{'' if result.met else ', missed'}), agreement mAP50-95 {agreement}; "
