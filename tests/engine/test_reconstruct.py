@@ -278,5 +278,7 @@ def test_calibration_images_without_the_models_objects_get_one_warning_line(tmp_
     assert main([*args, "--calib-data", str(blank), "--out", str(tmp_path / "a.pt")]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "detects something" in line]
     assert len(warned) == 1 and "on only 0 of 8 calibration images" in warned[0], warned
+    assert main([*args, "--steps", "3", "--calib-data", str(blank), "--out", str(tmp_path / "s.pt")]) == 0
+    assert sum("detects something" in line for line in capsys.readouterr().err.splitlines()) == 1  # not per step
     assert main([*args, "--calib-data", str(root / "data" / "teabud.yaml"), "--out", str(tmp_path / "b.pt")]) == 0
     assert "detects something" not in capsys.readouterr().err

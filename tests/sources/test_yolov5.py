@@ -393,6 +393,11 @@ def test_the_layers_the_anchor_head_reads_are_left_alone_unless_asked():
     base, _ = yp.load_model(str(REAL))
     for name in ("model.17.cv3", "model.20.cv3", "model.23.cv3"):
         assert width(kept, name) == width(base, name)
+    from yoloprune.engine.prune import one_step_gflops
+
+    gflops = sources.adapter_for(base).gflops  # the estimate iterative pruning aims at protects the same layers
+    assert one_step_gflops(base, sources.adapter_for(base), yp.PruneConfig(imgsz=128), 0.4) == pytest.approx(
+        gflops(kept, 128) / gflops(base, 128))
     cut = yp.prune(str(REAL), ratio=0.4, imgsz=128, protect=False).model
     assert any(width(cut, n) < width(base, n) for n in ("model.17.cv3", "model.20.cv3", "model.23.cv3"))
     v8 = build("yolov8n.yaml")

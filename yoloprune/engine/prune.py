@@ -204,12 +204,13 @@ def refit_jobs(model: nn.Module, p: Plan, fixed: set[str] = frozenset()) -> dict
 
 
 def record_reference(net: nn.Module, hooks: ModelHooks, images: torch.Tensor, graph: Graph | None = None,
-                     focus: bool = True) -> Reference:
+                     focus: bool = True, warn: bool = True) -> Reference:
     """The unpruned model's Reference on calibration ``images``; with ``focus``, each layer's samples are drawn
     half where the head finds objects (``reconstruct.foreground``), so the refit spends its fit there."""
     graph = graph or trace_model(net, hooks)
     scores = foreground(net, images, list(hooks.head_outputs(net)), lambda out: hooks.scores(net, out))
-    check_detects(scores, len(images))
+    if warn:
+        check_detects(scores, len(images))
     return record(net, images, graph.bn_after, focus=scores if focus else None)
 
 
@@ -233,13 +234,13 @@ def check_detects(scores: list[torch.Tensor], n: int) -> float:
 
 
 def _recorded(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, graph: Graph, images: torch.Tensor | None,
-              reference: Reference | None, fresh: bool) -> Reference | None:
+              reference: Reference | None, fresh: bool, warn: bool = True) -> Reference | None:
     """The unpruned model's Reference on the calibration images: ``reference`` unless the model was changed since
     it was recorded (``fresh``), else recorded now (on ``images``, or the reference's own)."""
     if reference is not None and not fresh:
         return reference
     images = images if images is not None else getattr(reference, "images", None)
-    return None if images is None else record_reference(net, hooks, images, graph, cfg.focus)
+    return None if images is None else record_reference(net, hooks, images, graph, cfg.focus, warn)
 
 
 @dataclass(frozen=True)
@@ -271,8 +272,10 @@ class _Step:
 
 def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amount, gflops0: float,
                 images: torch.Tensor | None,
-                reference: Reference | None, targets: _Targets | None = None, costs: Budget | None = None) -> _Step:
-    """Trace, (remove dead-under-threshold blocks), calibrate, plan, apply, reconstruct, recalibrate."""
+                reference: Reference | None, targets: _Targets | None = None, costs: Budget | None = None,
+                first: bool = True) -> _Step:
+    """Trace, (remove dead-under-threshold blocks), calibrate, plan, apply, reconstruct, recalibrate. ``first``:
+    the step that starts from the model as given (the only one whose recording checks the calibration images)."""
     graph = trace_model(net, hooks)
     blocks: list[str] = []
     threshold = None
@@ -280,7 +283,7 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amo
         threshold = plan(net, graph, cfg, target.value).threshold
         blocks = prune_blocks_under(net, hooks, threshold)
         graph = trace_model(net, hooks)
-    reference = _recorded(net, hooks, cfg, graph, images, reference, fresh=bool(blocks))
+    reference = _recorded(net, hooks, cfg, graph, images, reference, fresh=bool(blocks), warn=first)
     p = _choose(net, hooks, graph, cfg, target, gflops0, reference, threshold, costs)
     jobs = refit_jobs(net, p, hooks.fixed_layers(net)) if reference is not None and cfg.reconstruct else {}
     fit_ref = reference
@@ -301,13 +304,21 @@ def _prune_step(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amo
     return _Step(graph, p, blocks, refits)
 
 
+def _protecting(cfg: PruneConfig, net: nn.Module, hooks: ModelHooks) -> PruneConfig:
+    """``cfg`` with what the model's source protects (``hooks.protected``) among the ignored layers, unless
+    ``cfg.protect`` is off; every prune and every estimate of one goes through it, so they agree."""
+    if not cfg.protect:
+        return cfg
+    return replace(cfg, ignore=tuple(dict.fromkeys((*cfg.ignore, *hooks.protected(net)))))
+
+
 def one_step_gflops(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, ratio: float, gflops0: float | None = None,
                     costs: Budget | None = None) -> float:
     """The GFLOPs fraction that pruning at ``ratio`` in one step reaches (planned on a copy, no calibration)."""
     gflops0 = gflops0 or hooks.gflops(net, cfg.imgsz)
     trial = copy.deepcopy(net)
-    _prune_step(trial, hooks, replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), Ratio(ratio), gflops0,
-                None, None, costs=costs)
+    cfg = _protecting(replace(cfg, steps=1, reconstruct=False, recalibrate_bn=False), net, hooks)
+    _prune_step(trial, hooks, cfg, Ratio(ratio), gflops0, None, None, costs=costs)
     return hooks.gflops(trial, cfg.imgsz) / gflops0
 
 
@@ -349,8 +360,7 @@ def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amount | 
     """
     target = Ratio() if target is None else target
     cfg.validate(calibrated=calibration is not None or reference is not None, target=target)
-    if cfg.protect:
-        cfg = replace(cfg, ignore=(*cfg.ignore, *hooks.protected(net)))
+    cfg = _protecting(cfg, net, hooks)
     before = snapshot(net, hooks, cfg.imgsz)
     budget = Budget(costs, costs.total(net)) if costs is not None else None
     if budget is not None and not budget.base > 0:
@@ -362,7 +372,7 @@ def prune(net: nn.Module, hooks: ModelHooks, cfg: PruneConfig, target: Amount | 
     for i in range(1, cfg.steps + 1):
         step = _prune_step(net, hooks, cfg, _step_target(target, i, cfg.steps, gflops_ratio), before.gflops,
                            calibration,
-                           reference if i == 1 else None, targets, budget)
+                           reference if i == 1 else None, targets, budget, first=i == 1)
         removed += len(step.plan.remove)
         blocks += step.blocks
     amount = {Gflops: lambda t: f"target_gflops={t.fraction}", Cost: lambda t: f"target_cost={t.fraction:.4g}",
