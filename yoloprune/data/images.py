@@ -22,13 +22,19 @@ def letterboxed_images(data: str | Path, split: str, n: int, imgsz: int) -> np.n
 
 def letterboxed_files(files: list[Path], imgsz: int) -> np.ndarray:
     """Image files letterboxed to ``imgsz`` as Ultralytics does, RGB, (N, 3, H, W) in [0, 1]."""
-    out = []
-    for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"cannot decode image {f}")
-        out.append(sources.letterbox(img, imgsz)[..., ::-1].transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(out), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(np.stack([_letterboxed(_read(f), imgsz) for f in files]), dtype=np.float32) / 255.0
+
+
+def _read(file: Path) -> np.ndarray:
+    img = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"cannot decode image {file}")
+    return img
+
+
+def _letterboxed(img: np.ndarray, imgsz: int) -> np.ndarray:
+    """A BGR image letterboxed as Ultralytics does, RGB, (3, H, W)."""
+    return sources.letterbox(np.ascontiguousarray(img), imgsz)[..., ::-1].transpose(2, 0, 1)
 
 
 def image_folder(folder: str | Path, n: int) -> list[Path]:
@@ -85,19 +91,13 @@ def _view(img: np.ndarray, corner: str | None, flip: bool) -> np.ndarray:
 def image_views(files: list[Path], imgsz: int, n: int) -> list[np.ndarray]:
     """``n`` letterboxed views (RGB, (3, H, W), uint8 range) of ``files``: every file as it is first, then each
     file's next view (``_VIEWS``) in turn, until there are ``n`` or every view is used."""
-    images = []
-    for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"cannot decode image {f}")
-        images.append(img)
+    images = [_read(f) for f in files]
     out = []
     for corner, flip in _VIEWS:
         for img in images:
             if len(out) == n:
                 return out
-            out.append(sources.letterbox(np.ascontiguousarray(_view(img, corner, flip)), imgsz)[..., ::-1]
-                       .transpose(2, 0, 1))
+            out.append(_letterboxed(_view(img, corner, flip), imgsz))
     return out
 
 
