@@ -253,9 +253,9 @@ def recover(student: nn.Module, teacher: nn.Module, hooks: ModelHooks, images: t
 
 def _steps(student, teacher, caps, loss: HeadLoss, opt, train: torch.Tensor, cfg: RecoverConfig,
            gen: torch.Generator, rate: Callable[[], float], n: int | None = None,
-           stop: Callable[[], bool] = lambda: False) -> tuple[float, int]:
+           stop: Callable[[], bool] = lambda: False) -> float:
     """One pass over ``train`` in a random order (or its first ``n`` batches) at ``rate()`` per step; returns the
-    mean loss and the images seen."""
+    mean loss."""
     perm, seen, total = torch.randperm(len(train), generator=gen), 0, 0.0
     for k, i in enumerate(range(0, len(train), cfg.batch)):
         if (n is not None and k >= n) or stop():
@@ -270,7 +270,7 @@ def _steps(student, teacher, caps, loss: HeadLoss, opt, train: torch.Tensor, cfg
         value.backward()
         opt.step()
         total, seen = total + float(value.detach()) * len(x), seen + len(x)
-    return total / max(seen, 1), seen
+    return total / max(seen, 1)
 
 
 PROBE_RATES = (1.0, 1 / 3, 1 / 10, 1 / 30)  # of cfg.lr, tried highest first
@@ -326,7 +326,7 @@ def _train(student, params: list[nn.Parameter], teacher, caps, loss: HeadLoss, t
     result.stopped = f"{cfg.epochs} epochs done" if cfg.epochs else f"{cfg.minutes:g} minutes used"
     while (cfg.epochs is None or epoch < cfg.epochs) and time.perf_counter() < deadline:
         epoch += 1
-        train_loss, _ = _steps(student, teacher, caps, loss, opt, train, cfg, gen, rate,
+        train_loss = _steps(student, teacher, caps, loss, opt, train, cfg, gen, rate,
                                stop=lambda: time.perf_counter() >= deadline)
         row = EpochRow(epoch, train_loss, _distance(student, teacher, caps, loss, held, cfg.batch),
                        time.perf_counter() - t0)
@@ -340,11 +340,10 @@ def _train(student, params: list[nn.Parameter], teacher, caps, loss: HeadLoss, t
             if scale < 1 / 16:
                 result.stopped = (f"the held-back distance rose after {result.backoffs} back-offs (rate down to "
                                   f"{scale * peak:.2g})")
-                if on_epoch is not None:
-                    on_epoch(result)
-                break
         if on_epoch is not None:
             on_epoch(result)
+        if scale < 1 / 16:
+            break
     student.load_state_dict(best_state)
 
 
