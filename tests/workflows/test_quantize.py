@@ -14,7 +14,8 @@ import yoloprune as yp
 from yoloprune.cli import main
 from yoloprune.data.images import letterboxed_images
 from yoloprune.speed.runtimes import ort_session
-from yoloprune.workflows.quantize import SCORE_TOLERANCE
+from yoloprune.sources.ultralytics.export import fast_dfl
+from yoloprune.workflows.quantize import SCORE_TOLERANCE, float_candidates
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "teabud.yaml"
@@ -54,6 +55,36 @@ def test_int8_export_keeps_the_fp32_models_detections(exported, capsys):
     for ya, yb in zip(tops[:4], tops[4:], strict=True):
         k = int(ya[4:].max(0).argmax())
         assert ya[4:, k].argmax() == yb[4:, k].argmax() and np.abs(ya[:4, k] - yb[:4, k]).max() < 2.0
+
+
+@pytest.mark.xdist_group("int8-export")
+def test_the_dfl_is_exported_without_a_middle_axis_softmax_and_only_decoding_stays_float(exported, tmp_path):
+    """The DFL's softmax over its bins is rewritten as reductions (same boxes); of the head, the decoding and the
+    six 1x1 output convs are what may stay in float, never the 3x3 feature convs."""
+    fp32, _ = exported
+    graph = onnx.load(str(fp32)).graph
+    assert not [n for n in graph.node if n.op_type == "Softmax"]
+    assert sum(n.op_type == "ReduceSum" for n in graph.node) == 2
+    candidates = dict(float_candidates(fp32))
+    learned = [n for n in candidates["head"] if n.endswith("Conv")]
+    assert len(learned) == 18 and not [n for n in candidates["decoding"] if n.endswith("Conv")]
+    outputs = [n for n in candidates["decoding + output convs"] if n.endswith("Conv")]
+    assert sorted(outputs) == sorted(f"/model.22/{b}.{i}/{b}.{i}.2/Conv" for b in ("cv2", "cv3") for i in range(3))
+    # the same file as Ultralytics writes it: the rewrite changes no output, and there the DFL conv is decoding
+    from ultralytics import YOLO
+
+    copy = tmp_path / "plain.pt"
+    copy.write_bytes((ROOT / "weights" / "teabud-yolov8n.pt").read_bytes())
+    orig = Path(YOLO(str(copy)).export(format="onnx", imgsz=IMGSZ, device="cpu"))
+    assert [n for n in onnx.load(str(orig)).graph.node if n.op_type == "Softmax"]
+    assert "/model.22/dfl/conv/Conv" in dict(float_candidates(orig))["decoding"]
+    x = letterboxed_images(DATA, "val", 1, IMGSZ)
+    a, b = ort_session(orig), ort_session(fp32)
+    ya, yb = (s.run(None, {s.get_inputs()[0].name: x})[0] for s in (a, b))
+    assert ya.shape == yb.shape and np.abs(ya - yb).max() < 1e-3 * IMGSZ
+    rewritten = tmp_path / "again.onnx"
+    rewritten.write_bytes(orig.read_bytes())
+    assert fast_dfl(rewritten) == 1 and fast_dfl(rewritten) == 0  # a file already rewritten is left as it is
 
 
 def test_int8_refuses_what_it_cannot_quantize_in_one_line(tmp_path, capsys):

@@ -23,7 +23,80 @@ def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, dynam
         src = save_checkpoint(model, Path(tmp) / "model.pt", ckpt)
         produced = YOLO(str(src)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=simplify,
                                          device="cpu", verbose=False)
+        fast_dfl(produced)
         return atomic_write(out, lambda t: shutil.copyfile(produced, t))
+
+
+def fast_dfl(path: str | Path) -> int:
+    """Rewrite, in place, each DFL decoding of an exported ONNX file as reductions over its bins: Ultralytics'
+    DFL (view, transpose, ``softmax(1)``, a 1x1 conv with weights 0..c1-1) exports a Softmax over a middle axis,
+    which onnxruntime runs by transposing; on the tea-bud yolov8n at 320 px it took 1.1 ms of a pruned model's
+    8.4 ms INT8 file, the same expectation as max, exp and two sums over the bins takes 0.1 ms. The result
+    equals the original within float rounding (``export`` checks every file against PyTorch). Returns how
+    many were rewritten."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    prod = {o: n for n in g.node for o in n.output}
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    init = {i.name: i for i in g.initializer}
+    drop, count = set(), 0
+    for sm in [n for n in g.node if n.op_type == "Softmax"]:
+        tr = prod.get(sm.input[0])
+        conv = (users.get(sm.output[0]) or [None])[0]
+        out = (users.get(conv.output[0]) or [None])[0] if conv is not None else None
+        attr = {a.name: helper.get_attribute_value(a) for n in (tr, sm) if n is not None for a in n.attribute}
+        if (tr is None or tr.op_type != "Transpose" or list(attr.get("perm", [])) != [0, 2, 1, 3]
+                or attr.get("axis") != 1 or conv is None or conv.op_type != "Conv" or len(conv.input) != 2
+                or conv.input[1] not in init or out is None or out.op_type != "Reshape"
+                or len(users[sm.output[0]]) != 1 or len(users[conv.output[0]]) != 1 or len(users[tr.output[0]]) != 1):
+            continue
+        w = numpy_helper.to_array(init[conv.input[1]])
+        if w.ndim != 4 or w.shape[0] != 1 or w.shape[2:] != (1, 1):
+            continue
+        pre, x, y = sm.name.rsplit("/", 1)[0] + "/fast", tr.input[0], out.output[0]  # x: (b, 4, c1, a)
+        axes = numpy_helper.from_array(np.array([2], np.int64), f"{pre}/axes")
+        bins = numpy_helper.from_array(w.reshape(1, 1, -1, 1).astype(np.float32), f"{pre}/bins")
+        g.initializer.extend([axes, bins])
+
+        def reduce(op, src, dst, keep, pre=pre, axes=axes):
+            if (op == "ReduceSum" and opset >= 13) or opset >= 18:
+                return helper.make_node(op, [src, axes.name], [dst], name=f"{pre}/{op}_{dst.rsplit('/', 1)[-1]}",
+                                        keepdims=keep)
+            return helper.make_node(op, [src], [dst], name=f"{pre}/{op}_{dst.rsplit('/', 1)[-1]}", axes=[2],
+                                    keepdims=keep)
+
+        new = [reduce("ReduceMax", x, f"{pre}/max", 1),
+               helper.make_node("Sub", [x, f"{pre}/max"], [f"{pre}/shifted"], name=f"{pre}/Sub"),
+               helper.make_node("Exp", [f"{pre}/shifted"], [f"{pre}/exp"], name=f"{pre}/Exp"),
+               helper.make_node("Mul", [f"{pre}/exp", bins.name], [f"{pre}/weighted"], name=f"{pre}/Mul"),
+               reduce("ReduceSum", f"{pre}/weighted", f"{pre}/num", 0),
+               reduce("ReduceSum", f"{pre}/exp", f"{pre}/den", 0),
+               helper.make_node("Div", [f"{pre}/num", f"{pre}/den"], [y], name=f"{pre}/Div")]
+        at = list(g.node).index(out)
+        for k, n in enumerate(new):
+            g.node.insert(at + 1 + k, n)
+        drop |= {id(tr), id(sm), id(conv), id(out)}
+        count += 1
+    if count:
+        keep = [n for n in g.node if id(n) not in drop]
+        used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+        keep = [n for n in keep if n.op_type != "Constant" or any(o in used for o in n.output)]
+        del g.node[:]
+        g.node.extend(keep)
+        live = [i for i in g.initializer if i.name in used]
+        del g.initializer[:]
+        g.initializer.extend(live)
+        onnx.checker.check_model(m)
+        onnx.save(m, str(path))
+    return count
 
 
 @dataclass(frozen=True)
