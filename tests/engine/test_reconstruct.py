@@ -282,3 +282,19 @@ def test_calibration_images_without_the_models_objects_get_one_warning_line(tmp_
     assert sum("detects something" in line for line in capsys.readouterr().err.splitlines()) == 1  # not per step
     assert main([*args, "--calib-data", str(root / "data" / "teabud.yaml"), "--out", str(tmp_path / "b.pt")]) == 0
     assert "detects something" not in capsys.readouterr().err
+
+
+def test_a_deep_prune_without_calibration_images_gets_one_warning_line(tmp_path, capsys):
+    """--no-calib at 0.3 takes the tea-bud yolov8n under 0.85x GFLOPs, where uncalibrated prunes lose most of their
+    detections: one line says so. A shallow uncalibrated prune, and slimming's BN-gamma prune, are silent."""
+    from yoloprune.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    args = ["prune", "--model", str(root / "weights" / "teabud-yolov8n.pt"), "--imgsz", "160", "--no-calib"]
+    assert main([*args, "--ratio", "0.3", "--out", str(tmp_path / "a.pt")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "without calibration images" in line]
+    assert len(warned) == 1 and "GFLOPs" in warned[0], warned
+    assert main([*args, "--ratio", "0.05", "--out", str(tmp_path / "b.pt")]) == 0
+    assert "without calibration images" not in capsys.readouterr().err
+    assert main([*args, "--ratio", "0.3", "--method", "bn", "--out", str(tmp_path / "c.pt")]) == 0
+    assert "without calibration images" not in capsys.readouterr().err
