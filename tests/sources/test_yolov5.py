@@ -258,6 +258,32 @@ def test_export_writes_the_original_output_layout(tmp_path):
     assert y.shape == (1, 1008, 7) and res.max_rel_err < 1e-3
 
 
+def test_int8_export_of_an_original_checkpoint_keeps_its_detections(tmp_path):
+    """``export --int8`` reads the original layout (channels last, score = objectness x class): the tea-bud yolov5n's
+    INT8 file keeps the FP32 file's confident detections in place, and its drift is measured on those scores."""
+    import numpy as np
+
+    from yoloprune.cli import main
+    from yoloprune.data.images import letterboxed_images
+    from yoloprune.speed.runtimes import ort_session
+    from yoloprune.workflows.quantize import drift
+
+    root = Path(__file__).resolve().parents[2]
+    data, fp32 = root / "data" / "teabud.yaml", tmp_path / "m.onnx"
+    assert main(["export", "--model", str(root / "weights" / "teabud-yolov5n.pt"), "--out", str(fp32), "--imgsz",
+                 "160", "--data", str(data), "--int8", "--calib-images", "24"]) == 0
+    int8 = tmp_path / "m.int8.onnx"
+    x = letterboxed_images(data, "val", 8, 160)
+    d = drift(fp32, int8, x, nc=2, objectness=True)
+    assert d.positions > 20 and d.box < 0.002 and d.score < 0.05, d
+    assert drift(fp32, fp32, x, nc=2, objectness=True).box == 0
+    a, b = ort_session(fp32), ort_session(int8)
+    for im in x[:4]:
+        ya, yb = (s.run(None, {"images": im[None]})[0][0] for s in (a, b))  # (anchors, 5 + 2)
+        k = int((ya[:, 4:5] * ya[:, 5:]).max(1).argmax())
+        assert ya[k, 5:].argmax() == yb[k, 5:].argmax() and np.abs(ya[k, :4] - yb[k, :4]).max() < 2.0
+
+
 def test_parity_check_catches_a_tampered_export(tmp_path):
     pytest.importorskip("onnxruntime")
     from yoloprune.workflows.export import parity

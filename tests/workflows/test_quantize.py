@@ -13,8 +13,8 @@ from conftest import build
 import yoloprune as yp
 from yoloprune.cli import main
 from yoloprune.data.images import letterboxed_images
-from yoloprune.speed.runtimes import ort_session
 from yoloprune.sources.ultralytics.export import fast_dfl
+from yoloprune.speed.runtimes import ort_session
 from yoloprune.workflows.quantize import SCORE_TOLERANCE, float_candidates
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -69,6 +69,7 @@ class Adapter(ModelHooks):
     """A model source. Stateless; every verb takes the model (or file) it acts on."""
 
     name: str = ""  # what the source is called in messages
+    scores_exports: bool = True  # whether its exported files can be scored (``val`` of an ONNX file, by its metadata)
 
     # -- recognising, loading and saving ---------------------------------------------------------------------
     @abstractmethod
@@ -116,6 +117,12 @@ class Adapter(ModelHooks):
     def output_layout(self, model: nn.Module) -> list[tuple[int, list[int]]]:
         """Per exported output: its channel axis and which channels are pixel coordinates (the rest compare
         absolutely), in the order of ``contract_outputs``."""
+
+    def objectness(self, model: nn.Module) -> bool:
+        """Whether the first exported output is channels-last ``(B, anchors, 5 + classes ...)`` with an objectness
+        score before the class scores (a detection's score is their product), as the original YOLOv5 writes it;
+        otherwise a detector's is ``(B, 4 + classes ..., anchors)``."""
+        return False
 
     # -- workflows on top of the engine ----------------------------------------------------------------------
     @abstractmethod

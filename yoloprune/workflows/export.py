@@ -270,9 +270,9 @@ def _int8(cfg: ExportConfig, fp32: Path):
     from yoloprune.workflows.quantize import quantize_int8
 
     net, _ = sources.load_model(cfg.model)
-    check_int8_head(net)
+    objectness = check_int8_head(net)
     images = calibration_images(_calibration_source(cfg), cfg.imgsz, cfg.calib_images).numpy().astype(np.float32)
-    return quantize_int8(fp32, int8_path(cfg.out), images, nc=len(net.names))
+    return quantize_int8(fp32, int8_path(cfg.out), images, nc=len(net.names), objectness=objectness)
 
 
 def _calibration_source(cfg: ExportConfig) -> str:
@@ -286,11 +286,15 @@ def _calibration_source(cfg: ExportConfig) -> str:
     return str(source)
 
 
-def check_int8_head(net) -> None:
-    """Refuse INT8 for a model whose first output is not (batch, 4 boxes + classes + extras, anchors): the layout
-    the drift checks read."""
+def check_int8_head(net) -> bool:
+    """Refuse INT8 for a model whose first output is not (batch, 4 boxes + classes + extras, anchors), or the
+    original YOLOv5's (batch, anchors, 4 boxes + objectness + classes + extras): the layouts the drift checks read.
+    Returns whether it is the latter (``Adapter.objectness``)."""
     adapter = sources.adapter_for(net)
     axis, pixels = adapter.output_layout(net)[0]
-    if adapter.task(net) == "classify" or axis != 1 or pixels[:4] != [0, 1, 2, 3]:
-        raise ConfigError("--int8 supports detection heads that export (batch, 4 + classes + extras, anchors): "
-                          "not classifiers or end-to-end heads")
+    objectness = adapter.objectness(net)
+    if adapter.task(net) == "classify" or axis != (-1 if objectness else 1) or pixels[:4] != [0, 1, 2, 3]:
+        raise ConfigError("--int8 supports detection heads that export (batch, 4 + classes + extras, anchors) or "
+                          "the original YOLOv5's (batch, anchors, 5 + classes + extras): not classifiers or "
+                          "end-to-end heads")
+    return objectness

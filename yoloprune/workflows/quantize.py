@@ -118,25 +118,35 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray, exclude: list[str]) -> 
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
 
 
-def drift(fp32: str | Path, int8: str | Path, images: np.ndarray, nc: int) -> Drift:
+def drift(fp32: str | Path, int8: str | Path, images: np.ndarray, nc: int, objectness: bool = False) -> Drift:
     """Box and score drift of the INT8 file from the FP32 one on ``images`` (as ``drift_between``)."""
     from yoloprune.speed.runtimes import ort_session
 
     a, b = ort_session(fp32), ort_session(int8)
     name = a.get_inputs()[0].name
-    return drift_between(lambda x: a.run(None, {name: x})[0], lambda x: b.run(None, {name: x})[0], images, nc)
+    return drift_between(lambda x: a.run(None, {name: x})[0], lambda x: b.run(None, {name: x})[0], images, nc,
+                         objectness)
 
 
-def drift_between(run_a, run_b, images: np.ndarray, nc: int) -> Drift:
+def _scores(y: np.ndarray, nc: int, objectness: bool) -> np.ndarray:
+    """The class scores, (nc, anchors), of one image's output (C, anchors): rows 4.. (times row 4's objectness,
+    in the original YOLOv5's layout)."""
+    return y[5:5 + nc] * y[4:5] if objectness else y[4:4 + nc]
+
+
+def drift_between(run_a, run_b, images: np.ndarray, nc: int, objectness: bool = False) -> Drift:
     """Box and score drift of ``run_b`` from ``run_a`` (each a batch -> its first output as an array) on
     ``images``: that output, (N, 4 + nc + extras, anchors), holds pixel boxes in its first 4 rows and ``nc`` class
-    scores after them; the drift is measured where either finds a detection."""
+    scores after them (with ``objectness``: (N, anchors, 5 + nc + extras), the original YOLOv5's, whose scores are
+    objectness times class); the drift is measured where either finds a detection."""
     boxes = 4
     box_err, score_err, count = 0.0, 0.0, 0
     for i in range(len(images)):
         x = images[i:i + 1]
-        ya, yb = run_a(x)[0], run_b(x)[0]  # (C, anchors)
-        sa, sb = ya[boxes:boxes + nc], yb[boxes:boxes + nc]
+        ya, yb = run_a(x)[0], run_b(x)[0]  # (C, anchors); channels last with objectness
+        if objectness:
+            ya, yb = ya.T, yb.T
+        sa, sb = _scores(ya, nc, objectness), _scores(yb, nc, objectness)
         hit = (sa.max(0) > CONF) | (sb.max(0) > CONF)
         if not hit.any():
             continue
@@ -146,9 +156,11 @@ def drift_between(run_a, run_b, images: np.ndarray, nc: int) -> Drift:
     return Drift(box_err / max(count, 1), score_err / max(count, 1), count)
 
 
-def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int) -> Int8Result:
+def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int,
+                  objectness: bool = False) -> Int8Result:
     """Write ``out``, an INT8 (QDQ) copy of the ONNX file ``fp32`` calibrated on ``images`` ((N, 3, H, W) float32 in
-    [0, 1]): the least float that keeps its drift within tolerance on the last quarter of the images (the rest
+    [0, 1]; ``objectness``: the original YOLOv5's output layout, as ``drift_between``): the least float that keeps its
+    drift within tolerance on the last quarter of the images (the rest
     calibrate), else the whole head in float. Returns which, and the drift of each candidate tried."""
     if len(images) < 4:
         raise ConfigError(f"INT8 calibration needs at least 4 images, got {len(images)}")
@@ -159,7 +171,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int
         for k, (what, exclude) in enumerate(float_candidates(fp32)):  # the last (whole head) is kept regardless
             path = Path(tmp) / f"{k}.onnx"
             _quantize(Path(fp32), path, calib, exclude)
-            tried.append((what, drift(fp32, path, held, nc)))
+            tried.append((what, drift(fp32, path, held, nc, objectness)))
             if tried[-1][1].within():
                 break
         written = atomic_write(out, lambda t: Path(t).write_bytes(path.read_bytes()))

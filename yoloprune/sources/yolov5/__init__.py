@@ -54,6 +54,7 @@ class YOLOv5Adapter(Adapter):
     segmentation (v7.0: ``(B, N, 5 + nc + nm)`` and prototypes) and classification (v6.2 on: logits)."""
 
     name = "original YOLOv5"
+    scores_exports = False  # its ONNX files carry no Ultralytics metadata, and AutoBackend reads another layout
 
     def claims(self, src: Any) -> bool:
         if isinstance(src, nn.Module):
@@ -113,6 +114,9 @@ class YOLOv5Adapter(Adapter):
         if task == "classify":
             return [(1, [])]
         return [(-1, [0, 1, 2, 3])] + ([(1, [])] if task == "segment" else [])
+
+    def objectness(self, model: nn.Module) -> bool:
+        return self.task(model) in ("detect", "segment")
 
     # the engine's hooks
     def max_stride(self, model: nn.Module) -> int:

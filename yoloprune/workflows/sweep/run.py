@@ -82,10 +82,11 @@ def run_job(cfg: SweepConfig, base, base_stats: dict, evaluator: Evaluator, job:
         from yoloprune.workflows.export import check_int8_head, int8_path
         from yoloprune.workflows.quantize import quantize_int8
 
-        check_int8_head(model)
+        objectness = check_int8_head(model)
         images = base_stats.get("calibration")
         images = calibration_images(cfg.data, cfg.imgsz, cfg.calib_images) if images is None else images
-        q = quantize_int8(onnx, int8_path(onnx), images.numpy().astype("float32"), nc=len(model.names))
+        q = quantize_int8(onnx, int8_path(onnx), images.numpy().astype("float32"), nc=len(model.names),
+                          objectness=objectness)
         row.update(int8_map50_95=evaluator(str(q.path)).map50_95, int8_float=q.kept_float)
         files.append(q.path)
     base_lat, lat, *int8_lat = paired_onnx_latency(files, cfg.imgsz, cfg.latency_runs, cfg.latency_threads)
