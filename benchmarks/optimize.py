@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import harness
-from yoloprune import sources
 from yoloprune.workflows.evaluate import Evaluator
 from yoloprune.workflows.optimize import OptimizeConfig, optimize
 from yoloprune.workflows.tables import markdown_table
@@ -31,9 +30,7 @@ def run(model: str, target: float, minutes: float, work: Path) -> dict:
     steps = pd.read_csv(out / "results.csv")
     seconds = steps.loc[steps["kind"] == "step", "seconds"].sum()
     test = Evaluator(str(harness.DATA), "test", imgsz=harness.IMGSZ)
-    scored = result.checkpoint if result.shipped.suffix == ".onnx" and not result.int8 and \
-        not sources.adapter_for(str(result.checkpoint)).scores_exports else result.shipped  # FP32: parity-checked
-    shipped_test, unpruned_test = test(str(scored)).map50_95, test(str(harness.weights(model))).map50_95
+    shipped_test, unpruned_test = test(str(result.shipped)).map50_95, test(str(harness.weights(model))).map50_95
     return {"model": model, "target": target, "shipped": result.shipped.name, "speedup": result.speedup,
             "map50_95": rows["exported"]["map50_95"], "unpruned_map50_95": rows["unpruned"]["map50_95"],
             "points": 100 * (rows["exported"]["map50_95"] - rows["unpruned"]["map50_95"]),

@@ -282,6 +282,14 @@ def test_int8_export_of_an_original_checkpoint_keeps_its_detections(tmp_path):
         ya, yb = (s.run(None, {"images": im[None]})[0][0] for s in (a, b))  # (anchors, 5 + 2)
         k = int((ya[:, 4:5] * ya[:, 5:]).max(1).argmax())
         assert ya[k, 5:].argmax() == yb[k, 5:].argmax() and np.abs(ya[k, :4] - yb[k, :4]).max() < 2.0
+    # both files are scored as files (their metadata names the source and its layout): the FP32 file as its
+    # checkpoint, the INT8 file within 2 points of it
+    from yoloprune.workflows.evaluate import Evaluator
+
+    assert yp.sources.read_exported(int8).source == "original YOLOv5"
+    ev = Evaluator(data, "val", imgsz=160)
+    ckpt, fp, q = (ev(str(p)).map50_95 for p in (root / "weights" / "teabud-yolov5n.pt", fp32, int8))
+    assert ckpt > 0.2 and abs(fp - ckpt) < 1e-3 and abs(q - ckpt) < 0.02, (ckpt, fp, q)
 
 
 def test_parity_check_catches_a_tampered_export(tmp_path):

@@ -99,9 +99,13 @@ def read_exported(src: str | Path) -> Exported:
     return read_ultralytics_export(src)
 
 
-def exported_validator(kind: str, settings: ValSettings):
-    """A validator for exported files of task ``kind`` (Ultralytics' AutoBackend runs them)."""
-    return UltralyticsAdapter().exported_validator(kind, settings)
+def exported_validator(kind: str, settings: ValSettings, source: str = "Ultralytics"):
+    """A validator for exported files of task ``kind`` written from a model of ``source`` (an adapter's name, as
+    ``read_exported`` gives it); Ultralytics' AutoBackend runs them."""
+    adapter = next((a for a in ADAPTERS if a.name == source and a.scores_exports), None)
+    if adapter is None:
+        raise CheckpointError(f"exported {source} files cannot be scored")
+    return adapter.exported_validator(kind, settings)
 
 
 def train_imgsz(src: Any) -> int | None:

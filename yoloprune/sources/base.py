@@ -69,7 +69,7 @@ class Adapter(ModelHooks):
     """A model source. Stateless; every verb takes the model (or file) it acts on."""
 
     name: str = ""  # what the source is called in messages
-    scores_exports: bool = True  # whether its exported files can be scored (``val`` of an ONNX file, by its metadata)
+    scores_exports: bool = False  # whether its exported files can be scored (``exported_validator``)
 
     # -- recognising, loading and saving ---------------------------------------------------------------------
     @abstractmethod
@@ -145,6 +145,13 @@ class Adapter(ModelHooks):
         from yoloprune.errors import ConfigError
 
         raise ConfigError(f"running exported {self.name or 'this source'} models is not offered")
+
+    def exported_validator(self, kind: str, settings: ValSettings) -> Callable[[str], Validation]:
+        """A validator of this source's exported files of task ``kind`` (FP32 or INT8 ONNX, read by the metadata
+        its ``export_onnx`` writes: task, names, imgsz, source); a source that offers one sets ``scores_exports``."""
+        from yoloprune.errors import ConfigError
+
+        raise ConfigError(f"exported {self.name} files cannot be scored")
 
     def export_format(self, model: nn.Module, ckpt: dict, out: str | Path, imgsz: int, fmt: str,
                       int8_data: str | None = None, fraction: float = 1.0) -> Path:

@@ -100,9 +100,9 @@ class Evaluator:
             raise DataError(f"{self.spec.yaml} is {self.spec.kind}; {path} is a {info.task} model")
         if info.imgsz != self.imgsz:
             raise DataError(f"{path} was exported at {info.imgsz} px; evaluate it at that size (--imgsz {info.imgsz})")
-        key = ("exported", info.task)
+        key = ("exported", info.source, info.task)
         if key not in self._validators:
-            self._validators[key] = sources.exported_validator(info.task, self._settings(info.task, 1))
+            self._validators[key] = sources.exported_validator(info.task, self._settings(info.task, 1), info.source)
         return self._validators[key], info.task
 
     def __call__(self, model) -> EvalResult:

@@ -25,6 +25,7 @@ class UltralyticsAdapter(Adapter):
     what it cannot prune."""
 
     name = "Ultralytics"
+    scores_exports = True
 
     def claims(self, src: Any) -> bool:
         return True

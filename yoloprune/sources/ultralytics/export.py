@@ -108,6 +108,7 @@ class Exported:
     names: dict
     imgsz: int
     kpt_shape: tuple[int, int] | None = None
+    source: str = "Ultralytics"  # the adapter whose model was exported (its ``name``; metadata "source")
 
 
 def read_exported(path: str | Path) -> Exported:
@@ -128,7 +129,7 @@ def read_exported(path: str | Path) -> Exported:
         kpt = ast.literal_eval(meta["kpt_shape"]) if "kpt_shape" in meta else None
         return Exported(path, meta["task"], ast.literal_eval(meta["names"]),
                         max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz),
-                        tuple(kpt) if kpt else None)
+                        tuple(kpt) if kpt else None, meta.get("source", "Ultralytics"))
     except (KeyError, ValueError, SyntaxError, TypeError):
         raise CheckpointError(f"{path}: no Ultralytics export metadata (task, names, imgsz); yoloprune evaluates "
                               "ONNX files written by its export command or Ultralytics' exporter") from None

@@ -54,7 +54,7 @@ class YOLOv5Adapter(Adapter):
     segmentation (v7.0: ``(B, N, 5 + nc + nm)`` and prototypes) and classification (v6.2 on: logits)."""
 
     name = "original YOLOv5"
-    scores_exports = False  # its ONNX files carry no Ultralytics metadata, and AutoBackend reads another layout
+    scores_exports = True
 
     def claims(self, src: Any) -> bool:
         if isinstance(src, nn.Module):
@@ -232,12 +232,31 @@ class YOLOv5Adapter(Adapter):
             if task == "segment":
                 axes["output1"] = {0: "batch", 2: "mask_height", 3: "mask_width"}
 
+        labels = getattr(net, "names", None) or [f"class{i}" for i in range(self.num_classes(net))]
+        labels = dict(labels) if isinstance(labels, dict) else dict(enumerate(labels))
+        meta = {"description": "original YOLOv5, exported by yoloprune", "source": self.name, "task": task,
+                "stride": str(self.max_stride(net)), "batch": "1", "imgsz": str([imgsz, imgsz]),
+                "names": str({int(k): str(v) for k, v in labels.items()})}
+
         def write(tmp: str) -> None:
+            import onnx
+
             with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
                 torch.onnx.export(net, im, tmp, opset_version=17, input_names=["images"], output_names=names,
                                   dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+            written = onnx.load(tmp)  # the metadata the original export.py and Ultralytics' AutoBackend read
+            for key, value in meta.items():
+                written.metadata_props.add(key=key, value=value)
+            onnx.save(written, tmp)
 
         return atomic_write(out, write)
+
+    def exported_validator(self, kind: str, settings: ValSettings) -> Callable[[str], Validation]:
+        """Exported files (FP32 or INT8 ONNX, read by their metadata) through Ultralytics' AutoBackend and the
+        validator of their layout (score = objectness x class)."""
+        from yoloprune.sources.yolov5.train import NMS_IOU, VALIDATORS
+
+        return ultra.Validator(VALIDATORS[kind], kind, settings, NMS_IOU)
 
 
 __all__ = ["YOLOv5Adapter", "is_original_yaml"]
