@@ -182,3 +182,30 @@ def test_a_latency_the_unpruned_model_already_meets_prunes_nothing(project, tmp_
     assert (out / "model.onnx").is_file() and not (out / "model.int8.onnx").exists()
     assert "Target missed" not in (out / "report.md").read_text()
     assert capsys.readouterr().err.strip() == ""
+
+
+def test_int8_that_gains_on_the_unpruned_model_but_not_on_the_pruned_one_ships_fp32(project, tmp_path):
+    """A machine where INT8 runs 1.1x as fast as FP32 for the unpruned model and no faster for any pruned one (the
+    timer says so): pruning is corrected towards the FP32 file that will ship, and that file ships, with the
+    reason in the report."""
+    ckpt, images = project
+    out = tmp_path / "run"
+
+    def int8_only_for_the_unpruned(paths, imgsz, runs=20, threads=None):
+        times = paired_onnx_latency(paths, imgsz, runs, threads)
+        names = [Path(p).name for p in paths]
+        fp32 = {n.replace(".int8.", "."): t for n, t in zip(names, times, strict=True) if ".int8." not in n}
+        return [(fp32.get(n.replace(".int8.", "."), t) / (1.1 if n.startswith("base") else 1)) if ".int8." in n else t
+                for n, t in zip(names, times, strict=True)]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(opt_steps, "paired_onnx_latency", int8_only_for_the_unpruned)
+        assert main(_args(ckpt, images, out, "--target-speedup", "1.25")) == 0
+    steps = _state(out)["steps"]
+    assert steps["baseline"]["int8"] and abs(steps["baseline"]["int8_gain"] - 1.1) < 1e-6
+    tries = steps["prune"]["int8_tries"]  # first pruned for 1.25 / 1.1, then corrected up towards 1.25
+    assert abs(tries[0][0] - 1.25 / 1.1) < 1e-6
+    assert (len(tries) >= 2 and tries[1][0] > tries[0][0]) or tries[0][1] >= 1.25 * (1 - opt.SHORTFALL / 2)
+    assert not steps["export"]["int8"] and steps["export"]["shipped"] == "model.onnx"
+    assert (out / "model.onnx").is_file() and not (out / "model.int8.onnx").exists()
+    assert "1.00x on the pruned model" in (out / "report.md").read_text()

@@ -28,7 +28,7 @@ def write_report(out: Path, cfg: OptimizeConfig, steps: dict) -> dict:
     if not verified["met"]:
         lines += [f"**Target missed**: {verified['speedup']:.2f}x is more than {SHORTFALL:.0%} below "
                   f"{base['target']:.2f}x.", ""]
-    lines += [f"INT8: {base['int8_why']}.", f"Prune: {steps['prune']['line']}.",
+    lines += [f"INT8: {steps['export'].get('int8_why', base['int8_why'])}.", f"Prune: {steps['prune']['line']}.",
               f"Recover ({cfg.minutes:g} min, no labels): {steps['recover']['line']}.", ""]
     if not verified["boxes"]:
         lines += ["Agreement: n/a: the unpruned model detects nothing at conf 0.25 on the held-back images (or is "

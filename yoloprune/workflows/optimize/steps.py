@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from yoloprune import sources
-from yoloprune.atomic import atomic_write_text
+from yoloprune.atomic import atomic_write, atomic_write_text
 from yoloprune.data.images import calibration_images, image_folder, is_image_folder, letterboxed_files
 from yoloprune.data.spec import load_data
 from yoloprune.errors import ConfigError, DataError
@@ -152,16 +152,18 @@ CORRECTIONS = 2  # re-prunes when the pruned model's INT8 file falls short of th
 
 
 def _shipped_speedup(run: _Run, pruned: Path) -> float:
-    """The pruned model's INT8 file (uncalibrated by recovery: the widths are what is timed) beside the unpruned
-    FP32 file, in alternation."""
+    """The speed-up of the file that would ship for the pruned model (uncalibrated by recovery: the widths are what
+    is timed): its INT8 file, or its FP32 file where INT8 does not gain ``MIN_INT8_GAIN`` on it (as ``_export``
+    decides), timed beside the unpruned FP32 file in alternation."""
     from yoloprune.workflows.export import export_onnx
 
     cfg = run.cfg
     fp32 = export_onnx(pruned, run.work / "trial.onnx", cfg.imgsz)
     net, _ = sources.load_model(pruned)
     int8 = _quantize(fp32, run.work / "trial.int8.onnx", run.work / "calib", cfg, net)
-    times = paired_onnx_latency([run.work / "base.onnx", int8], cfg.imgsz, cfg.runs, cfg.threads)
-    return times[0] / times[1]
+    base, plain, quantized = paired_onnx_latency([run.work / "base.onnx", fp32, int8], cfg.imgsz, cfg.runs,
+                                                 cfg.threads)
+    return base / (quantized if plain / quantized >= MIN_INT8_GAIN else plain)
 
 
 def _recover(run: _Run, pruned: dict) -> dict:
@@ -189,13 +191,24 @@ def _export(run: _Run, base: dict) -> dict:
     err = parity(fp32, ckpt, inputs)
     if not err <= 1e-3:
         raise ParityError(f"{fp32}: onnxruntime differs from PyTorch by {err:.2e}, above 1e-3")
-    shipped = fp32
+    shipped, why = fp32, base["int8_why"]
     if base["int8"]:
         net, _ = sources.load_model(ckpt)
-        shipped = _quantize(fp32, run.file("model.int8.onnx"), run.work / "calib", cfg, net)
+        int8 = _quantize(fp32, run.work / "model.int8.onnx", run.work / "calib", cfg, net)
+        plain, quantized = paired_onnx_latency([fp32, int8], cfg.imgsz, cfg.runs, cfg.threads)
+        gain = plain / quantized
+        if gain >= MIN_INT8_GAIN:
+            shipped, why = run.file("model.int8.onnx"), f"{base['int8_why']}; {gain:.2f}x on the pruned model"
+            atomic_write(shipped, lambda t: shutil.copyfile(int8, t))
+        else:  # a narrow model's INT8 file can gain nothing: its FP32 file ships, as fast and exact
+            why = (f"{base['int8_why']}, but only {gain:.2f}x on the pruned model, under the {MIN_INT8_GAIN:.2f}x it "
+                   "must gain to ship: FP32 ships")
+            shipped = atomic_write(run.file("model.onnx"), lambda t, src=fp32: shutil.copyfile(src, t))
+            fp32 = shipped
     rel = [str(p.relative_to(run.out)) for p in dict.fromkeys([fp32, shipped])]
     return {"line": f"{shipped.name} ({shipped.stat().st_size / 1e6:.2f} MB; FP32 parity {err:.1e})",
-            "files": rel, "fp32": rel[0], "shipped": rel[-1]}
+            "files": rel, "fp32": rel[0], "shipped": rel[-1], "int8": shipped.name.endswith(".int8.onnx"),
+            "int8_why": why}
 
 
 def _verify(run: _Run, base: dict, exported: dict) -> dict:
