@@ -85,6 +85,14 @@ def test_the_dfl_is_exported_without_a_middle_axis_softmax_and_only_decoding_sta
     rewritten = tmp_path / "again.onnx"
     rewritten.write_bytes(orig.read_bytes())
     assert fast_dfl(rewritten) == 1 and fast_dfl(rewritten) == 0  # a file already rewritten is left as it is
+    # a dynamic export (batch and size from Shape ops): the same outputs for a batch of two at another size
+    dyn = Path(YOLO(str(copy)).export(format="onnx", imgsz=IMGSZ, dynamic=True, device="cpu"))
+    fast = tmp_path / "dyn.onnx"
+    fast.write_bytes(dyn.read_bytes())
+    assert fast_dfl(fast) == 1
+    x2 = letterboxed_images(DATA, "val", 2, 2 * IMGSZ)
+    ya, yb = (s.run(None, {s.get_inputs()[0].name: x2})[0] for s in (ort_session(dyn), ort_session(fast)))
+    assert ya.shape == yb.shape and ya.shape[:2] == (2, 6) and np.abs(ya - yb).max() < 2e-3 * IMGSZ
 
 
 def test_int8_refuses_what_it_cannot_quantize_in_one_line(tmp_path, capsys):

@@ -87,8 +87,12 @@ def fast_dfl(path: str | Path) -> int:
         count += 1
     if count:
         keep = [n for n in g.node if id(n) not in drop]
-        used = {i for n in keep for i in n.input} | {o.name for o in g.output}
-        keep = [n for n in keep if n.op_type != "Constant" or any(o in used for o in n.output)]
+        while True:  # and what only fed them (the shape arithmetic of the dropped Reshape)
+            used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+            live = [n for n in keep if any(o in used for o in n.output)]
+            if len(live) == len(keep):
+                break
+            keep = live
         del g.node[:]
         g.node.extend(keep)
         live = [i for i in g.initializer if i.name in used]
