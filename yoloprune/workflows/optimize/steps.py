@@ -233,14 +233,21 @@ def _verify(run: _Run, base: dict, exported: dict) -> dict:
     met = speed["shipped"] >= base["target"] * (1 - SHORTFALL)
     agreement = scores["agreement"]["exported"]
     line = (f"{shipped.name}: {speed['shipped']:.2f}x the unpruned FP32 file ({times[-1] * 1e3:.2f} ms), agreement "
-            + (f"{agreement:.4f}" if agreement is not None else "n/a (the unpruned model detects nothing at conf "
-               "0.25 on the held-back images)")
+            + (f"{agreement:.4f}" if agreement is not None else f"n/a ({_no_agreement(cfg.model)})")
             + (f", mAP50-95 {scores['map50_95']['exported']:.4f}" if cfg.data else ""))
     if not met:
         say(f"yoloprune: {shipped.name} runs {speed['shipped']:.2f}x, more than {SHORTFALL:.0%} below the "
             f"{base['target']:.2f}x target", err=True)
     return {"line": line, "files": exported["files"], "rows": rows, "speedup": speed["shipped"], "met": met,
             "shipped_ms": times[-1] * 1e3, "base_ms": times[0] * 1e3, "boxes": boxes}
+
+
+def _no_agreement(model: str) -> str:
+    net, _ = sources.load_model(model)
+    task = sources.adapter_for(net).task(net)
+    if task != "detect":
+        return f"agreement is scored for detection models; this is a {task} model: give --data with labels"
+    return f"the unpruned model detects nothing at conf {AGREEMENT_CONF} on the held-back images"
 
 
 def _scores(data, imgsz: int, models: dict[str, str]) -> dict[str, float]:
