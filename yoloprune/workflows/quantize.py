@@ -157,10 +157,10 @@ def drift_between(run_a, run_b, images: np.ndarray, nc: int, objectness: bool = 
 
 
 def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int,
-                  objectness: bool = False) -> Int8Result:
+                  objectness: bool = False, kept_float: str | None = None) -> Int8Result:
     """Write ``out``, an INT8 (QDQ) copy of the ONNX file ``fp32`` calibrated on ``images`` ((N, 3, H, W) float32 in
     [0, 1]; ``objectness``: the original YOLOv5's output layout, as ``drift_between``): the least float that keeps its
-    drift within tolerance on the last quarter of the images (the rest
+    drift within tolerance (``kept_float``: that candidate only, its drift measured and returned) on the last quarter of the images (the rest
     calibrate), else the whole head in float. Returns which, and the drift of each candidate tried."""
     if len(images) < 4:
         raise ConfigError(f"INT8 calibration needs at least 4 images, got {len(images)}")
@@ -168,7 +168,10 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int
     calib = images[:len(images) - len(held)]
     tried: list[tuple[str, Drift]] = []
     with tempfile.TemporaryDirectory(prefix="yoloprune-int8-") as tmp:
-        for k, (what, exclude) in enumerate(float_candidates(fp32)):  # the last (whole head) is kept regardless
+        candidates = [(w, e) for w, e in float_candidates(fp32) if kept_float in (None, w)]
+        if not candidates:
+            raise ConfigError(f"no INT8 candidate named {kept_float!r}")
+        for k, (what, exclude) in enumerate(candidates):  # the last (whole head) is kept regardless
             path = Path(tmp) / f"{k}.onnx"
             _quantize(Path(fp32), path, calib, exclude)
             tried.append((what, drift(fp32, path, held, nc, objectness)))

@@ -40,7 +40,7 @@ def optimize(cfg: OptimizeConfig) -> OptimizeResult:
     base = run.step("baseline", lambda: _baseline(run))
     pruned = run.step("prune", lambda: _prune(run, base))
     run.step("recover", lambda: _recover(run, pruned))
-    exported = run.step("export", lambda: _export(run, base))
+    exported = run.step("export", lambda: _export(run, base, pruned))
     verified = run.step("verify", lambda: _verify(run, base, exported))
     run.step("report", lambda: write_report(run.out, cfg, run.state["steps"]))
     rows = verified["rows"]

@@ -82,7 +82,7 @@ def _baseline(run: _Run) -> dict:
     else:
         try:
             check_int8_head(net)
-            int8 = _quantize(fp32, run.work / "base.int8.onnx", calib, cfg, net)
+            int8 = _quantize(fp32, run.work / "base.int8.onnx", calib, cfg, net).path
             files.append("work/base.int8.onnx")
         except ConfigError as e:
             why = f"INT8 not possible: {e}"
@@ -100,12 +100,13 @@ def _baseline(run: _Run) -> dict:
             "held_back": n_held}
 
 
-def _quantize(fp32: Path, out: Path, calib: Path, cfg: OptimizeConfig, net) -> Path:
+def _quantize(fp32: Path, out: Path, calib: Path, cfg: OptimizeConfig, net, kept_float: str | None = None):
     from yoloprune.workflows.quantize import quantize_int8
 
     images = calibration_images(calib, cfg.imgsz, cfg.calib_images).numpy().astype(np.float32)
     adapter = sources.adapter_for(net)
-    return quantize_int8(fp32, out, images, nc=adapter.num_classes(net), objectness=adapter.objectness(net)).path
+    return quantize_int8(fp32, out, images, nc=adapter.num_classes(net), objectness=adapter.objectness(net),
+                         kept_float=kept_float)
 
 
 def _prune(run: _Run, base: dict) -> dict:
@@ -135,14 +136,14 @@ def _prune(run: _Run, base: dict) -> dict:
                                                          **sources.source_meta(cfg.model)})
         if not base["int8"]:
             break
-        shipped = _shipped_speedup(run, out)  # INT8 gains less on a narrower model: measured, not assumed
-        tries.append((needed, shipped))
+        shipped, kept = _shipped_speedup(run, out)  # INT8 gains less on a narrower model: measured, not assumed
+        tries.append((needed, shipped, kept))
         if shipped >= base["target"] * (1 - SHORTFALL / 2):
             break
         needed *= base["target"] / shipped
     line = f"{report.speed.search.line()}; timed again {report.speed.timed_again:.2f}x"
     if tries:
-        line += "; as INT8: " + ", ".join(f"pruned for {n:.2f}x -> {x:.2f}x" for n, x in tries)
+        line += "; as INT8: " + ", ".join(f"pruned for {n:.2f}x -> {x:.2f}x" for n, x, _ in tries)
     return {"line": line, "files": ["work/pruned.pt"], "pruned": True, "needed": needed,
             "gflops": [report.before.gflops, report.after.gflops], "timed_again": report.speed.timed_again,
             "int8_tries": tries}
@@ -151,19 +152,20 @@ def _prune(run: _Run, base: dict) -> dict:
 CORRECTIONS = 2  # re-prunes when the pruned model's INT8 file falls short of the target
 
 
-def _shipped_speedup(run: _Run, pruned: Path) -> float:
+def _shipped_speedup(run: _Run, pruned: Path) -> tuple[float, str]:
     """The speed-up of the file that would ship for the pruned model (uncalibrated by recovery: the widths are what
     is timed): its INT8 file, or its FP32 file where INT8 does not gain ``MIN_INT8_GAIN`` on it (as ``_export``
-    decides), timed beside the unpruned FP32 file in alternation."""
+    decides), timed beside the unpruned FP32 file in alternation; and what its INT8 file keeps in float (the
+    export keeps the same, so that the file that ships runs as timed here)."""
     from yoloprune.workflows.export import export_onnx
 
     cfg = run.cfg
     fp32 = export_onnx(pruned, run.work / "trial.onnx", cfg.imgsz)
     net, _ = sources.load_model(pruned)
     int8 = _quantize(fp32, run.work / "trial.int8.onnx", run.work / "calib", cfg, net)
-    base, plain, quantized = paired_onnx_latency([run.work / "base.onnx", fp32, int8], cfg.imgsz, cfg.runs,
+    base, plain, quantized = paired_onnx_latency([run.work / "base.onnx", fp32, int8.path], cfg.imgsz, cfg.runs,
                                                  cfg.threads)
-    return base / (quantized if plain / quantized >= MIN_INT8_GAIN else plain)
+    return base / (quantized if plain / quantized >= MIN_INT8_GAIN else plain), int8.kept_float
 
 
 def _recover(run: _Run, pruned: dict) -> dict:
@@ -182,7 +184,7 @@ def _recover(run: _Run, pruned: dict) -> dict:
             "distance": [result.distance_before, result.distance]}
 
 
-def _export(run: _Run, base: dict) -> dict:
+def _export(run: _Run, base: dict, pruned: dict) -> dict:
     from yoloprune.workflows.export import ParityError, export_onnx, parity
 
     cfg, ckpt = run.cfg, run.file("model.pt")
@@ -191,14 +193,19 @@ def _export(run: _Run, base: dict) -> dict:
     err = parity(fp32, ckpt, inputs)
     if not err <= 1e-3:
         raise ParityError(f"{fp32}: onnxruntime differs from PyTorch by {err:.2e}, above 1e-3")
-    shipped, why = fp32, base["int8_why"]
+    shipped, why, note = fp32, base["int8_why"], ""
     if base["int8"]:
         net, _ = sources.load_model(ckpt)
-        int8 = _quantize(fp32, run.work / "model.int8.onnx", run.work / "calib", cfg, net)
+        tries = pruned.get("int8_tries") or []
+        kept = tries[-1][2] if tries and len(tries[-1]) > 2 else None  # the float part the prune was timed with
+        q = _quantize(fp32, run.work / "model.int8.onnx", run.work / "calib", cfg, net, kept)
+        int8 = q.path
+        note = f"; keeps {q.kept_float} in float, drift: boxes {q.drift.box:.5f} of the image, scores {q.drift.score:.4f}"
         plain, quantized = paired_onnx_latency([fp32, int8], cfg.imgsz, cfg.runs, cfg.threads)
         gain = plain / quantized
         if gain >= MIN_INT8_GAIN:
             shipped, why = run.file("model.int8.onnx"), f"{base['int8_why']}; {gain:.2f}x on the pruned model"
+            why += note
             atomic_write(shipped, lambda t: shutil.copyfile(int8, t))
         else:  # a narrow model's INT8 file can gain nothing: its FP32 file ships, as fast and exact
             why = (f"{base['int8_why']}, but only {gain:.2f}x on the pruned model, under the {MIN_INT8_GAIN:.2f}x it "
