@@ -73,12 +73,8 @@ def _baseline(run: _Run) -> dict:
     fp32 = export_onnx(cfg.model, run.work / "base.onnx", cfg.imgsz)
     files, why, int8 = ["work/base.onnx", "work/calib", "work/verify/images/val"], "", None
     net, _ = sources.load_model(cfg.model)
-    adapter = sources.adapter_for(net)
     if not cfg.int8:
         why = "--no-int8"
-    elif not adapter.scores_exports:
-        why = (f"INT8 not shipped: optimize verifies the INT8 file itself, and exported {adapter.name} files "
-               "cannot be scored yet (export --int8 writes one, checked by its drift)")
     else:
         try:
             check_int8_head(net)
@@ -226,14 +222,11 @@ def _verify(run: _Run, base: dict, exported: dict) -> dict:
     speed = {"fp32": times[0] / times[1], "shipped": times[0] / times[-1]}
     models = {"unpruned": cfg.model, "pruned": str(run.work / "pruned.pt"), "recovered": str(run.file("model.pt")),
               "exported": str(shipped)}
-    scored = dict(models)  # a source whose exports cannot be scored ships FP32: scored as its checkpoint (parity 1e-3)
-    if not sources.adapter_for(sources.load_model(models["recovered"])[0]).scores_exports:
-        scored["exported"] = models["recovered"]
     speeds = {"unpruned": 1.0, "pruned": speed["fp32"], "recovered": speed["fp32"], "exported": speed["shipped"]}
     agree_data, boxes = agreement_data(cfg.model, run.work / "verify", cfg.imgsz)
-    scores = {"agreement": _scores(agree_data, cfg.imgsz, scored) if boxes else dict.fromkeys(models)}
+    scores = {"agreement": _scores(agree_data, cfg.imgsz, models) if boxes else dict.fromkeys(models)}
     if cfg.data:
-        scores["map50_95"] = _scores(cfg.data, cfg.imgsz, scored)
+        scores["map50_95"] = _scores(cfg.data, cfg.imgsz, models)
     rows = [{"model": k, "file": str(Path(p).resolve().relative_to(run.out.resolve()))
              if Path(p).resolve().is_relative_to(run.out.resolve()) else p, "speedup": speeds[k],
              **{m: s[k] for m, s in scores.items()}} for k, p in models.items()]
