@@ -102,9 +102,9 @@ def read_exported(src: str | Path) -> Exported:
 def exported_validator(kind: str, settings: ValSettings, source: str = "Ultralytics"):
     """A validator for exported files of task ``kind`` written from a model of ``source`` (an adapter's name, as
     ``read_exported`` gives it); Ultralytics' AutoBackend runs them."""
-    adapter = next((a for a in ADAPTERS if a.name == source and a.scores_exports), None)
+    adapter = next((a for a in ADAPTERS if a.name == source), None)
     if adapter is None:
-        raise CheckpointError(f"exported {source} files cannot be scored")
+        raise CheckpointError(f"exported {source} files cannot be scored: no such model source")
     return adapter.exported_validator(kind, settings)
 
 

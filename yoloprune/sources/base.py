@@ -69,7 +69,6 @@ class Adapter(ModelHooks):
     """A model source. Stateless; every verb takes the model (or file) it acts on."""
 
     name: str = ""  # what the source is called in messages
-    scores_exports: bool = False  # whether its exported files can be scored (``exported_validator``)
 
     # -- recognising, loading and saving ---------------------------------------------------------------------
     @abstractmethod
@@ -148,7 +147,7 @@ class Adapter(ModelHooks):
 
     def exported_validator(self, kind: str, settings: ValSettings) -> Callable[[str], Validation]:
         """A validator of this source's exported files of task ``kind`` (FP32 or INT8 ONNX, read by the metadata
-        its ``export_onnx`` writes: task, names, imgsz, source); a source that offers one sets ``scores_exports``."""
+        its ``export_onnx`` writes: task, names, imgsz, source); a source without one refuses."""
         from yoloprune.errors import ConfigError
 
         raise ConfigError(f"exported {self.name} files cannot be scored")

@@ -25,7 +25,6 @@ class UltralyticsAdapter(Adapter):
     what it cannot prune."""
 
     name = "Ultralytics"
-    scores_exports = True
 
     def claims(self, src: Any) -> bool:
         return True

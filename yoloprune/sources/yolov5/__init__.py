@@ -54,7 +54,6 @@ class YOLOv5Adapter(Adapter):
     segmentation (v7.0: ``(B, N, 5 + nc + nm)`` and prototypes) and classification (v6.2 on: logits)."""
 
     name = "original YOLOv5"
-    scores_exports = True
 
     def claims(self, src: Any) -> bool:
         if isinstance(src, nn.Module):

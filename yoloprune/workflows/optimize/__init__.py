@@ -45,7 +45,9 @@ def optimize(cfg: OptimizeConfig) -> OptimizeResult:
     run.step("report", lambda: write_report(run.out, cfg, run.state["steps"]))
     rows = verified["rows"]
     return OptimizeResult(run.out, run.file(exported["shipped"]), run.file("model.pt"),
-                          exported.get("int8", base["int8"]), exported.get("int8_why", base["int8_why"]), base["target"], verified["speedup"], verified["met"],
+                          exported.get("int8", base["int8"]),  # a state.json of an older export step: the baseline's
+                          exported.get("int8_why", base["int8_why"]), base["target"], verified["speedup"],
+                          verified["met"],
                           rows[-1].get("agreement"), rows,
                           {k: v["seconds"] for k, v in run.state["steps"].items()})
 

@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from yoloprune.log import say
 from yoloprune.speed.runtimes import paired_onnx_latency
 from yoloprune.targets import Speedup
 from yoloprune.workflows.optimize.config import AGREEMENT_CONF, MIN_INT8_GAIN, SHORTFALL, OptimizeConfig, _Run
+
+if TYPE_CHECKING:
+    from yoloprune.workflows.quantize import Int8Result
 
 
 def _write_tensor(images: torch.Tensor, folder: Path) -> list[Path]:
@@ -72,10 +76,10 @@ def _baseline(run: _Run) -> dict:
     calib, verify, n_calib, n_held = split_images(cfg, run.work)
     fp32 = export_onnx(cfg.model, run.work / "base.onnx", cfg.imgsz)
     files, why, int8 = ["work/base.onnx", "work/calib", "work/verify/images/val"], "", None
-    net, _ = sources.load_model(cfg.model)
     if not cfg.int8:
         why = "--no-int8"
     else:
+        net, _ = sources.load_model(cfg.model)
         try:
             check_int8_head(net)
             int8 = _quantize(fp32, run.work / "base.int8.onnx", calib, cfg, net).path
@@ -96,7 +100,8 @@ def _baseline(run: _Run) -> dict:
             "held_back": n_held}
 
 
-def _quantize(fp32: Path, out: Path, calib: Path, cfg: OptimizeConfig, net, kept_float: str | None = None):
+def _quantize(fp32: Path, out: Path, calib: Path, cfg: OptimizeConfig, net,
+              kept_float: str | None = None) -> Int8Result:
     from yoloprune.workflows.quantize import quantize_int8
 
     images = calibration_images(calib, cfg.imgsz, cfg.calib_images).numpy().astype(np.float32)
