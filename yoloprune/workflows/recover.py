@@ -98,6 +98,15 @@ def summary(result: RecoverResult) -> str:
             + (f", {result.backoffs} back-off(s)" if result.backoffs else "") + f"; stopped: {result.stopped}")
 
 
+def few_images_hint(result: RecoverResult, images: int) -> str | None:
+    """One line when the probe found no rate that helps: what the user can do about it."""
+    if not result.probe_failed:
+        return None
+    return (f"no rate the probe tried lowered the held-back distance: on these {images} images the pruned model is "
+            "already about as close to its teacher as they can teach it, and recovery gains little; more images of "
+            "the model's own scenes let it gain")
+
+
 def recover_model(run: RecoverRun) -> tuple[Path, RecoverResult]:
     """Train, and write the best epoch's model to ``run.out``. Returns the output path and the run's figures."""
     run.training.validate()
@@ -121,6 +130,8 @@ def recover_model(run: RecoverRun) -> tuple[Path, RecoverResult]:
     out = sources.save_checkpoint(student, run.out, ckpt, meta)
     say(f"held-back distance to the teacher {result.distance_before:.4f} -> {result.distance:.4f} "
         f"(best epoch {result.best_epoch} of {len(result.rows)}; {summary(result)})", err=True)
+    if hint := few_images_hint(result, len(images)):
+        say(hint, err=True)
     return out, result
 
 
