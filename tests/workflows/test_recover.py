@@ -118,7 +118,7 @@ def test_a_rate_that_diverges_is_probed_down_and_the_distance_falls():
 def test_a_probe_that_finds_no_rate_that_helps_says_so_and_what_would():
     """A student already at its teacher (the real OBB model on 24 tiles comes close to this): no probed rate
     lowers the held-back distance, training ends no further from the teacher than it began, and one line says
-    that more images, not more minutes, would help. A probe with a rate that helps says nothing of it."""
+    so and suggests more images. A probe with a rate that helps says nothing of it."""
     teacher = build("yolov8n.yaml", nc=2)
     images = (torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
     result = recover(copy.deepcopy(teacher), teacher, adapter_for(teacher), images, RecoverConfig(epochs=1, minutes=None))

@@ -101,7 +101,7 @@ class RecoverResult:
     @property
     def probe_failed(self) -> bool:
         """No rate the probe tried lowered the held-back distance: training then runs at the lowest, where it
-        gains little (the real OBB model on 24 tiles: every run this way, agreement unchanged)."""
+        may gain little (the real OBB model on 24 tiles: every run this way, agreement unchanged)."""
         return bool(self.probe) and all(d >= self.distance_before for _, d in self.probe)
 
 
