@@ -65,17 +65,17 @@ def _tiles(src: Path, stem: str) -> list[tuple[tuple[int, int], np.ndarray, list
     boxes, out = _boxes(src / f"{stem}.xml"), []
     h, w = img.shape[:2]
     rows, cols = _starts(h), _starts(w)
+    last_row, last_col = _last_apart(rows), _last_apart(cols)
     for r, y0 in enumerate(rows):
         for c, x0 in enumerate(cols):
             lines = []
-            for a, b, cc_, d in boxes:
-                ca, cb, cc, cd = max(a, x0), max(b, y0), min(cc_, x0 + TILE), min(d, y0 + TILE)
-                if cc <= ca or cd <= cb or (cc - ca) * (cd - cb) < 0.5 * (cc_ - a) * (d - b):
+            for x1, y1, x2, y2 in boxes:
+                ca, cb, cc, cd = max(x1, x0), max(y1, y0), min(x2, x0 + TILE), min(y2, y0 + TILE)
+                if cc <= ca or cd <= cb or (cc - ca) * (cd - cb) < 0.5 * (x2 - x1) * (y2 - y1):
                     continue
                 lines.append(f"0 {((ca + cc) / 2 - x0) / TILE:.6f} {((cb + cd) / 2 - y0) / TILE:.6f} "
                              f"{(cc - ca) / TILE:.6f} {(cd - cb) / TILE:.6f}")
-            place = (min(r, _last_apart(rows)), min(c, _last_apart(cols)))
-            out.append((place, img[y0:y0 + TILE, x0:x0 + TILE], lines))
+            out.append(((min(r, last_row), min(c, last_col)), img[y0:y0 + TILE, x0:x0 + TILE], lines))
     return out
 
 

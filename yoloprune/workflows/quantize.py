@@ -160,8 +160,8 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, nc: int
                   objectness: bool = False, kept_float: str | None = None) -> Int8Result:
     """Write ``out``, an INT8 (QDQ) copy of the ONNX file ``fp32`` calibrated on ``images`` ((N, 3, H, W) float32 in
     [0, 1]; ``objectness``: the original YOLOv5's output layout, as ``drift_between``): the least float that keeps its
-    drift within tolerance (``kept_float``: that candidate only, its drift measured and returned) on the last quarter of the images (the rest
-    calibrate), else the whole head in float. Returns which, and the drift of each candidate tried."""
+    drift within tolerance on the last quarter of the images (the rest calibrate), else the whole head in float; with
+    ``kept_float``, that candidate only, its drift measured. Returns which, and the drift of each candidate tried."""
     if len(images) < 4:
         raise ConfigError(f"INT8 calibration needs at least 4 images, got {len(images)}")
     held = images[-max(2, len(images) // 4):]

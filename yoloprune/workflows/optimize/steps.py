@@ -194,19 +194,19 @@ def _export(run: _Run, base: dict, pruned: dict) -> dict:
     err = parity(fp32, ckpt, inputs)
     if not err <= 1e-3:
         raise ParityError(f"{fp32}: onnxruntime differs from PyTorch by {err:.2e}, above 1e-3")
-    shipped, why, note = fp32, base["int8_why"], ""
+    shipped, why = fp32, base["int8_why"]
     if base["int8"]:
         net, _ = sources.load_model(ckpt)
         tries = pruned.get("int8_tries") or []
         kept = tries[-1][2] if tries and len(tries[-1]) > 2 else None  # the float part the prune was timed with
         q = _quantize(fp32, run.work / "model.int8.onnx", run.work / "calib", cfg, net, kept)
         int8 = q.path
-        note = f"; keeps {q.kept_float} in float, drift: boxes {q.drift.box:.5f} of the image, scores {q.drift.score:.4f}"
         plain, quantized = paired_onnx_latency([fp32, int8], cfg.imgsz, cfg.runs, cfg.threads)
         gain = plain / quantized
         if gain >= MIN_INT8_GAIN:
-            shipped, why = run.file("model.int8.onnx"), f"{base['int8_why']}; {gain:.2f}x on the pruned model"
-            why += note
+            shipped = run.file("model.int8.onnx")
+            why = (f"{base['int8_why']}; {gain:.2f}x on the pruned model; keeps {q.kept_float} in float, drift: boxes "
+                   f"{q.drift.box:.5f} of the image, scores {q.drift.score:.4f}")
             atomic_write(shipped, lambda t: shutil.copyfile(int8, t))
         else:  # a narrow model's INT8 file can gain nothing: its FP32 file ships, as fast and exact
             why = (f"{base['int8_why']}, but only {gain:.2f}x on the pruned model, under the {MIN_INT8_GAIN:.2f}x it "
