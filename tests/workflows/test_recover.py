@@ -199,6 +199,25 @@ def test_box_errors_count_where_the_teacher_sees_an_object():
         float(plain({"box": on_object, "cls": cls}, teacher)))
 
 
+def test_a_level_where_the_teacher_sees_nothing_weighs_next_to_nothing():
+    """Levels are weighed together: box errors on a level with no object (the teacher's scores all near zero) are
+    noise and must not count as much as the same errors on the level holding the object."""
+    gen = torch.Generator().manual_seed(0)
+    cls3, cls5 = torch.full((1, 2, 4, 4), -12.0), torch.full((1, 2, 2, 2), -12.0)
+    cls3[0, 0, 1, 1] = 6.0  # the one object is on the 4x4 level
+    box3, box5 = torch.randn(1, 4, 4, 4, generator=gen), torch.randn(1, 4, 2, 2, generator=gen)
+    names = ("box3", "cls3", "box5", "cls5")
+    masks = {n: torch.ones(2, dtype=torch.bool) if n.startswith("cls") else torch.zeros(4, dtype=torch.bool)
+             for n in names}
+    spread = {n: torch.ones(len(m)) for n, m in masks.items()}
+    teacher = dict(zip(names, (box3, cls3, box5, cls5), strict=True))
+    loss = HeadLoss(masks, spread)
+    empty_level_wrong = {**teacher, "box5": box5 + 1.0}
+    object_level_wrong = {**teacher, "box3": box3 + 1.0}
+    assert float(loss(empty_level_wrong, teacher)) < 1e-3
+    assert float(loss(object_level_wrong, teacher)) > 0.1
+
+
 @pytest.mark.parametrize("yaml", ["yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-obb.yaml"])
 def test_every_task_recovers_towards_its_teacher_with_its_widths(yaml):
     """Each detection-head task's outputs are matched (mask coefficients and prototypes, keypoints, angles)."""

@@ -3,7 +3,10 @@
 Only the head's raw outputs are matched, the layers that the model's hooks name (``ModelHooks.head_outputs``): the
 box distributions, keypoints, mask coefficients, prototypes, angles and classifier logits as values, by a mean
 squared error normalised by each channel's spread in the teacher (so every output weighs alike), and class (and
-objectness) logits by binary cross-entropy against the teacher's probabilities. Their widths are the model's
+objectness) logits by binary cross-entropy against the teacher's probabilities. A value's error at a position is
+weighed by the teacher's score there, and every level's weighted sum is divided by the mean level's weight sum, not
+its own: a level where the teacher sees nothing adds next to nothing (divided by its own sum, its errors, which
+decide no detection, weighed as much as the levels holding the objects). Their widths are the model's
 contract, so pruning never changed them and student and teacher compare channel by channel. No label is read.
 
 The student trains with its BatchNorm statistics frozen (eval mode; the few hundred images a user has would make
@@ -155,6 +158,9 @@ class HeadLoss:
     def __call__(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = []
         weights = self._weights(teacher) if self.foreground else {}
+        # every level's value terms are divided by the mean level's weight sum, not their own: a level where the
+        # teacher sees nothing then weighs next to nothing instead of as much as the levels holding the objects
+        norm = (sum(w.sum() for w in weights.values()) / len(weights)).clamp_min(1e-6) if weights else None
         for name, t in teacher.items():
             w = weights.get((t.shape[0], *t.shape[2:])) if t.dim() == 4 else None
             s, t = _channels_last(student[name]), _channels_last(t)
@@ -162,7 +168,7 @@ class HeadLoss:
             if (~mask).any():
                 scale = self.spread[name].to(s.device)[~mask]
                 err = ((s[:, ~mask] - t[:, ~mask]) / scale).pow(2).mean(1)
-                terms.append(err.mean() if w is None else (err * w).sum() / w.sum().clamp_min(1e-6))
+                terms.append(err.mean() if w is None else (err * w).sum() / norm)
             if mask.any():
                 terms.append(F.binary_cross_entropy_with_logits(s[:, mask], torch.sigmoid(t[:, mask]))
                              - F.binary_cross_entropy_with_logits(t[:, mask], torch.sigmoid(t[:, mask])))
