@@ -102,7 +102,7 @@ def few_images_hint(result: RecoverResult, images: int) -> str | None:
     """One line when the probe found no rate that helps: what the user can do about it."""
     if not result.probe_failed:
         return None
-    return (f"no rate the probe tried lowered the held-back distance on these {images} images, so recovery trains "
+    return (f"every rate the probe tried raised the held-back distance on these {images} images, so recovery trains "
             "at its lowest rate and may gain little; more images of the model's own scenes give it more to learn "
             "from")
 
