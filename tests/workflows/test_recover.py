@@ -116,8 +116,8 @@ def test_a_rate_that_diverges_is_probed_down_and_the_distance_falls():
 
 
 def test_a_probe_that_finds_no_rate_that_helps_says_so_and_what_would():
-    """A student already at its teacher (the real OBB model on 24 tiles comes close to this): no probed rate
-    lowers the held-back distance, training ends no further from the teacher than it began, and one line says
+    """A student already at its teacher (the real OBB model on 24 tiles comes close to this): every probed rate
+    raises the held-back distance, training ends no further from the teacher than it began, and one line says
     so and suggests more images. A probe with a rate that helps says nothing of it."""
     teacher = build("yolov8n.yaml", nc=2)
     images = (torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)

@@ -50,7 +50,7 @@ class RecoverConfig:
     probe: bool = True  # try lr, lr/3, lr/10, lr/30 for a few steps each first; train at the highest that helps
     # the rise of the held-back distance taken as noise: an epoch ending more than this share above the best goes
     # back to the best at half the rate, and a probed rate is kept if its steps end below the start times (1 + it).
-    # 0.02 halved the rate on noise (ir-yolo-tracker 0.7x: 4 back-offs, agreement 0.719 against 0.826 at 0.25)
+    # 0.02 refused rates on noise (ir-yolo-tracker 0.7x: 1e-5, agreement 0.719; 0.826 at 0.25, 1e-4)
     backoff: float = 0.25
     batch: int = RECOVER_BATCH
     hold_out: float = 0.1  # fraction of the images held back for the distance (at least 1, at most 64)
