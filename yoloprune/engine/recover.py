@@ -18,9 +18,8 @@ trusted: a short probe first tries the highest rate and lower ones for a few ste
 highest that leaves the held-back distance within ``backoff`` of its start (Adam's first steps raise it a little
 before training lowers it; a rate that undoes the reconstruction raises it several times over); and an epoch that
 ends with the distance more than ``backoff`` above the best so far sends the student back to the best weights with
-the rate halved. Each epoch ends with the distance to the
-teacher on held-back images, without augmentation; the best epoch's weights are the result, and the result says
-why training stopped.
+the rate halved. Each epoch ends with the distance to the teacher on held-back images, without augmentation; the
+best epoch's weights are the result, and the result says why training stopped.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ class RecoverConfig:
     epochs: int | None = None
     minutes: float | None = RECOVER_MINUTES
     lr: float = RECOVER_LR  # Adam: the highest rate tried (the probe may choose a lower one)
-    probe: bool = True  # try lr, lr/3, lr/10, lr/30 for a few steps each first; train at the highest that helps
+    probe: bool = True  # try lr, lr/3, lr/10, lr/30 for a few steps each first; train at the highest kept (backoff)
     # the rise of the held-back distance taken as noise: an epoch ending more than this share above the best goes
     # back to the best at half the rate, and a probed rate is kept if its steps end below the start times (1 + it).
     # 0.02 refused rates on noise (ir-yolo-tracker 0.7x: 1e-5, agreement 0.719; 0.826 at 0.25, 1e-4)
@@ -108,7 +107,6 @@ class RecoverResult:
     @property
     def distance(self) -> float:
         return min([self.distance_before, *(r.distance for r in self.rows)])
-
 
 
 class _Capture:
